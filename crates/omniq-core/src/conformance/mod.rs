@@ -1,0 +1,117 @@
+//! The shared conformance suite: every promise of [`Storage`] as a scenario that
+//! every backend runs, plus a runner that names each scenario as a test.
+//!
+//! A backend runs the whole suite from one `harness = false` test target:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use omniq_core::conformance::{self, Factory, Fresh};
+//! use omniq_core::MemoryStorage;
+//!
+//! struct Memory;
+//!
+//! #[omniq_core::async_trait]
+//! impl Factory for Memory {
+//!     fn backend(&self) -> &'static str { "memory" }
+//!     async fn open(&self) -> Fresh {
+//!         Fresh::new(Arc::new(MemoryStorage::new()), ())
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     conformance::run_main(Memory)
+//! }
+//! ```
+//!
+//! Then `cargo test --test conformance -- claim_respects_eta` runs one scenario.
+
+mod model;
+mod scenarios;
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub use scenarios::all as scenarios;
+
+use crate::storage::Storage;
+
+/// One scenario: a name and the check it runs against a fresh, empty store.
+/// A scenario fails by panicking, as a test does.
+pub struct Scenario {
+    /// The scenario's name, e.g. `claim_respects_eta`.
+    pub name: &'static str,
+    /// Runs the scenario.
+    pub run: for<'a> fn(&'a dyn Storage) -> ScenarioFuture<'a>,
+}
+
+/// The future a scenario returns.
+pub type ScenarioFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A fresh, empty store and whatever must live as long as it (a temporary folder).
+pub struct Fresh {
+    /// The store under test.
+    pub store: Arc<dyn Storage>,
+    _guard: Box<dyn Any + Send + Sync>,
+}
+
+impl Fresh {
+    /// Wraps a store and a value dropped after it, e.g. a `tempfile::TempDir`.
+    pub fn new(store: Arc<dyn Storage>, guard: impl Any + Send + Sync) -> Self {
+        Fresh {
+            store,
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+/// Makes fresh stores of one backend for the suite.
+#[async_trait::async_trait]
+pub trait Factory: Send + Sync + 'static {
+    /// The backend's name, printed in the summary line.
+    fn backend(&self) -> &'static str;
+    /// A new, empty store that shares nothing with earlier ones.
+    async fn open(&self) -> Fresh;
+}
+
+/// Runs every scenario and the model-based property test against stores from
+/// `factory`, each as a named test (`conformance::<scenario>`,
+/// `model::random_operations_agree_with_the_model`), with libtest's command-line
+/// arguments (filters, `--list`, `--exact`, ...). Use it as the `main` of a
+/// `harness = false` test target.
+pub fn run_main(factory: impl Factory) -> ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let factory: Arc<dyn Factory> = Arc::new(factory);
+    let mut trials = Vec::new();
+    for scenario in scenarios() {
+        let factory = factory.clone();
+        trials.push(libtest_mimic::Trial::test(
+            format!("conformance::{}", scenario.name),
+            move || {
+                runtime().block_on(async {
+                    let fresh = factory.open().await;
+                    (scenario.run)(&*fresh.store).await;
+                });
+                Ok(())
+            },
+        ));
+    }
+    let model_factory = factory.clone();
+    trials.push(libtest_mimic::Trial::test(
+        "model::random_operations_agree_with_the_model",
+        move || model::check(&*model_factory).map_err(Into::into),
+    ));
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// The runtime each scenario runs on: multi-threaded, so backends that hand work
+/// to other threads really race where a scenario runs calls concurrently.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot start a tokio runtime")
+}

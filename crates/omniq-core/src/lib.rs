@@ -1,0 +1,41 @@
+//! The core of OmniQ: the task model, settings, the error type, the [`Storage`]
+//! trait every backend implements, an in-memory backend, and (feature
+//! `conformance`) the suite every backend must pass.
+//!
+//! Users depend on the `omniq` crate, which re-exports what they need from here.
+//! Backend authors depend on this crate alone:
+//!
+//! ```
+//! use omniq_core::{MemoryStorage, NewTask, Settings, Storage, StorageExt, TaskStatus};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> omniq_core::Result<()> {
+//! let store = MemoryStorage::new();
+//! let id = store
+//!     .enqueue_one(NewTask::with_payload("email.send", &"ada@example.com")?, &Settings::default())
+//!     .await?;
+//! assert_eq!(store.get(id).await?.status, TaskStatus::Pending);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod error;
+mod memory;
+pub mod payload;
+pub mod settings;
+pub mod storage;
+pub mod task;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+/// Re-exported so backends implement [`Storage`] with the same macro version.
+pub use async_trait::async_trait;
+pub use error::{Error, Result};
+pub use memory::MemoryStorage;
+pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};
+pub use storage::{
+    ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
+    StorageExt,
+};
+pub use task::{Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId, TaskResult, TaskStatus};

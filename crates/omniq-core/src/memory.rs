@@ -1,0 +1,292 @@
+//! `MemoryStorage`: a complete in-process backend, for users' tests and for
+//! programs that need no persistence.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::storage::{
+    ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
+};
+use crate::task::{Task, TaskId, TaskStatus};
+
+/// A [`Storage`] that keeps every task in memory, behind one lock.
+///
+/// It passes the whole conformance suite, so code tested against it behaves the
+/// same on the file and SQLite backends. Nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    tasks: BTreeMap<TaskId, Task>,
+    /// Pending tasks by (eta, id): the claim order, so a claim costs O(log n).
+    pending: BTreeSet<(OffsetDateTime, TaskId)>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-written task: every
+        // change below is applied to a copy and written back whole.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Inner {
+    /// Writes a task back, keeping the pending index in step.
+    fn put(&mut self, task: Task) {
+        if let Some(old) = self.tasks.get(&task.id) {
+            if old.status == TaskStatus::Pending {
+                self.pending.remove(&(old.eta, old.id));
+            }
+        }
+        if task.status == TaskStatus::Pending {
+            self.pending.insert((task.eta, task.id));
+        }
+        self.tasks.insert(task.id, task);
+    }
+
+    fn remove(&mut self, id: TaskId) {
+        if let Some(old) = self.tasks.remove(&id) {
+            self.pending.remove(&(old.eta, old.id));
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    fn backend_name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+        let mut inner = self.lock();
+        let mut seen = BTreeSet::new();
+        for task in &tasks {
+            if task.status == TaskStatus::Running {
+                return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
+            }
+            if inner.tasks.contains_key(&task.id) || !seen.insert(task.id) {
+                return Err(Error::conflict(task.id, "a task with this id already exists"));
+            }
+        }
+        for task in tasks {
+            inner.put(task);
+        }
+        Ok(())
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
+        let mut inner = self.lock();
+        let due: Vec<TaskId> = inner
+            .pending
+            .iter()
+            .take_while(|(eta, _)| *eta <= request.now)
+            .take(request.limit)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut claimed = Vec::with_capacity(due.len());
+        for id in due {
+            let mut task = inner.tasks[&id].clone();
+            task.claim(&request.worker_id, request.lease_for, request.now)?;
+            inner.put(task.clone());
+            claimed.push(task);
+        }
+        Ok(claimed)
+    }
+
+    async fn renew(
+        &self,
+        leases: &[LeaseRef],
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RenewOutcome>> {
+        let mut inner = self.lock();
+        Ok(leases
+            .iter()
+            .map(|lease| match inner.tasks.get_mut(&lease.id) {
+                Some(task) if task.holds_lease(lease.token) => match task.renew(lease_for, now) {
+                    Some(expires_at) => RenewOutcome::Renewed { expires_at },
+                    None => RenewOutcome::Lost,
+                },
+                _ => RenewOutcome::Lost,
+            })
+            .collect())
+    }
+
+    async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
+        let mut inner = self.lock();
+        let mut answers = Vec::with_capacity(finishes.len());
+        for finish in finishes {
+            let Some(task) = inner
+                .tasks
+                .get(&finish.id)
+                .filter(|t| t.holds_lease(finish.token))
+            else {
+                answers.push(FinishOutcome::LeaseLost);
+                continue;
+            };
+            let mut task = task.clone();
+            let next = task.finish(finish.outcome, now)?;
+            inner.put(task);
+            let next_id = next.as_ref().map(|next| next.id);
+            if let Some(next) = next {
+                inner.put(next);
+            }
+            answers.push(FinishOutcome::Applied { next: next_id });
+        }
+        Ok(answers)
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Task> {
+        self.lock()
+            .tasks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(id))
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
+        let inner = self.lock();
+        let matches = |task: &&Task| query.status.is_none_or(|status| task.status == status);
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let tasks: Vec<Task> = match (query.order, query.after) {
+            (ListOrder::OldestFirst, None) => inner
+                .tasks
+                .values()
+                .filter(matches)
+                .take(limit)
+                .cloned()
+                .collect(),
+            (ListOrder::OldestFirst, Some(after)) => inner
+                .tasks
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .map(|(_, t)| t)
+                .filter(matches)
+                .take(limit)
+                .cloned()
+                .collect(),
+            (ListOrder::NewestFirst, None) => inner
+                .tasks
+                .values()
+                .rev()
+                .filter(matches)
+                .take(limit)
+                .cloned()
+                .collect(),
+            (ListOrder::NewestFirst, Some(after)) => inner
+                .tasks
+                .range(..after)
+                .rev()
+                .map(|(_, t)| t)
+                .filter(matches)
+                .take(limit)
+                .cloned()
+                .collect(),
+        };
+        Ok(tasks)
+    }
+
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        let mut inner = self.lock();
+        let task = inner.tasks.get(&id).ok_or_else(|| Error::not_found(id))?;
+        let targets: Vec<TaskId> = match task.series {
+            Some(series) => inner
+                .tasks
+                .values()
+                .filter(|t| t.series == Some(series) && !t.status.is_finished())
+                .map(|t| t.id)
+                .collect(),
+            None => vec![id],
+        };
+        let mut cancelled = Vec::new();
+        for target in targets {
+            let mut task = inner.tasks[&target].clone();
+            if task.series.is_some() && task.status.is_finished() {
+                continue;
+            }
+            task.cancel(now)?;
+            inner.put(task);
+            cancelled.push(target);
+        }
+        if cancelled.is_empty() {
+            let status = inner.tasks[&id].status;
+            return Err(Error::conflict(
+                id,
+                format!("nothing to cancel: the task is {status}"),
+            ));
+        }
+        Ok(cancelled)
+    }
+
+    async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
+        let mut inner = self.lock();
+        let mut task = inner
+            .tasks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(id))?;
+        if task.status != TaskStatus::Failed {
+            return Err(Error::conflict(
+                id,
+                format!("only failed tasks can be retried; this one is {}", task.status),
+            ));
+        }
+        task.retry(now)?;
+        inner.put(task);
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<StatusCounts> {
+        let inner = self.lock();
+        let mut counts = StatusCounts::default();
+        for task in inner.tasks.values() {
+            counts.add(task.status);
+        }
+        Ok(counts)
+    }
+
+    async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
+        let mut inner = self.lock();
+        let old: Vec<TaskId> = inner
+            .tasks
+            .values()
+            .filter(|t| t.status.is_finished() && t.finished_at.is_some_and(|at| at < finished_before))
+            .map(|t| t.id)
+            .collect();
+        for id in &old {
+            inner.remove(*id);
+        }
+        Ok(old.len() as u64)
+    }
+
+    async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        let mut inner = self.lock();
+        let expired: Vec<TaskId> = inner
+            .tasks
+            .values()
+            .filter(|t| t.lease_expired(now))
+            .map(|t| t.id)
+            .collect();
+        for id in &expired {
+            let mut task = inner.tasks[id].clone();
+            let next = task.expire_lease(now)?;
+            inner.put(task);
+            if let Some(next) = next {
+                inner.put(next);
+            }
+        }
+        Ok(expired)
+    }
+}

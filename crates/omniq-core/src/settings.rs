@@ -1,0 +1,433 @@
+//! Settings: which backend, where the store lives, defaults for new tasks,
+//! durability; built in code or read from the `OMNIQ_*` environment variables.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The storage backends a store can be opened with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// A folder of JSON files (`omniq-file`).
+    File,
+    /// One SQLite database file (`omniq-sqlite`).
+    Sqlite,
+}
+
+impl BackendKind {
+    /// The name used in `OMNIQ_BACKEND` and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::File => "file",
+            BackendKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// How hard a backend works to keep committed data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Durability {
+    /// Nothing committed is lost or corrupted if the process is killed at any
+    /// instant; a power cut may lose the last moments of work.
+    #[default]
+    Normal,
+    /// Also survives power loss: every commit is flushed to the disk (fsync,
+    /// SQLite `synchronous=FULL`) before it returns.
+    Full,
+}
+
+/// How payloads and results are encoded where a backend stores them as bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Serializer {
+    /// JSON: readable, and what the file backend always writes.
+    #[default]
+    Json,
+    /// MessagePack: compact binary.
+    MsgPack,
+}
+
+macro_rules! named_choice {
+    ($ty:ty, $var:literal, $($name:literal => $value:expr),+ $(,)?) => {
+        impl FromStr for $ty {
+            type Err = Error;
+            fn from_str(text: &str) -> Result<Self> {
+                match text.trim().to_ascii_lowercase().as_str() {
+                    $($name => Ok($value),)+
+                    _ => Err(Error::invalid_config(
+                        $var,
+                        format!("{text:?} is not allowed; expected one of: {}", [$($name),+].join(", ")),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named_choice!(BackendKind, "OMNIQ_BACKEND", "file" => BackendKind::File, "sqlite" => BackendKind::Sqlite);
+named_choice!(Durability, "OMNIQ_DURABILITY", "normal" => Durability::Normal, "full" => Durability::Full);
+named_choice!(Serializer, "OMNIQ_SERIALIZER", "json" => Serializer::Json, "msgpack" => Serializer::MsgPack);
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a store and its workers are configured with.
+///
+/// Build one with [`Settings::builder`], take the defaults with
+/// [`Settings::default`], or read the environment with [`Settings::from_env`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The backend to open; `None` lets the program pick (the `omniq` crate
+    /// takes `file`, or the only backend compiled in).
+    pub backend: Option<BackendKind>,
+    /// The folder holding the store (`OMNIQ_BASE_DIR`, default `./omniq_data`).
+    pub base_dir: PathBuf,
+    /// The SQLite database file, when not `{base_dir}/omniq.db` (`OMNIQ_DB_PATH`).
+    pub db_path: Option<PathBuf>,
+    /// Payload encoding where a backend stores bytes (`OMNIQ_SERIALIZER`).
+    pub serializer: Serializer,
+    /// Time limit for one attempt of tasks that set none (`OMNIQ_DEFAULT_TIMEOUT`,
+    /// seconds; default none).
+    pub default_timeout: Option<Duration>,
+    /// Retries for tasks that set none (`OMNIQ_DEFAULT_MAX_RETRIES`, default 3).
+    pub default_max_retries: u32,
+    /// How long finished tasks are kept before a purge removes them
+    /// (`OMNIQ_RESULT_TTL`, seconds; default one day).
+    pub result_ttl: Duration,
+    /// Crash and power-loss safety (`OMNIQ_DURABILITY`, default `normal`).
+    pub durability: Durability,
+    /// A `tracing` filter such as `info,omniq=debug` (`OMNIQ_LOG`).
+    pub log: Option<String>,
+}
+
+/// The default for [`Settings::default_max_retries`].
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+/// The default for [`Settings::result_ttl`]: one day.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default for [`Settings::base_dir`].
+pub const DEFAULT_BASE_DIR: &str = "./omniq_data";
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            backend: None,
+            base_dir: PathBuf::from(DEFAULT_BASE_DIR),
+            db_path: None,
+            serializer: Serializer::Json,
+            default_timeout: None,
+            default_max_retries: DEFAULT_MAX_RETRIES,
+            result_ttl: DEFAULT_RESULT_TTL,
+            durability: Durability::Normal,
+            log: None,
+        }
+    }
+}
+
+impl Settings {
+    /// A builder starting from the defaults.
+    pub fn builder() -> SettingsBuilder {
+        SettingsBuilder {
+            settings: Settings::default(),
+        }
+    }
+
+    /// Reads every `OMNIQ_*` variable of the process environment over the
+    /// defaults. An unset or empty variable keeps the default; a bad value is an
+    /// [`Error::InvalidConfig`] naming the variable and the allowed values.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// Like [`Settings::from_env`], reading variables through `lookup`, so
+    /// programs and tests can supply them without touching the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
+        let get = |name: &str| -> Result<Option<String>> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(value) => {
+                    let value = value
+                        .into_string()
+                        .map_err(|raw| Error::invalid_config(name, format!("{raw:?} is not valid UTF-8")))?;
+                    Ok(Some(value).filter(|v| !v.trim().is_empty()))
+                }
+            }
+        };
+        let mut builder = Settings::builder();
+        if let Some(v) = get("OMNIQ_BACKEND")? {
+            builder = builder.backend(v.parse()?);
+        }
+        if let Some(v) = get("OMNIQ_BASE_DIR")? {
+            builder = builder.base_dir(v);
+        }
+        if let Some(v) = get("OMNIQ_DB_PATH")? {
+            builder = builder.db_path(v);
+        }
+        if let Some(v) = get("OMNIQ_SERIALIZER")? {
+            builder = builder.serializer(v.parse()?);
+        }
+        if let Some(v) = get("OMNIQ_DEFAULT_TIMEOUT")? {
+            builder = builder.default_timeout(Some(parse_seconds("OMNIQ_DEFAULT_TIMEOUT", &v, false)?));
+        }
+        if let Some(v) = get("OMNIQ_DEFAULT_MAX_RETRIES")? {
+            let retries = v.trim().parse::<u32>().map_err(|_| {
+                Error::invalid_config(
+                    "OMNIQ_DEFAULT_MAX_RETRIES",
+                    format!(
+                        "{v:?} is not allowed; expected a whole number from 0 to {}",
+                        u32::MAX
+                    ),
+                )
+            })?;
+            builder = builder.default_max_retries(retries);
+        }
+        if let Some(v) = get("OMNIQ_RESULT_TTL")? {
+            builder = builder.result_ttl(parse_seconds("OMNIQ_RESULT_TTL", &v, true)?);
+        }
+        if let Some(v) = get("OMNIQ_DURABILITY")? {
+            builder = builder.durability(v.parse()?);
+        }
+        if let Some(v) = get("OMNIQ_LOG")? {
+            builder = builder.log(v);
+        }
+        builder.build()
+    }
+
+    /// The SQLite database file: [`Settings::db_path`] or `{base_dir}/omniq.db`.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.db_path
+            .clone()
+            .unwrap_or_else(|| self.base_dir.join("omniq.db"))
+    }
+}
+
+/// Parses a number of seconds (fractions allowed). Zero is refused where it
+/// would mean "no time at all", which is never what a user wants of a timeout.
+fn parse_seconds(name: &str, text: &str, zero_ok: bool) -> Result<Duration> {
+    let expected = if zero_ok {
+        "a number of seconds, 0 or more (e.g. 86400 or 0.5)"
+    } else {
+        "a number of seconds greater than 0 (e.g. 30 or 0.5)"
+    };
+    let bad = || Error::invalid_config(name, format!("{text:?} is not allowed; expected {expected}"));
+    let secs: f64 = text.trim().parse().map_err(|_| bad())?;
+    if !secs.is_finite() || secs < 0.0 || (!zero_ok && secs == 0.0) {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+}
+
+/// Builds [`Settings`], checking them in [`SettingsBuilder::build`].
+#[derive(Clone, Debug)]
+pub struct SettingsBuilder {
+    settings: Settings,
+}
+
+impl SettingsBuilder {
+    /// The backend to open.
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.settings.backend = Some(backend);
+        self
+    }
+
+    /// The folder holding the store.
+    pub fn base_dir(mut self, base_dir: impl AsRef<Path>) -> Self {
+        self.settings.base_dir = base_dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// The SQLite database file, instead of `{base_dir}/omniq.db`.
+    pub fn db_path(mut self, db_path: impl AsRef<Path>) -> Self {
+        self.settings.db_path = Some(db_path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Payload encoding where a backend stores bytes.
+    pub fn serializer(mut self, serializer: Serializer) -> Self {
+        self.settings.serializer = serializer;
+        self
+    }
+
+    /// Time limit for tasks that set none (`None`: no limit).
+    pub fn default_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.default_timeout = timeout;
+        self
+    }
+
+    /// Retries for tasks that set none.
+    pub fn default_max_retries(mut self, retries: u32) -> Self {
+        self.settings.default_max_retries = retries;
+        self
+    }
+
+    /// How long finished tasks are kept.
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.result_ttl = ttl;
+        self
+    }
+
+    /// Crash and power-loss safety.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.settings.durability = durability;
+        self
+    }
+
+    /// A `tracing` filter.
+    pub fn log(mut self, filter: impl Into<String>) -> Self {
+        self.settings.log = Some(filter.into());
+        self
+    }
+
+    /// Checks and returns the settings.
+    pub fn build(self) -> Result<Settings> {
+        let settings = self.settings;
+        if settings.base_dir.as_os_str().is_empty() {
+            return Err(Error::invalid_config("base_dir", "must not be empty"));
+        }
+        if settings.default_timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_config(
+                "default_timeout",
+                "must be greater than zero (use None for no limit)",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Settings> {
+        let vars: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    fn config_error(result: Result<Settings>) -> (String, String) {
+        match result {
+            Err(Error::InvalidConfig { name, reason }) => (name, reason),
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_variables_give_the_defaults() {
+        let settings = from(&[]).unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.base_dir, PathBuf::from("./omniq_data"));
+        assert_eq!(settings.sqlite_path(), PathBuf::from("./omniq_data/omniq.db"));
+        assert_eq!(settings.default_max_retries, 3);
+        assert_eq!(settings.result_ttl, Duration::from_secs(86400));
+        assert_eq!(settings.default_timeout, None);
+        assert_eq!(settings.backend, None);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let settings = from(&[
+            ("OMNIQ_BACKEND", "SQLite"),
+            ("OMNIQ_BASE_DIR", "/var/lib/omniq"),
+            ("OMNIQ_DB_PATH", "/var/lib/omniq/custom.db"),
+            ("OMNIQ_SERIALIZER", "msgpack"),
+            ("OMNIQ_DEFAULT_TIMEOUT", "2.5"),
+            ("OMNIQ_DEFAULT_MAX_RETRIES", "7"),
+            ("OMNIQ_RESULT_TTL", "60"),
+            ("OMNIQ_DURABILITY", "full"),
+            ("OMNIQ_LOG", "omniq=debug"),
+        ])
+        .unwrap();
+        assert_eq!(settings.backend, Some(BackendKind::Sqlite));
+        assert_eq!(settings.base_dir, PathBuf::from("/var/lib/omniq"));
+        assert_eq!(settings.sqlite_path(), PathBuf::from("/var/lib/omniq/custom.db"));
+        assert_eq!(settings.serializer, Serializer::MsgPack);
+        assert_eq!(settings.default_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(settings.default_max_retries, 7);
+        assert_eq!(settings.result_ttl, Duration::from_secs(60));
+        assert_eq!(settings.durability, Durability::Full);
+        assert_eq!(settings.log.as_deref(), Some("omniq=debug"));
+    }
+
+    #[test]
+    fn empty_variables_keep_the_defaults() {
+        let settings = from(&[
+            ("OMNIQ_BACKEND", ""),
+            ("OMNIQ_BASE_DIR", " "),
+            ("OMNIQ_RESULT_TTL", ""),
+        ])
+        .unwrap();
+        assert_eq!(settings, Settings::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_allowed_values() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("OMNIQ_BACKEND", "redis", "file, sqlite"),
+            ("OMNIQ_SERIALIZER", "pickle", "json, msgpack"),
+            ("OMNIQ_DURABILITY", "paranoid", "normal, full"),
+            ("OMNIQ_DEFAULT_TIMEOUT", "0", "greater than 0"),
+            ("OMNIQ_DEFAULT_TIMEOUT", "-1", "greater than 0"),
+            ("OMNIQ_DEFAULT_TIMEOUT", "ten", "greater than 0"),
+            ("OMNIQ_DEFAULT_TIMEOUT", "inf", "greater than 0"),
+            ("OMNIQ_DEFAULT_MAX_RETRIES", "-1", "whole number"),
+            ("OMNIQ_DEFAULT_MAX_RETRIES", "2.5", "whole number"),
+            ("OMNIQ_RESULT_TTL", "-5", "0 or more"),
+            ("OMNIQ_RESULT_TTL", "NaN", "0 or more"),
+            ("OMNIQ_RESULT_TTL", "1e30", "0 or more"),
+        ];
+        for (var, value, allowed) in cases {
+            let (name, reason) = config_error(from(&[(var, value)]));
+            assert_eq!(&name, var);
+            assert!(reason.contains(allowed), "{var}={value}: {reason}");
+            assert!(reason.contains(value), "{var}={value}: {reason}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn non_utf8_values_are_refused() {
+        use std::os::unix::ffi::OsStringExt;
+        let (name, reason) = config_error(Settings::from_lookup(|name| {
+            (name == "OMNIQ_BASE_DIR").then(|| OsString::from_vec(vec![0x66, 0xff, 0x6f]))
+        }));
+        assert_eq!(name, "OMNIQ_BASE_DIR");
+        assert!(reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn builder_checks_its_values() {
+        let settings = Settings::builder()
+            .backend(BackendKind::File)
+            .base_dir("/tmp/q")
+            .default_timeout(Some(Duration::from_secs(5)))
+            .durability(Durability::Full)
+            .build()
+            .unwrap();
+        assert_eq!(settings.sqlite_path(), PathBuf::from("/tmp/q/omniq.db"));
+        assert!(Settings::builder().base_dir("").build().is_err());
+        assert!(Settings::builder()
+            .default_timeout(Some(Duration::ZERO))
+            .build()
+            .is_err());
+    }
+
+    #[test]
+    fn from_env_reads_the_process_environment() {
+        // Only this test in the crate touches the process environment.
+        std::env::set_var("OMNIQ_DEFAULT_MAX_RETRIES", "11");
+        let settings = Settings::from_env();
+        std::env::remove_var("OMNIQ_DEFAULT_MAX_RETRIES");
+        assert_eq!(settings.unwrap().default_max_retries, 11);
+    }
+}

@@ -1,0 +1,280 @@
+//! The `Storage` trait every backend implements, the request and answer types of
+//! its methods, and `StorageExt`, the conveniences built on top of it.
+//!
+//! Every method that depends on the time takes `now` from the caller, so one
+//! clock (the worker's, or a test's fake one) drives leases, etas and retries,
+//! and every backend behaves the same under the conformance suite.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+use crate::task::{LeaseToken, NewTask, Outcome, Task, TaskId, TaskResult, TaskStatus};
+
+/// A request to claim due tasks; see [`Storage::claim`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The claiming worker, recorded in each lease.
+    pub worker_id: String,
+    /// The most tasks to claim.
+    pub limit: usize,
+    /// How long the lease lasts unless renewed.
+    pub lease_for: Duration,
+    /// The current time: tasks with `eta <= now` are due.
+    pub now: OffsetDateTime,
+}
+
+/// A worker's end of one claim; see [`Storage::finish`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finish {
+    /// The task.
+    pub id: TaskId,
+    /// The token of the claim being ended.
+    pub token: LeaseToken,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// What became of one [`Finish`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishOutcome {
+    /// The outcome was recorded. For an interval task that completed or failed
+    /// for good, `next` is the id of the occurrence enqueued in the same step.
+    Applied {
+        /// The next occurrence of an interval task, if one was enqueued.
+        next: Option<TaskId>,
+    },
+    /// The claim is no longer current (the lease expired and the task was
+    /// requeued, or the task was cancelled, or it is unknown): nothing was written.
+    LeaseLost,
+}
+
+/// A lease to renew; see [`Storage::renew`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// The task.
+    pub id: TaskId,
+    /// The token of the claim.
+    pub token: LeaseToken,
+}
+
+/// What became of one lease renewal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// The lease now lasts until this time.
+    Renewed {
+        /// The new end of the lease.
+        expires_at: OffsetDateTime,
+    },
+    /// The claim is no longer current; the worker should stop the task.
+    Lost,
+}
+
+/// The order of [`Storage::list`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListOrder {
+    /// By id ascending: the order in which tasks were created.
+    #[default]
+    OldestFirst,
+    /// By id descending.
+    NewestFirst,
+}
+
+/// Which tasks [`Storage::list`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only tasks in this status.
+    pub status: Option<TaskStatus>,
+    /// At most this many.
+    pub limit: Option<usize>,
+    /// Sorted this way.
+    pub order: ListOrder,
+    /// Only tasks after this id in the chosen order: pass the last id of one
+    /// page to get the next.
+    pub after: Option<TaskId>,
+}
+
+/// How many tasks are in each status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StatusCounts {
+    /// Waiting tasks, due or not.
+    pub pending: u64,
+    /// Claimed tasks.
+    pub running: u64,
+    /// Successfully finished tasks.
+    pub completed: u64,
+    /// Tasks that failed for good.
+    pub failed: u64,
+    /// Cancelled tasks.
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    /// The count for one status.
+    pub fn get(&self, status: TaskStatus) -> u64 {
+        match status {
+            TaskStatus::Pending => self.pending,
+            TaskStatus::Running => self.running,
+            TaskStatus::Completed => self.completed,
+            TaskStatus::Failed => self.failed,
+            TaskStatus::Cancelled => self.cancelled,
+        }
+    }
+
+    /// Adds one to the count of `status`.
+    pub fn add(&mut self, status: TaskStatus) {
+        *match status {
+            TaskStatus::Pending => &mut self.pending,
+            TaskStatus::Running => &mut self.running,
+            TaskStatus::Completed => &mut self.completed,
+            TaskStatus::Failed => &mut self.failed,
+            TaskStatus::Cancelled => &mut self.cancelled,
+        } += 1;
+    }
+
+    /// All tasks.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.completed + self.failed + self.cancelled
+    }
+}
+
+/// Where tasks live: the smallest contract a backend must keep.
+///
+/// Every method is atomic with respect to every other caller, in this process and
+/// in others sharing the store: a reader sees a task before or after a change,
+/// never half of it. Batch methods are atomic per item at least; a backend may
+/// make the whole batch atomic. Status moves follow
+/// [`TaskStatus::can_move_to`], and state changes are those of the methods on
+/// [`Task`], so every backend applies the same rules.
+///
+/// The trait is object-safe: programs hold an `Arc<dyn Storage>` chosen at run
+/// time. Conveniences live in [`StorageExt`]. The conformance suite
+/// (`omniq_core::conformance`, feature `conformance`) checks every promise made here.
+#[async_trait]
+pub trait Storage: Send + Sync + Debug {
+    /// The backend's short name, e.g. `sqlite`.
+    fn backend_name(&self) -> &'static str;
+
+    /// Stores new task records, all or none.
+    ///
+    /// Records are normally `pending` (see [`NewTask::into_task`]); records in a
+    /// finished status (`completed`, `failed`, `cancelled`) are stored as they
+    /// are, which is how migration between stores keeps history. A `running`
+    /// record is refused with [`Error::Conflict`]: its lease belongs to another
+    /// store. An id that is already stored, or given twice, is an
+    /// [`Error::Conflict`] and nothing is stored.
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()>;
+
+    /// Claims up to `request.limit` due tasks (`pending` with `eta <= now`),
+    /// oldest `eta` first, then lowest id (creation order), and returns them
+    /// `running`, each with one more attempt, `started_at = now` and a fresh
+    /// [`crate::Lease`] for `request.worker_id` lasting until
+    /// `now + request.lease_for`.
+    ///
+    /// Across every caller, in every process, a task is handed to one claimer
+    /// only. Returns fewer tasks (or none) when fewer are due.
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>>;
+
+    /// Extends each lease to `now + lease_for` if its claim is still current
+    /// (the task is `running` under that token, even past its expiry as long as
+    /// nobody requeued it). Answers in the order of `leases`.
+    async fn renew(
+        &self,
+        leases: &[LeaseRef],
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RenewOutcome>>;
+
+    /// Ends claims, applying each outcome with [`Task::finish`] if its claim is
+    /// still current, else answering [`FinishOutcome::LeaseLost`] and writing
+    /// nothing for it. When an interval task completes or fails for good, its
+    /// next occurrence is stored in the same atomic step. Answers in the order of
+    /// `finishes`.
+    async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>>;
+
+    /// The whole record of one task, or [`Error::NotFound`].
+    async fn get(&self, id: TaskId) -> Result<Task>;
+
+    /// Tasks matching `query`, in its order, at most its limit.
+    async fn list(&self, query: ListQuery) -> Result<Vec<Task>>;
+
+    /// Cancels a task and, for an interval task, its whole series: every
+    /// `pending` or `running` occurrence sharing its [`Task::series`] becomes
+    /// `cancelled` (see [`Task::cancel`]), so the series stops whichever of its
+    /// ids is given. Returns the ids cancelled. An unknown id is
+    /// [`Error::NotFound`]; a task with nothing left to cancel is
+    /// [`Error::Conflict`].
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>>;
+
+    /// Puts a `failed` task back to `pending` ([`Task::retry`]). Any other status
+    /// is an [`Error::Conflict`]; an unknown id is [`Error::NotFound`].
+    async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()>;
+
+    /// How many tasks are in each status.
+    async fn counts(&self) -> Result<StatusCounts>;
+
+    /// Deletes finished tasks (`completed`, `failed`, `cancelled`) whose
+    /// `finished_at` is before `finished_before`, with their results. Returns how
+    /// many were deleted. Pending and running tasks are never touched.
+    async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64>;
+
+    /// Hands back every `running` task whose lease expired at or before `now`
+    /// ([`Task::expire_lease`]), storing the next occurrence of interval tasks
+    /// that thereby failed for good. Returns the ids handed back.
+    async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>>;
+}
+
+/// Conveniences over [`Storage`], for every backend alike.
+#[async_trait]
+pub trait StorageExt: Storage {
+    /// Enqueues one new task with `settings`' defaults; returns its id.
+    async fn enqueue_one(&self, task: NewTask, settings: &Settings) -> Result<TaskId> {
+        let task = task.into_task(settings, OffsetDateTime::now_utc())?;
+        let id = task.id;
+        self.enqueue(vec![task]).await?;
+        Ok(id)
+    }
+
+    /// Enqueues many new tasks in one call, all or none; returns their ids in order.
+    async fn enqueue_many(&self, tasks: Vec<NewTask>, settings: &Settings) -> Result<Vec<TaskId>> {
+        let now = OffsetDateTime::now_utc();
+        let tasks = tasks
+            .into_iter()
+            .map(|task| task.into_task(settings, now))
+            .collect::<Result<Vec<_>>>()?;
+        let ids = tasks.iter().map(|task| task.id).collect();
+        self.enqueue(tasks).await?;
+        Ok(ids)
+    }
+
+    /// The result record of one task, or [`Error::NotFound`].
+    async fn get_result(&self, id: TaskId) -> Result<TaskResult> {
+        Ok(self.get(id).await?.to_result())
+    }
+
+    /// Finishes one claim; `Ok(false)` when the claim was lost.
+    async fn finish_one(&self, task: &Task, outcome: Outcome, now: OffsetDateTime) -> Result<bool> {
+        let token = task
+            .lease
+            .as_ref()
+            .map(|lease| lease.token)
+            .ok_or_else(|| Error::conflict(task.id, "task holds no lease"))?;
+        let answer = self
+            .finish(
+                vec![Finish {
+                    id: task.id,
+                    token,
+                    outcome,
+                }],
+                now,
+            )
+            .await?;
+        Ok(matches!(answer.first(), Some(FinishOutcome::Applied { .. })))
+    }
+}
+
+impl<S: Storage + ?Sized> StorageExt for S {}
