@@ -38,4 +38,7 @@ pub use storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
     StorageExt,
 };
-pub use task::{Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId, TaskResult, TaskStatus};
+pub use task::{
+    cancel_in_scope, CancelScope, Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId, TaskResult,
+    TaskStatus,
+};

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
-use crate::task::{Task, TaskId, TaskStatus};
+use crate::task::{cancel_in_scope, CancelScope, Task, TaskId, TaskStatus};
 
 /// A [`Storage`] that keeps every task in memory, behind one lock.
 ///
@@ -200,34 +200,26 @@ impl Storage for MemoryStorage {
 
     async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         let mut inner = self.lock();
-        let task = inner.tasks.get(&id).ok_or_else(|| Error::not_found(id))?;
-        let targets: Vec<TaskId> = match task.series {
-            Some(series) => inner
+        let target = inner
+            .tasks
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(id))?;
+        let scope: Vec<Task> = match target.cancel_scope() {
+            CancelScope::Task(_) => vec![target.clone()],
+            CancelScope::Series(series) => inner
                 .tasks
                 .values()
-                .filter(|t| t.series == Some(series) && !t.status.is_finished())
-                .map(|t| t.id)
+                .filter(|t| t.series == Some(series))
+                .cloned()
                 .collect(),
-            None => vec![id],
         };
-        let mut cancelled = Vec::new();
-        for target in targets {
-            let mut task = inner.tasks[&target].clone();
-            if task.series.is_some() && task.status.is_finished() {
-                continue;
-            }
-            task.cancel(now)?;
+        let cancelled = cancel_in_scope(&target, scope, now)?;
+        let ids = cancelled.iter().map(|t| t.id).collect();
+        for task in cancelled {
             inner.put(task);
-            cancelled.push(target);
         }
-        if cancelled.is_empty() {
-            let status = inner.tasks[&id].status;
-            return Err(Error::conflict(
-                id,
-                format!("nothing to cancel: the task is {status}"),
-            ));
-        }
-        Ok(cancelled)
+        Ok(ids)
     }
 
     async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {

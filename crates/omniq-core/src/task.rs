@@ -521,6 +521,46 @@ impl Task {
     }
 }
 
+/// Which tasks [`crate::Storage::cancel`] must cancel for a given id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelScope {
+    /// Just this task.
+    Task(TaskId),
+    /// Every pending or running occurrence of this interval series.
+    Series(TaskId),
+}
+
+impl Task {
+    /// What cancelling this task by its id must cancel.
+    pub fn cancel_scope(&self) -> CancelScope {
+        match self.series {
+            Some(series) => CancelScope::Series(series),
+            None => CancelScope::Task(self.id),
+        }
+    }
+}
+
+/// Applies [`crate::Storage::cancel`] of `target`: cancels each task of `scope`
+/// that is still pending or running (the backend gives every task of the scope,
+/// or only those) and returns them changed, for the backend to write. Nothing left
+/// to cancel is an [`Error::Conflict`].
+pub fn cancel_in_scope(target: &Task, scope: Vec<Task>, now: OffsetDateTime) -> Result<Vec<Task>> {
+    let mut cancelled = Vec::new();
+    for mut task in scope {
+        if !task.status.is_finished() {
+            task.cancel(now)?;
+            cancelled.push(task);
+        }
+    }
+    if cancelled.is_empty() {
+        return Err(Error::conflict(
+            target.id,
+            format!("nothing to cancel: the task is {}", target.status),
+        ));
+    }
+    Ok(cancelled)
+}
+
 /// A task to be enqueued: the handler name, its payload and its options.
 /// Options left unset take the store's [`crate::Settings`] defaults.
 #[derive(Clone, Debug, PartialEq)]

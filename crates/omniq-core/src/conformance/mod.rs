@@ -26,6 +26,7 @@
 //! Then `cargo test --test conformance -- claim_respects_eta` runs one scenario.
 
 mod model;
+pub mod processes;
 mod scenarios;
 
 use std::any::Any;

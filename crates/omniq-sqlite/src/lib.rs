@@ -1,0 +1,327 @@
+//! OmniQ's SQLite backend: every task in one database file, safe for several
+//! workers and several processes.
+//!
+//! ```no_run
+//! use omniq_core::{Durability, NewTask, Settings, StorageExt};
+//! use omniq_sqlite::SqliteStorage;
+//!
+//! # async fn demo() -> omniq_core::Result<()> {
+//! let store = SqliteStorage::open_path("./omniq_data/omniq.db", Durability::Normal).await?;
+//! let id = store.enqueue_one(NewTask::new("report.build"), &Settings::default()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The layout: tables `tasks` (records), `results` (results and errors),
+//! `pending` (the dequeue index by eta), `running` (claims and leases) and
+//! `completed` (finished tasks by finish time), in WAL mode. All writes of one
+//! process go through one connection owned by a writer task, which groups the
+//! changes that queue up into one `BEGIN IMMEDIATE` transaction; reads use a
+//! separate read-only pool. See `docs/sqlite-backend.md`.
+
+mod rows;
+pub mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use omniq_core::{
+    async_trait, ClaimRequest, Durability, Error, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery,
+    RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rows::{task_from_row, to_ns, TASK_COLUMNS, TASK_FROM};
+use crate::writer::Op;
+
+/// How long a connection waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read connections per store.
+const READERS: u32 = 4;
+
+/// Turns a driver error into OmniQ's error.
+pub(crate) fn sql_error(error: sqlx::Error) -> Error {
+    Error::backend("sqlite", error)
+}
+
+/// A [`Storage`] in one SQLite database file.
+///
+/// Cloning is cheap and shares the writer and the read pool. The writer task
+/// stops when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct SqliteStorage {
+    path: PathBuf,
+    writer: mpsc::Sender<Op>,
+    readers: SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Opens the database that `settings` name (`db_path`, or
+    /// `{base_dir}/omniq.db`) with their durability. The folder is created if
+    /// missing.
+    pub async fn open(settings: &Settings) -> Result<Self> {
+        if settings.serializer != Serializer::Json {
+            return Err(Error::invalid_config(
+                "OMNIQ_SERIALIZER",
+                "the sqlite backend stores payloads as JSON text; msgpack is not supported by it yet, use json",
+            ));
+        }
+        Self::open_path(settings.sqlite_path(), settings.durability).await
+    }
+
+    /// Opens (creating if missing) the database at `path`.
+    ///
+    /// A new database gets the OmniQ schema; an older OmniQ database is
+    /// migrated forward. A file that is not a SQLite database, another
+    /// program's database, or one written by a newer OmniQ is refused with
+    /// [`Error::Incompatible`] and left untouched.
+    pub async fn open_path(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .log_statements(tracing::log::LevelFilter::Trace);
+
+        // Identify the file before changing anything in it: even switching the
+        // journal mode writes to the header of someone else's database.
+        let mut writer = base
+            .clone()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .map_err(|e| open_error(&path, e))?;
+        schema::prepare(&mut writer, &path).await?;
+
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+            .fetch_one(&mut writer)
+            .await
+            .map_err(sql_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::backend(
+                "sqlite",
+                format!(
+                    "{} refused WAL journaling (journal_mode is {mode})",
+                    path.display()
+                ),
+            ));
+        }
+        let (synchronous, synchronous_name) = match durability {
+            Durability::Normal => (SqliteSynchronous::Normal, "NORMAL"),
+            Durability::Full => (SqliteSynchronous::Full, "FULL"),
+        };
+        sqlx::query(&format!("PRAGMA synchronous = {synchronous_name}"))
+            .execute(&mut writer)
+            .await
+            .map_err(sql_error)?;
+        // SQLite ignores pragmas it does not understand, so read the value back.
+        let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut writer)
+            .await
+            .map_err(sql_error)?;
+        let wanted = match durability {
+            Durability::Normal => 1,
+            Durability::Full => 2,
+        };
+        if level != wanted {
+            return Err(Error::backend(
+                "sqlite",
+                format!("PRAGMA synchronous is {level}, expected {wanted}"),
+            ));
+        }
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_lazy_with(
+                base.read_only(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(synchronous),
+            );
+        let (sender, receiver) = mpsc::channel(1024);
+        tokio::spawn(writer::run(writer, path.clone(), receiver));
+        Ok(SqliteStorage {
+            path,
+            writer: sender,
+            readers,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version recorded in the database.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let mut conn = self.readers.acquire().await.map_err(sql_error)?;
+        schema::version(&mut conn).await
+    }
+
+    /// SQLite's own check of the file (`PRAGMA integrity_check`): `["ok"]` when
+    /// the database is sound, else the problems it found.
+    pub async fn integrity_check(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(sql_error)
+    }
+
+    /// The value of a pragma as the write connection sees it (e.g.
+    /// `journal_mode`, `synchronous`), for checks and diagnostics.
+    pub async fn pragma(&self, name: &str) -> Result<String> {
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::invalid_config(
+                "pragma",
+                format!("{name:?} is not a pragma name"),
+            ));
+        }
+        let row = sqlx::query(&format!("PRAGMA {name}"))
+            .fetch_one(&self.readers)
+            .await
+            .map_err(sql_error)?;
+        let value: sqlx::Result<String> = row.try_get(0);
+        match value {
+            Ok(text) => Ok(text),
+            Err(_) => Ok(row.try_get::<i64, _>(0).map_err(sql_error)?.to_string()),
+        }
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::backend("sqlite", "the writer task has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::backend("sqlite", "the writer task stopped before answering"))?
+    }
+}
+
+fn open_error(path: &Path, error: sqlx::Error) -> Error {
+    match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => Error::Incompatible {
+            path: path.to_path_buf(),
+            reason: "the file is not a SQLite database".into(),
+        },
+        _ => Error::backend("sqlite", format!("cannot open {}: {error}", path.display())),
+    }
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        self.write(|reply| Op::Enqueue(tasks, reply)).await
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
+        self.write(|reply| Op::Claim(request, reply)).await
+    }
+
+    async fn renew(
+        &self,
+        leases: &[LeaseRef],
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RenewOutcome>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let leases = leases.to_vec();
+        self.write(|reply| Op::Renew(leases, lease_for, now, reply)).await
+    }
+
+    async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| Op::Finish(finishes, now, reply)).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Task> {
+        let sql = format!("SELECT {TASK_COLUMNS} {TASK_FROM} WHERE t.id = ?1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(sql_error)?
+            .ok_or_else(|| Error::not_found(id))?;
+        task_from_row(&row, &self.path)
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
+        let (compare, order) = match query.order {
+            ListOrder::OldestFirst => (">", "ASC"),
+            ListOrder::NewestFirst => ("<", "DESC"),
+        };
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} {TASK_FROM} WHERE (?1 IS NULL OR t.status = ?1) \
+             AND (?2 IS NULL OR t.id {compare} ?2) ORDER BY t.id {order} LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(query.status.map(TaskStatus::as_str))
+            .bind(query.after.map(|id| id.to_string()))
+            .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(sql_error)?;
+        rows.iter().map(|row| task_from_row(row, &self.path)).collect()
+    }
+
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.write(|reply| Op::Cancel(id, now, reply)).await
+    }
+
+    async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
+        self.write(|reply| Op::Retry(id, now, reply)).await
+    }
+
+    async fn counts(&self) -> Result<StatusCounts> {
+        let rows = sqlx::query("SELECT status, count(*) FROM tasks GROUP BY status")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(sql_error)?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let status: String = row.try_get(0).map_err(sql_error)?;
+            let count: i64 = row.try_get(1).map_err(sql_error)?;
+            let status = TaskStatus::from_str(&status).map_err(|e| Error::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            match status {
+                TaskStatus::Pending => counts.pending = count as u64,
+                TaskStatus::Running => counts.running = count as u64,
+                TaskStatus::Completed => counts.completed = count as u64,
+                TaskStatus::Failed => counts.failed = count as u64,
+                TaskStatus::Cancelled => counts.cancelled = count as u64,
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
+        to_ns(finished_before)?;
+        self.write(|reply| Op::Purge(finished_before, reply)).await
+    }
+
+    async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.write(|reply| Op::RequeueExpired(now, reply)).await
+    }
+}

@@ -1,0 +1,256 @@
+//! How a `Task` maps onto the five tables, and the batched statements that load
+//! and save many tasks at once.
+//!
+//! A batch travels to SQLite as one JSON array bound to one parameter and is
+//! unpacked with `json_each`, so saving a thousand tasks costs the same handful
+//! of statements as saving one. Payloads ride inside it as JSON *strings*, so
+//! SQLite hands back the exact text serde wrote.
+
+use std::path::Path;
+use std::time::Duration;
+
+use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
+use serde::Serialize;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+use time::OffsetDateTime;
+
+use crate::sql_error;
+
+/// The columns of a whole task, for `SELECT {TASK_COLUMNS} {TASK_FROM} WHERE ...`.
+pub const TASK_COLUMNS: &str = "t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
+     t.max_retries, t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, \
+     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at";
+
+/// The joins that gather one task from its tables.
+pub const TASK_FROM: &str =
+    "FROM tasks t LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id";
+
+pub fn to_ns(time: OffsetDateTime) -> Result<i64> {
+    i64::try_from(time.unix_timestamp_nanos())
+        .map_err(|_| Error::invalid_config("time", format!("{time} is outside the years 1677 to 2262")))
+}
+
+fn from_ns(ns: i64) -> OffsetDateTime {
+    // Every i64 of nanoseconds is a valid time, so this cannot fail.
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn duration_ns(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// One task as the batch statements read it.
+#[derive(Serialize)]
+pub struct RowOut<'a> {
+    id: String,
+    func_path: &'a str,
+    args: String,
+    kwargs: String,
+    status: &'static str,
+    eta: i64,
+    interval_ns: Option<i64>,
+    max_retries: u32,
+    timeout_ns: Option<i64>,
+    attempts: u32,
+    created_at: i64,
+    updated_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    series: Option<String>,
+    value: Option<String>,
+    error: Option<String>,
+    worker_id: Option<&'a str>,
+    token: Option<String>,
+    expires_at: Option<i64>,
+}
+
+impl<'a> RowOut<'a> {
+    pub fn new(task: &'a Task) -> Result<Self> {
+        Ok(RowOut {
+            id: task.id.to_string(),
+            func_path: &task.func_path,
+            args: serde_json::to_string(&task.args)?,
+            kwargs: serde_json::to_string(&task.kwargs)?,
+            status: task.status.as_str(),
+            eta: to_ns(task.eta)?,
+            interval_ns: task.interval.map(duration_ns),
+            max_retries: task.max_retries,
+            timeout_ns: task.timeout.map(duration_ns),
+            attempts: task.attempts,
+            created_at: to_ns(task.created_at)?,
+            updated_at: to_ns(task.updated_at)?,
+            started_at: task.started_at.map(to_ns).transpose()?,
+            finished_at: task.finished_at.map(to_ns).transpose()?,
+            series: task.series.map(|s| s.to_string()),
+            value: task.result.as_ref().map(serde_json::to_string).transpose()?,
+            error: task.error.as_ref().map(serde_json::to_string).transpose()?,
+            worker_id: task.lease.as_ref().map(|l| l.worker_id.as_str()),
+            token: task.lease.as_ref().map(|l| l.token.to_string()),
+            expires_at: task.lease.as_ref().map(|l| to_ns(l.expires_at)).transpose()?,
+        })
+    }
+}
+
+/// The JSON array of a batch of tasks.
+pub fn batch_json(tasks: &[Task]) -> Result<String> {
+    let rows = tasks.iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
+    Ok(serde_json::to_string(&rows)?)
+}
+
+/// Reads one task from a row of `SELECT {TASK_COLUMNS} {TASK_FROM}`.
+pub fn task_from_row(row: &SqliteRow, db: &Path) -> Result<Task> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: db.to_path_buf(),
+        reason,
+    };
+    let id: String = row.try_get(0).map_err(sql_error)?;
+    let bad = |what: &str, e: &dyn std::fmt::Display| corrupt(format!("task {id}: bad {what}: {e}"));
+    let json = |index: usize, what: &str| -> Result<Option<String>> {
+        row.try_get::<Option<String>, _>(index).map_err(|e| bad(what, &e))
+    };
+    let lease = match (
+        row.try_get::<Option<String>, _>(17).map_err(sql_error)?,
+        row.try_get::<Option<String>, _>(18).map_err(sql_error)?,
+        row.try_get::<Option<i64>, _>(19).map_err(sql_error)?,
+    ) {
+        (Some(worker_id), Some(token), Some(expires_at)) => Some(Lease {
+            worker_id,
+            token: LeaseToken(token.parse().map_err(|e| bad("lease token", &e))?),
+            expires_at: from_ns(expires_at),
+        }),
+        _ => None,
+    };
+    let status: String = row.try_get(4).map_err(sql_error)?;
+    let ns = |index: usize| -> Result<Option<i64>> { row.try_get(index).map_err(sql_error) };
+    Ok(Task {
+        id: TaskId::parse(&id).map_err(|e| bad("id", &e))?,
+        func_path: row.try_get(1).map_err(sql_error)?,
+        args: serde_json::from_str(&row.try_get::<String, _>(2).map_err(sql_error)?)
+            .map_err(|e| bad("args", &e))?,
+        kwargs: serde_json::from_str(&row.try_get::<String, _>(3).map_err(sql_error)?)
+            .map_err(|e| bad("kwargs", &e))?,
+        status: status.parse::<TaskStatus>().map_err(|e| bad("status", &e))?,
+        eta: from_ns(row.try_get(5).map_err(sql_error)?),
+        interval: ns(6)?.map(|n| Duration::from_nanos(n.max(0) as u64)),
+        max_retries: row.try_get(7).map_err(sql_error)?,
+        timeout: ns(8)?.map(|n| Duration::from_nanos(n.max(0) as u64)),
+        attempts: row.try_get(9).map_err(sql_error)?,
+        created_at: from_ns(row.try_get(10).map_err(sql_error)?),
+        updated_at: from_ns(row.try_get(11).map_err(sql_error)?),
+        started_at: ns(12)?.map(from_ns),
+        finished_at: ns(13)?.map(from_ns),
+        series: json(14, "series")?
+            .map(|s| TaskId::parse(&s))
+            .transpose()
+            .map_err(|e| bad("series", &e))?,
+        result: json(15, "result")?
+            .map(|v| serde_json::from_str(&v))
+            .transpose()
+            .map_err(|e| bad("result", &e))?,
+        error: json(16, "error")?
+            .map(|v| serde_json::from_str::<TaskError>(&v))
+            .transpose()
+            .map_err(|e| bad("error", &e))?,
+        lease,
+    })
+}
+
+/// Loads the tasks with these ids (those that exist), in no particular order.
+pub async fn load(conn: &mut SqliteConnection, ids: &[TaskId], db: &Path) -> Result<Vec<Task>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids_json = serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())?;
+    let sql = format!("SELECT {TASK_COLUMNS} {TASK_FROM} WHERE t.id IN (SELECT value FROM json_each(?1))");
+    let rows = sqlx::query(&sql)
+        .bind(ids_json)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    rows.iter().map(|row| task_from_row(row, db)).collect()
+}
+
+/// Inserts new tasks: a stored id is a constraint error, which the caller turns
+/// into a conflict. Only the index tables a new task can be in are written.
+pub async fn insert(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let batch = batch_json(tasks)?;
+    for sql in [INSERT_TASKS, INSERT_PENDING, INSERT_COMPLETED, INSERT_RESULTS] {
+        sqlx::query(sql)
+            .bind(&batch)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    Error::conflict("(batch)", "a task with one of these ids already exists")
+                }
+                _ => sql_error(e),
+            })?;
+    }
+    Ok(())
+}
+
+/// Writes back changed tasks (and new ones), moving each to the index table of
+/// its status.
+pub async fn save(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let batch = batch_json(tasks)?;
+    for sql in [
+        UPSERT_TASKS,
+        "DELETE FROM pending WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
+        "DELETE FROM running WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
+        "DELETE FROM completed WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
+        "DELETE FROM results WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
+        INSERT_PENDING,
+        INSERT_RUNNING,
+        INSERT_COMPLETED,
+        INSERT_RESULTS,
+    ] {
+        sqlx::query(sql)
+            .bind(&batch)
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+// Macros rather than consts, so `concat!` can build the statements at compile time.
+macro_rules! insert_tasks_head {
+    () => {
+        "INSERT INTO tasks (id, func_path, args, kwargs, status, eta, interval_ns, max_retries, \
+         timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series) \
+         SELECT j.value->>'id', j.value->>'func_path', j.value->>'args', j.value->>'kwargs', \
+         j.value->>'status', j.value->>'eta', j.value->>'interval_ns', j.value->>'max_retries', \
+         j.value->>'timeout_ns', j.value->>'attempts', j.value->>'created_at', j.value->>'updated_at', \
+         j.value->>'started_at', j.value->>'finished_at', j.value->>'series' FROM json_each(?1) j"
+    };
+}
+
+const INSERT_TASKS: &str = insert_tasks_head!();
+const UPSERT_TASKS: &str = concat!(
+    insert_tasks_head!(),
+    " WHERE true ON CONFLICT (id) DO UPDATE SET func_path = excluded.func_path, args = excluded.args, \
+      kwargs = excluded.kwargs, status = excluded.status, eta = excluded.eta, \
+      interval_ns = excluded.interval_ns, max_retries = excluded.max_retries, \
+      timeout_ns = excluded.timeout_ns, attempts = excluded.attempts, created_at = excluded.created_at, \
+      updated_at = excluded.updated_at, started_at = excluded.started_at, \
+      finished_at = excluded.finished_at, series = excluded.series"
+);
+
+const INSERT_PENDING: &str = "INSERT INTO pending (id, eta) SELECT j.value->>'id', j.value->>'eta' \
+    FROM json_each(?1) j WHERE j.value->>'status' = 'pending'";
+const INSERT_RUNNING: &str = "INSERT INTO running (id, worker_id, token, expires_at) \
+    SELECT j.value->>'id', j.value->>'worker_id', j.value->>'token', j.value->>'expires_at' \
+    FROM json_each(?1) j WHERE j.value->>'status' = 'running'";
+const INSERT_COMPLETED: &str = "INSERT INTO completed (id, status, finished_at) \
+    SELECT j.value->>'id', j.value->>'status', j.value->>'finished_at' FROM json_each(?1) j \
+    WHERE j.value->>'status' IN ('completed', 'failed', 'cancelled')";
+const INSERT_RESULTS: &str = "INSERT INTO results (id, value, error) \
+    SELECT j.value->>'id', j.value->>'value', j.value->>'error' FROM json_each(?1) j \
+    WHERE j.value->>'value' IS NOT NULL OR j.value->>'error' IS NOT NULL";

@@ -1,0 +1,145 @@
+//! The database layout, how an OmniQ database is recognised, and the migrations
+//! that bring an older one forward.
+
+use std::path::Path;
+
+use omniq_core::{Error, Result};
+use sqlx::{Connection, Executor, Row, SqliteConnection};
+
+use crate::sql_error;
+
+/// `PRAGMA application_id` of every OmniQ database: "OmnQ" in ASCII. A database
+/// without it is some other program's, and is refused untouched.
+pub const APPLICATION_ID: i32 = 0x4F6D_6E51;
+
+/// One migration per schema version: `MIGRATIONS[i]` takes a database from
+/// version `i` to `i + 1`. Released migrations are never edited, only appended.
+pub const MIGRATIONS: &[&str] = &[
+    // v1: the five tables of the layout.
+    r#"
+    CREATE TABLE tasks (
+        id          TEXT PRIMARY KEY NOT NULL,
+        func_path   TEXT NOT NULL,
+        args        TEXT NOT NULL,
+        kwargs      TEXT NOT NULL,
+        status      TEXT NOT NULL
+                    CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        eta         INTEGER NOT NULL,
+        interval_ns INTEGER,
+        max_retries INTEGER NOT NULL,
+        timeout_ns  INTEGER,
+        attempts    INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        started_at  INTEGER,
+        finished_at INTEGER,
+        series      TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE results (
+        id    TEXT PRIMARY KEY NOT NULL,
+        value TEXT,
+        error TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE pending (
+        id  TEXT PRIMARY KEY NOT NULL,
+        eta INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX pending_due ON pending (eta, id);
+    CREATE TABLE running (
+        id         TEXT PRIMARY KEY NOT NULL,
+        worker_id  TEXT NOT NULL,
+        token      TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE completed (
+        id          TEXT PRIMARY KEY NOT NULL,
+        status      TEXT NOT NULL,
+        finished_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
+    // v2: indexes for listing by status, cancelling a series, finding expired
+    // leases and purging old results without scanning.
+    r#"
+    CREATE INDEX tasks_status ON tasks (status, id);
+    CREATE INDEX tasks_series ON tasks (series) WHERE series IS NOT NULL;
+    CREATE INDEX running_expiry ON running (expires_at);
+    CREATE INDEX completed_finished ON completed (finished_at);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Checks that the database at `path` is an OmniQ database this build can use,
+/// creating the schema in an empty one and migrating an older one, all inside
+/// one `BEGIN IMMEDIATE` transaction so concurrent openers do it once. A file
+/// that is not a SQLite database, another program's database, or one written by
+/// a newer OmniQ is refused and left untouched.
+pub async fn prepare(conn: &mut SqliteConnection, path: &Path) -> Result<i64> {
+    let incompatible = |reason: String| Error::Incompatible {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| match e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => {
+            incompatible("the file is not a SQLite database".into())
+        }
+        other => sql_error(other),
+    })?;
+    let header = async {
+        let app_id: i32 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut *tx)
+            .await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await?;
+        let objects: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok::<_, sqlx::Error>((app_id, version, objects))
+    }
+    .await;
+    let (app_id, version, objects) = match header {
+        Ok(header) => header,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => {
+            return Err(incompatible("the file is not a SQLite database".into()))
+        }
+        Err(other) => return Err(sql_error(other)),
+    };
+    let from = match (app_id, objects) {
+        (0, 0) => 0,
+        (APPLICATION_ID, _) => version,
+        _ => {
+            return Err(incompatible(format!(
+                "not an OmniQ database (application_id {app_id:#x}, {objects} schema objects); \
+                 point OMNIQ_DB_PATH at another file"
+            )))
+        }
+    };
+    if from > CURRENT_VERSION {
+        return Err(incompatible(format!(
+            "written by a newer OmniQ (schema version {from}; this build knows up to {CURRENT_VERSION}); \
+             upgrade OmniQ to open it"
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        (&mut *tx).execute(*migration).await.map_err(sql_error)?;
+        tracing::info!(db = %path.display(), version = index + 1, "migrated the OmniQ schema");
+    }
+    if from < CURRENT_VERSION {
+        let stamp =
+            format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {CURRENT_VERSION};");
+        (&mut *tx).execute(stamp.as_str()).await.map_err(sql_error)?;
+    }
+    tx.commit().await.map_err(sql_error)?;
+    Ok(from)
+}
+
+/// The schema version recorded in a database.
+pub async fn version(conn: &mut SqliteConnection) -> Result<i64> {
+    let row = sqlx::query("PRAGMA user_version")
+        .fetch_one(conn)
+        .await
+        .map_err(sql_error)?;
+    row.try_get(0).map_err(sql_error)
+}

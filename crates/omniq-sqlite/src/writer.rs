@@ -1,0 +1,350 @@
+//! The writer: one task per store that owns the only write connection of this
+//! process and applies every change, grouping the changes that queue up while a
+//! transaction runs into the next one (group commit).
+//!
+//! Each change runs inside a savepoint of the shared transaction, so one that
+//! fails is undone alone; callers get their answers only after the commit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use omniq_core::{
+    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, RenewOutcome, Result,
+    Task, TaskId, TaskStatus,
+};
+use sqlx::{Connection, SqliteConnection};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rows::{self, to_ns, TASK_COLUMNS, TASK_FROM};
+use crate::sql_error;
+
+/// The most changes one transaction takes, so a flood of callers still gets
+/// answers in bounded time.
+const MAX_GROUP: usize = 512;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A change to apply, with the channel its answer goes back on.
+pub enum Op {
+    Enqueue(Vec<Task>, Reply<()>),
+    Claim(ClaimRequest, Reply<Vec<Task>>),
+    Renew(Vec<LeaseRef>, Duration, OffsetDateTime, Reply<Vec<RenewOutcome>>),
+    Finish(Vec<Finish>, OffsetDateTime, Reply<Vec<FinishOutcome>>),
+    Cancel(TaskId, OffsetDateTime, Reply<Vec<TaskId>>),
+    Retry(TaskId, OffsetDateTime, Reply<()>),
+    Purge(OffsetDateTime, Reply<u64>),
+    RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
+}
+
+/// Sends an answer once the transaction's fate is known.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
+    Box::new(move |commit_error| {
+        let result = match (commit_error, result) {
+            (Some(message), Ok(_)) => Err(Error::backend("sqlite", format!("commit failed: {message}"))),
+            (_, result) => result,
+        };
+        // The caller may have stopped waiting; its loss.
+        let _ = reply.send(result);
+    })
+}
+
+/// Runs the writer until every sender is gone, then closes the connection.
+pub async fn run(mut conn: SqliteConnection, db: PathBuf, mut ops: mpsc::Receiver<Op>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while ops.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let answers = apply_group(&mut conn, &db, group.drain(..)).await;
+        for (answer, error) in answers {
+            answer(error.as_deref());
+        }
+    }
+    if let Err(error) = conn.close().await {
+        tracing::warn!(%error, "closing the SQLite write connection failed");
+    }
+}
+
+async fn apply_group(
+    conn: &mut SqliteConnection,
+    db: &Path,
+    group: std::vec::Drain<'_, Op>,
+) -> Vec<(Answer, Option<String>)> {
+    let single = group.len() == 1;
+    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(error) => {
+            let message = error.to_string();
+            return group.map(|op| (fail(op, &message), None)).collect();
+        }
+    };
+    let mut single_failed = false;
+    for op in group {
+        if single {
+            let (answer, ok) = apply(&mut tx, db, op).await;
+            single_failed = !ok;
+            answers.push(answer);
+            continue;
+        }
+        if let Err(error) = sqlx::query("SAVEPOINT op").execute(&mut *tx).await {
+            answers.push(fail(op, &error.to_string()));
+            continue;
+        }
+        let (answer, ok) = apply(&mut tx, db, op).await;
+        let end = async {
+            if !ok {
+                sqlx::query("ROLLBACK TO op").execute(&mut *tx).await?;
+            }
+            sqlx::query("RELEASE op").execute(&mut *tx).await
+        };
+        if let Err(error) = end.await {
+            tracing::error!(%error, "cannot end a savepoint; the group is rolled back");
+            drop(tx);
+            let message = error.to_string();
+            return answers
+                .into_iter()
+                .chain([answer])
+                .map(|a| (a, Some(message.clone())))
+                .collect();
+        }
+        answers.push(answer);
+    }
+    let commit = if single_failed {
+        tx.rollback().await
+    } else {
+        tx.commit().await
+    };
+    let error = commit.err().filter(|_| !single_failed).map(|e| e.to_string());
+    answers.into_iter().map(|a| (a, error.clone())).collect()
+}
+
+/// The answer for an op that could not be run at all.
+fn fail(op: Op, message: &str) -> Answer {
+    let error = || Error::backend("sqlite", format!("cannot start the change: {message}"));
+    match op {
+        Op::Enqueue(_, r) | Op::Retry(_, _, r) => answer(r, Err(error())),
+        Op::Claim(_, r) => answer(r, Err(error())),
+        Op::Renew(_, _, _, r) => answer(r, Err(error())),
+        Op::Finish(_, _, r) => answer(r, Err(error())),
+        Op::Cancel(_, _, r) | Op::RequeueExpired(_, r) => answer(r, Err(error())),
+        Op::Purge(_, r) => answer(r, Err(error())),
+    }
+}
+
+/// Applies one op; returns its answer and whether it succeeded.
+async fn apply(conn: &mut SqliteConnection, db: &Path, op: Op) -> (Answer, bool) {
+    fn done<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> (Answer, bool) {
+        let ok = result.is_ok();
+        (answer(reply, result), ok)
+    }
+    match op {
+        Op::Enqueue(tasks, reply) => done(reply, enqueue(conn, tasks).await),
+        Op::Claim(request, reply) => done(reply, claim(conn, db, request).await),
+        Op::Renew(leases, lease_for, now, reply) => done(reply, renew(conn, &leases, lease_for, now).await),
+        Op::Finish(finishes, now, reply) => done(reply, finish(conn, db, finishes, now).await),
+        Op::Cancel(id, now, reply) => done(reply, cancel(conn, db, id, now).await),
+        Op::Retry(id, now, reply) => done(reply, retry(conn, db, id, now).await),
+        Op::Purge(before, reply) => done(reply, purge(conn, before).await),
+        Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
+    }
+}
+
+async fn enqueue(conn: &mut SqliteConnection, tasks: Vec<Task>) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(tasks.len());
+    for task in &tasks {
+        if task.status == TaskStatus::Running {
+            return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
+        }
+        if !seen.insert(task.id) {
+            return Err(Error::conflict(task.id, "the id is given twice"));
+        }
+    }
+    rows::insert(conn, &tasks).await
+}
+
+async fn claim(conn: &mut SqliteConnection, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
+    if request.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2")
+            .bind(to_ns(request.now)?)
+            .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+    let ids = ids
+        .iter()
+        .map(|id| TaskId::parse(id))
+        .collect::<Result<Vec<_>>>()?;
+    let mut tasks = rows::load(conn, &ids, db).await?;
+    tasks.sort_by_key(|task| (task.eta, task.id));
+    for task in &mut tasks {
+        task.claim(&request.worker_id, request.lease_for, request.now)?;
+    }
+    rows::save(conn, &tasks).await?;
+    Ok(tasks)
+}
+
+async fn renew(
+    conn: &mut SqliteConnection,
+    leases: &[LeaseRef],
+    lease_for: Duration,
+    now: OffsetDateTime,
+) -> Result<Vec<RenewOutcome>> {
+    let expires_at = now + lease_for;
+    let pairs: Vec<(String, String)> = leases
+        .iter()
+        .map(|lease| (lease.id.to_string(), lease.token.to_string()))
+        .collect();
+    // The running row exists exactly while the task runs under that token.
+    let renewed: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE running SET expires_at = ?1 FROM json_each(?2) j \
+         WHERE running.id = j.value->>0 AND running.token = j.value->>1 RETURNING running.id, running.token",
+    )
+    .bind(to_ns(expires_at)?)
+    .bind(serde_json::to_string(&pairs)?)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(sql_error)?;
+    Ok(pairs
+        .iter()
+        .map(|pair| {
+            if renewed.contains(pair) {
+                RenewOutcome::Renewed { expires_at }
+            } else {
+                RenewOutcome::Lost
+            }
+        })
+        .collect())
+}
+
+async fn finish(
+    conn: &mut SqliteConnection,
+    db: &Path,
+    finishes: Vec<Finish>,
+    now: OffsetDateTime,
+) -> Result<Vec<FinishOutcome>> {
+    let ids: Vec<TaskId> = finishes.iter().map(|f| f.id).collect();
+    let mut tasks: HashMap<TaskId, Task> = rows::load(conn, &ids, db)
+        .await?
+        .into_iter()
+        .map(|task| (task.id, task))
+        .collect();
+    let mut changed = HashMap::new();
+    let mut created = Vec::new();
+    let mut answers = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        match tasks
+            .get_mut(&finish.id)
+            .filter(|task| task.holds_lease(finish.token))
+        {
+            None => answers.push(FinishOutcome::LeaseLost),
+            Some(task) => {
+                let next = task.finish(finish.outcome, now)?;
+                changed.insert(task.id, task.clone());
+                answers.push(FinishOutcome::Applied {
+                    next: next.as_ref().map(|n| n.id),
+                });
+                created.extend(next);
+            }
+        }
+    }
+    let mut writes: Vec<Task> = changed.into_values().collect();
+    writes.extend(created);
+    rows::save(conn, &writes).await?;
+    Ok(answers)
+}
+
+async fn load_one(conn: &mut SqliteConnection, db: &Path, id: TaskId) -> Result<Task> {
+    rows::load(conn, &[id], db)
+        .await?
+        .pop()
+        .ok_or_else(|| Error::not_found(id))
+}
+
+async fn cancel(
+    conn: &mut SqliteConnection,
+    db: &Path,
+    id: TaskId,
+    now: OffsetDateTime,
+) -> Result<Vec<TaskId>> {
+    let target = load_one(conn, db, id).await?;
+    let scope = match target.cancel_scope() {
+        CancelScope::Task(_) => vec![target.clone()],
+        CancelScope::Series(series) => {
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} {TASK_FROM} WHERE t.series = ?1 AND t.status IN ('pending', 'running')"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(series.to_string())
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(sql_error)?;
+            rows.iter()
+                .map(|row| rows::task_from_row(row, db))
+                .collect::<Result<_>>()?
+        }
+    };
+    let cancelled = cancel_in_scope(&target, scope, now)?;
+    rows::save(conn, &cancelled).await?;
+    Ok(cancelled.iter().map(|t| t.id).collect())
+}
+
+async fn retry(conn: &mut SqliteConnection, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<()> {
+    let mut task = load_one(conn, db, id).await?;
+    if task.status != TaskStatus::Failed {
+        return Err(Error::conflict(
+            id,
+            format!("only failed tasks can be retried; this one is {}", task.status),
+        ));
+    }
+    task.retry(now)?;
+    rows::save(conn, &[task]).await
+}
+
+async fn purge(conn: &mut SqliteConnection, before: OffsetDateTime) -> Result<u64> {
+    let before = to_ns(before)?;
+    for sql in [
+        "DELETE FROM tasks WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)",
+        "DELETE FROM results WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)",
+    ] {
+        sqlx::query(sql)
+            .bind(before)
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_error)?;
+    }
+    let done = sqlx::query("DELETE FROM completed WHERE finished_at < ?1")
+        .bind(before)
+        .execute(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    Ok(done.rows_affected())
+}
+
+async fn requeue_expired(conn: &mut SqliteConnection, db: &Path, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM running WHERE expires_at <= ?1")
+        .bind(to_ns(now)?)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = ids
+        .iter()
+        .map(|id| TaskId::parse(id))
+        .collect::<Result<Vec<_>>>()?;
+    let mut tasks = rows::load(conn, &ids, db).await?;
+    let mut created = Vec::new();
+    for task in &mut tasks {
+        created.extend(task.expire_lease(now)?);
+    }
+    let expired = tasks.iter().map(|t| t.id).collect();
+    tasks.extend(created);
+    rows::save(conn, &tasks).await?;
+    Ok(expired)
+}
