@@ -171,86 +171,41 @@ pub async fn load(conn: &mut SqliteConnection, ids: &[TaskId], db: &Path) -> Res
     rows.iter().map(|row| task_from_row(row, db)).collect()
 }
 
-/// Inserts new tasks: a stored id is a constraint error, which the caller turns
-/// into a conflict. Only the index tables a new task can be in are written.
+/// Inserts new tasks. A stored id aborts the statement (and only it) with a
+/// conflict, so nothing of the batch is stored.
 pub async fn insert(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
-    if tasks.is_empty() {
-        return Ok(());
-    }
-    let batch = batch_json(tasks)?;
-    for sql in [INSERT_TASKS, INSERT_PENDING, INSERT_COMPLETED, INSERT_RESULTS] {
-        sqlx::query(sql)
-            .bind(&batch)
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| match &e {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
-                    Error::conflict("(batch)", "a task with one of these ids already exists")
-                }
-                _ => sql_error(e),
-            })?;
-    }
-    Ok(())
+    write(conn, tasks, true).await.map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.message().contains("already exists") || db.is_unique_violation() => {
+            Error::conflict("(batch)", "a task with one of these ids already exists")
+        }
+        _ => sql_error(e),
+    })
 }
 
-/// Writes back changed tasks (and new ones), moving each to the index table of
-/// its status.
+/// Writes back changed tasks (and new ones), each moved to the index table of
+/// its status. One statement: the `task_rows` trigger does the rest.
 pub async fn save(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
+    write(conn, tasks, false).await.map_err(sql_error)
+}
+
+async fn write(conn: &mut SqliteConnection, tasks: &[Task], is_new: bool) -> sqlx::Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
-    let batch = batch_json(tasks)?;
-    for sql in [
-        UPSERT_TASKS,
-        "DELETE FROM pending WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
-        "DELETE FROM running WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
-        "DELETE FROM completed WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
-        "DELETE FROM results WHERE id IN (SELECT j.value->>'id' FROM json_each(?1) j)",
-        INSERT_PENDING,
-        INSERT_RUNNING,
-        INSERT_COMPLETED,
-        INSERT_RESULTS,
-    ] {
-        sqlx::query(sql)
-            .bind(&batch)
-            .execute(&mut *conn)
-            .await
-            .map_err(sql_error)?;
-    }
+    let batch = batch_json(tasks).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    sqlx::query(WRITE_ROWS)
+        .bind(batch)
+        .bind(is_new)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
-// Macros rather than consts, so `concat!` can build the statements at compile time.
-macro_rules! insert_tasks_head {
-    () => {
-        "INSERT INTO tasks (id, func_path, args, kwargs, status, eta, interval_ns, max_retries, \
-         timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series) \
-         SELECT j.value->>'id', j.value->>'func_path', j.value->>'args', j.value->>'kwargs', \
-         j.value->>'status', j.value->>'eta', j.value->>'interval_ns', j.value->>'max_retries', \
-         j.value->>'timeout_ns', j.value->>'attempts', j.value->>'created_at', j.value->>'updated_at', \
-         j.value->>'started_at', j.value->>'finished_at', j.value->>'series' FROM json_each(?1) j"
-    };
-}
-
-const INSERT_TASKS: &str = insert_tasks_head!();
-const UPSERT_TASKS: &str = concat!(
-    insert_tasks_head!(),
-    " WHERE true ON CONFLICT (id) DO UPDATE SET func_path = excluded.func_path, args = excluded.args, \
-      kwargs = excluded.kwargs, status = excluded.status, eta = excluded.eta, \
-      interval_ns = excluded.interval_ns, max_retries = excluded.max_retries, \
-      timeout_ns = excluded.timeout_ns, attempts = excluded.attempts, created_at = excluded.created_at, \
-      updated_at = excluded.updated_at, started_at = excluded.started_at, \
-      finished_at = excluded.finished_at, series = excluded.series"
-);
-
-const INSERT_PENDING: &str = "INSERT INTO pending (id, eta) SELECT j.value->>'id', j.value->>'eta' \
-    FROM json_each(?1) j WHERE j.value->>'status' = 'pending'";
-const INSERT_RUNNING: &str = "INSERT INTO running (id, worker_id, token, expires_at) \
-    SELECT j.value->>'id', j.value->>'worker_id', j.value->>'token', j.value->>'expires_at' \
-    FROM json_each(?1) j WHERE j.value->>'status' = 'running'";
-const INSERT_COMPLETED: &str = "INSERT INTO completed (id, status, finished_at) \
-    SELECT j.value->>'id', j.value->>'status', j.value->>'finished_at' FROM json_each(?1) j \
-    WHERE j.value->>'status' IN ('completed', 'failed', 'cancelled')";
-const INSERT_RESULTS: &str = "INSERT INTO results (id, value, error) \
-    SELECT j.value->>'id', j.value->>'value', j.value->>'error' FROM json_each(?1) j \
-    WHERE j.value->>'value' IS NOT NULL OR j.value->>'error' IS NOT NULL";
+const WRITE_ROWS: &str = "INSERT INTO task_rows (id, func_path, args, kwargs, status, eta, interval_ns, \
+    max_retries, timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series, value, error, \
+    worker_id, token, expires_at, is_new) \
+    SELECT j.value->>'id', j.value->>'func_path', j.value->>'args', j.value->>'kwargs', j.value->>'status', \
+    j.value->>'eta', j.value->>'interval_ns', j.value->>'max_retries', j.value->>'timeout_ns', \
+    j.value->>'attempts', j.value->>'created_at', j.value->>'updated_at', j.value->>'started_at', \
+    j.value->>'finished_at', j.value->>'series', j.value->>'value', j.value->>'error', \
+    j.value->>'worker_id', j.value->>'token', j.value->>'expires_at', ?2 FROM json_each(?1) j";

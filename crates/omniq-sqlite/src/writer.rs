@@ -69,10 +69,14 @@ pub async fn run(mut conn: SqliteConnection, db: PathBuf, mut ops: mpsc::Receive
 async fn apply_group(
     conn: &mut SqliteConnection,
     db: &Path,
-    group: std::vec::Drain<'_, Op>,
+    mut group: std::vec::Drain<'_, Op>,
 ) -> Vec<(Answer, Option<String>)> {
-    let single = group.len() == 1;
-    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+    // A lone enqueue is one statement: SQLite makes it atomic by itself.
+    if group.len() == 1 && matches!(group.as_slice(), [Op::Enqueue(..)]) {
+        let op = group.next().expect("one op");
+        let (answer, _) = apply(conn, db, op).await;
+        return vec![(answer, None)];
+    }
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(error) => {
@@ -80,43 +84,33 @@ async fn apply_group(
             return group.map(|op| (fail(op, &message), None)).collect();
         }
     };
-    let mut single_failed = false;
-    for op in group {
-        if single {
-            let (answer, ok) = apply(&mut tx, db, op).await;
-            single_failed = !ok;
-            answers.push(answer);
-            continue;
-        }
-        if let Err(error) = sqlx::query("SAVEPOINT op").execute(&mut *tx).await {
-            answers.push(fail(op, &error.to_string()));
-            continue;
-        }
-        let (answer, ok) = apply(&mut tx, db, op).await;
-        let end = async {
-            if !ok {
-                sqlx::query("ROLLBACK TO op").execute(&mut *tx).await?;
-            }
-            sqlx::query("RELEASE op").execute(&mut *tx).await
-        };
-        if let Err(error) = end.await {
-            tracing::error!(%error, "cannot end a savepoint; the group is rolled back");
-            drop(tx);
-            let message = error.to_string();
-            return answers
-                .into_iter()
-                .chain([answer])
-                .map(|a| (a, Some(message.clone())))
-                .collect();
-        }
+    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+    // Every op reads first and writes with one statement at its end, so an op
+    // refused by its own rules (unknown id, conflict) leaves the transaction as
+    // it was for the others. A storage error (disk full, I/O) may have ended the
+    // transaction inside SQLite, so it aborts the whole group.
+    let mut aborted = None;
+    for op in group.by_ref() {
+        let (answer, outcome) = apply(&mut tx, db, op).await;
         answers.push(answer);
+        if let Err(message) = outcome {
+            aborted = Some(message);
+            break;
+        }
     }
-    let commit = if single_failed {
-        tx.rollback().await
-    } else {
-        tx.commit().await
-    };
-    let error = commit.err().filter(|_| !single_failed).map(|e| e.to_string());
+    if let Some(message) = aborted {
+        if let Err(error) = tx.rollback().await {
+            tracing::warn!(%error, "rolling back an aborted group failed");
+        }
+        let message = format!("the transaction was rolled back: {message}");
+        let skipped = group.map(|op| fail(op, &message));
+        return answers
+            .into_iter()
+            .chain(skipped)
+            .map(|a| (a, Some(message.clone())))
+            .collect();
+    }
+    let error = tx.commit().await.err().map(|e| e.to_string());
     answers.into_iter().map(|a| (a, error.clone())).collect()
 }
 
@@ -133,11 +127,20 @@ fn fail(op: Op, message: &str) -> Answer {
     }
 }
 
-/// Applies one op; returns its answer and whether it succeeded.
-async fn apply(conn: &mut SqliteConnection, db: &Path, op: Op) -> (Answer, bool) {
-    fn done<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> (Answer, bool) {
-        let ok = result.is_ok();
-        (answer(reply, result), ok)
+/// Applies one op; returns its answer, and the message of a storage error that
+/// must abort the group.
+async fn apply(conn: &mut SqliteConnection, db: &Path, op: Op) -> (Answer, std::result::Result<(), String>) {
+    fn done<T: Send + 'static>(
+        reply: Reply<T>,
+        result: Result<T>,
+    ) -> (Answer, std::result::Result<(), String>) {
+        let outcome = match &result {
+            Err(error @ (Error::Backend { .. } | Error::Io { .. } | Error::Corrupt { .. })) => {
+                Err(error.to_string())
+            }
+            _ => Ok(()),
+        };
+        (answer(reply, result), outcome)
     }
     match op {
         Op::Enqueue(tasks, reply) => done(reply, enqueue(conn, tasks).await),
@@ -307,22 +310,17 @@ async fn retry(conn: &mut SqliteConnection, db: &Path, id: TaskId, now: OffsetDa
 
 async fn purge(conn: &mut SqliteConnection, before: OffsetDateTime) -> Result<u64> {
     let before = to_ns(before)?;
-    for sql in [
-        "DELETE FROM tasks WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)",
-        "DELETE FROM results WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)",
-    ] {
-        sqlx::query(sql)
-            .bind(before)
-            .execute(&mut *conn)
-            .await
-            .map_err(sql_error)?;
-    }
-    let done = sqlx::query("DELETE FROM completed WHERE finished_at < ?1")
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM completed WHERE finished_at < ?1")
+        .bind(before)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sql_error)?;
+    sqlx::query("DELETE FROM task_rows WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)")
         .bind(before)
         .execute(&mut *conn)
         .await
         .map_err(sql_error)?;
-    Ok(done.rows_affected())
+    Ok(count as u64)
 }
 
 async fn requeue_expired(conn: &mut SqliteConnection, db: &Path, now: OffsetDateTime) -> Result<Vec<TaskId>> {

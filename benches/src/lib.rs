@@ -1,0 +1,99 @@
+//! Workloads shared by the criterion benchmarks: each backend opened fresh in a
+//! folder under the workspace's `target/`, and the enqueue, claim and finish
+//! loops the benchmarks time.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq_core::{ClaimRequest, Durability, Finish, NewTask, Outcome, Settings, Storage, Task};
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// A store and the folder it lives in, removed on drop.
+pub struct Store {
+    /// The store.
+    pub store: Arc<dyn Storage>,
+    _dir: tempfile::TempDir,
+}
+
+/// The folder fresh stores go in: under `target/`, as a user's `./omniq_data`
+/// sits beside the program (creating files under `/tmp` can cost far more).
+pub fn scratch() -> PathBuf {
+    let dir = std::env::var_os("OMNIQ_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/omniq-bench"));
+    std::fs::create_dir_all(&dir).expect("create target/omniq-bench");
+    dir
+}
+
+/// The backends the benchmarks cover.
+pub const BACKENDS: &[&str] = &["sqlite"];
+
+/// Opens a fresh, empty store of `backend`.
+pub async fn open(backend: &str) -> Store {
+    let dir = tempfile::tempdir_in(scratch()).expect("temporary folder");
+    let store: Arc<dyn Storage> = match backend {
+        "sqlite" => Arc::new(
+            omniq_sqlite::SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
+                .await
+                .expect("open sqlite"),
+        ),
+        other => panic!("unknown backend {other}"),
+    };
+    Store { store, _dir: dir }
+}
+
+/// A no-op task with `args = [i]`, as the seed's workload enqueues.
+pub fn task(i: usize) -> Task {
+    NewTask::new("noop")
+        .args(vec![json!(i)])
+        .into_task(&Settings::default(), OffsetDateTime::now_utc())
+        .expect("task")
+}
+
+/// Enqueues `n` tasks, one call each.
+pub async fn enqueue_each(store: &dyn Storage, n: usize) {
+    for i in 0..n {
+        store.enqueue(vec![task(i)]).await.expect("enqueue");
+    }
+}
+
+/// Enqueues `n` tasks in one call.
+pub async fn enqueue_batch(store: &dyn Storage, n: usize) {
+    store.enqueue((0..n).map(task).collect()).await.expect("enqueue");
+}
+
+/// Claims and completes everything due with `workers` concurrent loops, each
+/// claiming up to `batch` tasks at a time; returns how many were finished.
+pub async fn drain(store: &dyn Storage, workers: usize, batch: usize) -> usize {
+    let loops = (0..workers).map(|w| async move {
+        let mut done = 0;
+        loop {
+            let now = OffsetDateTime::now_utc();
+            let claimed = store
+                .claim(ClaimRequest {
+                    worker_id: format!("bench-{w}"),
+                    limit: batch,
+                    lease_for: Duration::from_secs(60),
+                    now,
+                })
+                .await
+                .expect("claim");
+            if claimed.is_empty() {
+                return done;
+            }
+            done += claimed.len();
+            let finishes = claimed
+                .iter()
+                .map(|t| Finish {
+                    id: t.id,
+                    token: t.lease.as_ref().expect("lease").token,
+                    outcome: Outcome::Complete { result: json!(null) },
+                })
+                .collect();
+            store.finish(finishes, now).await.expect("finish");
+        }
+    });
+    futures::future::join_all(loops).await.into_iter().sum()
+}

@@ -1,0 +1,207 @@
+//! What is specific to the SQLite backend: the file layout and pragmas, how
+//! foreign, corrupt, newer and older databases are handled, and persistence.
+
+use std::path::Path;
+
+use omniq_core::{Durability, Error, NewTask, Settings, Storage, StorageExt, TaskStatus};
+use omniq_sqlite::schema::{APPLICATION_ID, CURRENT_VERSION, MIGRATIONS};
+use omniq_sqlite::SqliteStorage;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Executor};
+
+async fn raw(path: &Path) -> sqlx::SqliteConnection {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn layout_has_the_five_tables_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    store
+        .enqueue_one(NewTask::new("t"), &Settings::default())
+        .await
+        .unwrap();
+    assert_eq!(store.pragma("journal_mode").await.unwrap(), "wal");
+    assert_eq!(store.schema_version().await.unwrap(), CURRENT_VERSION);
+    assert_eq!(store.integrity_check().await.unwrap(), vec!["ok".to_string()]);
+    drop(store);
+
+    let mut conn = raw(&path).await;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, ["completed", "pending", "results", "running", "tasks"]);
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        mode, "wal",
+        "WAL is a property of the file, seen by every connection"
+    );
+}
+
+#[tokio::test]
+async fn durability_sets_and_checks_synchronous() {
+    let dir = tempfile::tempdir().unwrap();
+    let normal = SqliteStorage::open_path(dir.path().join("n.db"), Durability::Normal)
+        .await
+        .unwrap();
+    assert_eq!(normal.pragma("synchronous").await.unwrap(), "1");
+    let full = SqliteStorage::open_path(dir.path().join("f.db"), Durability::Full)
+        .await
+        .unwrap();
+    assert_eq!(full.pragma("synchronous").await.unwrap(), "2");
+}
+
+#[tokio::test]
+async fn settings_choose_the_database_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::builder()
+        .base_dir(dir.path().join("data"))
+        .build()
+        .unwrap();
+    let store = SqliteStorage::open(&settings).await.unwrap();
+    assert_eq!(store.path(), dir.path().join("data/omniq.db"));
+    let custom = Settings::builder()
+        .base_dir(dir.path())
+        .db_path(dir.path().join("elsewhere/custom.db"))
+        .build()
+        .unwrap();
+    SqliteStorage::open(&custom).await.unwrap();
+    assert!(dir.path().join("elsewhere/custom.db").exists());
+    let msgpack = Settings::builder()
+        .base_dir(dir.path())
+        .serializer(omniq_core::Serializer::MsgPack)
+        .build()
+        .unwrap();
+    let err = SqliteStorage::open(&msgpack).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig { ref name, .. } if name == "OMNIQ_SERIALIZER"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tasks_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    let id = store
+        .enqueue_one(
+            NewTask::with_payload("t", &serde_json::json!({"k": [1, 2]})).unwrap(),
+            &Settings::default(),
+        )
+        .await
+        .unwrap();
+    let before = store.get(id).await.unwrap();
+    drop(store);
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    assert_eq!(store.get(id).await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let garbage = b"this is a text file, certainly not SQLite\n".repeat(100);
+    std::fs::write(&path, &garbage).unwrap();
+    let err = SqliteStorage::open_path(&path, Durability::Normal)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), garbage);
+}
+
+#[tokio::test]
+async fn another_programs_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let mut conn = raw(&path).await;
+    conn.execute(
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'ada');",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStorage::open_path(&path, Durability::Normal)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not an OmniQ database"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_omniq_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    drop(SqliteStorage::open_path(&path, Durability::Normal).await.unwrap());
+    let mut conn = raw(&path).await;
+    conn.execute(format!("PRAGMA user_version = {}", CURRENT_VERSION + 1).as_str())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let err = SqliteStorage::open_path(&path, Durability::Normal)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Incompatible { .. }), "{err:?}");
+    assert!(err.to_string().contains("newer OmniQ"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[tokio::test]
+async fn an_older_database_is_migrated_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    // A version 1 database with a task in it, as the first release wrote it.
+    let mut conn = raw(&path).await;
+    conn.execute(MIGRATIONS[0]).await.unwrap();
+    conn.execute(format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1").as_str())
+        .await
+        .unwrap();
+    conn.execute(
+        "INSERT INTO tasks VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 'old.job', '[1]', '{}', 'pending', \
+         0, NULL, 3, NULL, 0, 0, 0, NULL, NULL, NULL); \
+         INSERT INTO pending VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 0);",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), CURRENT_VERSION);
+    let id = "0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f".parse().unwrap();
+    let task = store.get(id).await.unwrap();
+    assert_eq!(
+        (task.func_path.as_str(), task.status),
+        ("old.job", TaskStatus::Pending)
+    );
+    let indexes: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema WHERE name = 'tasks_series'")
+        .fetch_one(&mut raw(&path).await)
+        .await
+        .unwrap();
+    assert_eq!(indexes, 1, "the version 2 migration ran");
+}
+
+#[tokio::test]
+async fn an_unwritable_folder_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    // A path below a regular file can never be created, even by root.
+    let err = SqliteStorage::open_path(file.join("omniq.db"), Durability::Normal)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+}
