@@ -20,9 +20,7 @@ pub struct Store {
 /// The folder fresh stores go in: under `target/`, as a user's `./omniq_data`
 /// sits beside the program (creating files under `/tmp` can cost far more).
 pub fn scratch() -> PathBuf {
-    let dir = std::env::var_os("OMNIQ_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/omniq-bench"));
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/omniq-bench");
     std::fs::create_dir_all(&dir).expect("create target/omniq-bench");
     dir
 }
