@@ -481,13 +481,16 @@ impl Task {
 
     /// Puts this failed task back to pending, due at `now`, with a fresh count
     /// of attempts. An interval occurrence already scheduled its successor when
-    /// it failed, so the retried one runs once and does not schedule another.
+    /// it failed, so the retried one is detached from its series: it runs once,
+    /// schedules nothing, and cancelling the series leaves it alone. A series thus
+    /// has at most one pending or running occurrence at any time.
     pub fn retry(&mut self, now: OffsetDateTime) -> Result<()> {
         self.set_status(TaskStatus::Pending, now)?;
         self.attempts = 0;
         self.eta = now;
         self.finished_at = None;
         self.interval = None;
+        self.series = None;
         Ok(())
     }
 

@@ -362,6 +362,7 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         task.attempts = 0;
                         task.eta = now;
                         task.interval = None;
+                        task.series = None;
                         task.finished_at = None;
                     }
                     (TaskStatus::Failed, Err(e)) => return Err(fail(format!("{ctx}: {e}"))),

@@ -1,0 +1,322 @@
+//! Where everything lives in a store's folder, how entries are named, and the
+//! primitive file operations: atomic writes, renames, removals, each counted as
+//! one step so tests can simulate a crash between any two of them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use omniq_core::{Durability, Error, Result, TaskId, TaskStatus};
+use time::OffsetDateTime;
+
+/// The folders and files of a store.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub base: PathBuf,
+    pub tasks: PathBuf,
+    pub pending: PathBuf,
+    pub running: PathBuf,
+    pub completed: PathBuf,
+    pub failed: PathBuf,
+    pub cancelled: PathBuf,
+    pub series: PathBuf,
+    pub tmp: PathBuf,
+    pub quarantine: PathBuf,
+    pub intent: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl Layout {
+    pub fn new(base: &Path) -> Self {
+        Layout {
+            base: base.to_path_buf(),
+            tasks: base.join("tasks"),
+            pending: base.join("pending"),
+            running: base.join("running"),
+            completed: base.join("completed"),
+            failed: base.join("failed"),
+            cancelled: base.join("cancelled"),
+            series: base.join("series"),
+            tmp: base.join("tmp"),
+            quarantine: base.join("quarantine"),
+            intent: base.join("intent.json"),
+            lock: base.join("lock"),
+        }
+    }
+
+    /// Every folder, created on open.
+    pub fn folders(&self) -> [&Path; 9] {
+        [
+            &self.tasks,
+            &self.pending,
+            &self.running,
+            &self.completed,
+            &self.failed,
+            &self.cancelled,
+            &self.series,
+            &self.tmp,
+            &self.quarantine,
+        ]
+    }
+
+    /// The folders that hold entries, one per status.
+    pub fn entry_folder(&self, status: TaskStatus) -> &Path {
+        match status {
+            TaskStatus::Pending => &self.pending,
+            TaskStatus::Running => &self.running,
+            TaskStatus::Completed => &self.completed,
+            TaskStatus::Failed => &self.failed,
+            TaskStatus::Cancelled => &self.cancelled,
+        }
+    }
+
+    pub fn record(&self, id: TaskId) -> PathBuf {
+        self.tasks.join(format!("task-{id}.json"))
+    }
+
+    pub fn series_pointer(&self, series: TaskId) -> PathBuf {
+        self.series.join(series.to_string())
+    }
+}
+
+/// A time as 20 decimal digits that sort like the time: nanoseconds since the
+/// Unix epoch, shifted so times before 1970 sort first too.
+pub fn time_key(time: OffsetDateTime) -> String {
+    let ns = time
+        .unix_timestamp_nanos()
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+    format!("{:020}", (ns - i128::from(i64::MIN)) as u64)
+}
+
+/// The entry name of a task in `status` (pending entries sort by eta then id,
+/// finished ones by finish time then id, running ones are the bare id).
+pub fn entry_name(
+    status: TaskStatus,
+    id: TaskId,
+    eta: OffsetDateTime,
+    finished: Option<OffsetDateTime>,
+) -> String {
+    match status {
+        TaskStatus::Running => id.to_string(),
+        TaskStatus::Pending => format!("{}-{id}", time_key(eta)),
+        _ => format!("{}-{id}", time_key(finished.unwrap_or(eta))),
+    }
+}
+
+/// The task id an entry name ends with, or `None` for a name OmniQ did not write.
+pub fn entry_id(name: &str) -> Option<TaskId> {
+    let id = match name.len() {
+        36 => name,
+        57 if name.as_bytes()[20] == b'-' && name[..20].bytes().all(|b| b.is_ascii_digit()) => &name[21..],
+        _ => return None,
+    };
+    TaskId::parse(id).ok()
+}
+
+/// The 20-digit time key of a keyed entry name.
+pub fn entry_key(name: &str) -> Option<&str> {
+    (name.len() == 57).then(|| &name[..20])
+}
+
+/// The id of a record file name (`task-<id>.json`).
+pub fn record_id(name: &str) -> Option<TaskId> {
+    let id = name.strip_prefix("task-")?.strip_suffix(".json")?;
+    TaskId::parse(id).ok()
+}
+
+/// Performs file operations, counting each visible step, flushing to disk under
+/// `Durability::Full`, and failing on purpose at a chosen step in tests.
+#[derive(Debug)]
+pub struct Disk {
+    pub layout: Layout,
+    durability: Durability,
+    steps: AtomicU64,
+    crash_at: AtomicU64,
+    fsyncs: AtomicU64,
+    unique: AtomicU64,
+}
+
+/// The error of a simulated crash.
+pub const SIMULATED_CRASH: &str = "simulated crash (test hook)";
+
+impl Disk {
+    pub fn new(layout: Layout, durability: Durability) -> Self {
+        Disk {
+            layout,
+            durability,
+            steps: AtomicU64::new(0),
+            crash_at: AtomicU64::new(u64::MAX),
+            fsyncs: AtomicU64::new(0),
+            unique: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes the `n`-th visible step from now fail, as if the process died just
+    /// before it.
+    pub fn crash_before_step(&self, n: u64) {
+        self.steps.store(0, Ordering::SeqCst);
+        self.crash_at.store(n, Ordering::SeqCst);
+    }
+
+    /// Visible steps taken since the last [`Disk::crash_before_step`].
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::SeqCst)
+    }
+
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
+    }
+
+    fn step(&self) -> Result<()> {
+        let taken = self.steps.fetch_add(1, Ordering::SeqCst);
+        if taken >= self.crash_at.load(Ordering::SeqCst) {
+            return Err(Error::io(&self.layout.base, io::Error::other(SIMULATED_CRASH)));
+        }
+        Ok(())
+    }
+
+    fn sync_file(&self, file: &File, path: &Path) -> Result<()> {
+        if self.durability == Durability::Full {
+            file.sync_all().map_err(|e| Error::io(path, e))?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        if self.durability == Durability::Full {
+            let handle = File::open(dir).map_err(|e| Error::io(dir, e))?;
+            handle.sync_all().map_err(|e| Error::io(dir, e))?;
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to `path` atomically: a temporary file in `tmp/`, then one
+    /// rename over `path`. A reader sees the old file or the new one, whole.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.layout.tmp.join(format!(
+            "{}.{}.{}",
+            std::process::id(),
+            self.unique.fetch_add(1, Ordering::Relaxed),
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ));
+        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let written = file.write_all(bytes).map_err(|e| Error::io(&tmp, e));
+        let synced = written.and_then(|_| self.sync_file(&file, &tmp));
+        drop(file);
+        if let Err(error) = synced {
+            // A full disk must not leave a growing pile of half-written files.
+            let _ = fs::remove_file(&tmp);
+            return Err(error);
+        }
+        if let Err(error) = self.step() {
+            let _ = fs::remove_file(&tmp);
+            return Err(error);
+        }
+        fs::rename(&tmp, path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(path, e)
+        })?;
+        self.sync_dir(parent(path))
+    }
+
+    /// Creates an empty file (an entry) if it does not exist.
+    pub fn create_empty(&self, path: &Path) -> Result<()> {
+        self.step()?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        self.sync_dir(parent(path))
+    }
+
+    /// Renames `from` to `to`; `Ok(false)` when `from` no longer exists.
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<bool> {
+        self.step()?;
+        match fs::rename(from, to) {
+            Ok(()) => {
+                self.sync_dir(parent(to))?;
+                if parent(from) != parent(to) {
+                    self.sync_dir(parent(from))?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io(from, e)),
+        }
+    }
+
+    /// Removes a file; a file already gone is fine.
+    pub fn remove(&self, path: &Path) -> Result<()> {
+        self.step()?;
+        match fs::remove_file(path) {
+            Ok(()) => self.sync_dir(parent(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Reads a file; `Ok(None)` when it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// The names in a folder (files OmniQ did not write are included; callers parse).
+pub fn names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn time_keys_sort_like_times() {
+        let times = [
+            datetime!(1900-01-01 0:00 UTC),
+            datetime!(1969-12-31 23:59:59.999 UTC),
+            datetime!(1970-01-01 0:00 UTC),
+            datetime!(2030-01-01 0:00 UTC),
+            datetime!(2030-01-01 0:00:00.000000001 UTC),
+        ];
+        let keys: Vec<String> = times.iter().map(|t| time_key(*t)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        assert!(keys.iter().all(|k| k.len() == 20));
+    }
+
+    #[test]
+    fn entry_names_parse_back() {
+        let id = TaskId::new();
+        let now = OffsetDateTime::now_utc();
+        for status in TaskStatus::ALL {
+            let name = entry_name(status, id, now, Some(now));
+            assert_eq!(entry_id(&name), Some(id), "{name}");
+        }
+        assert_eq!(entry_id("../../etc/passwd"), None);
+        assert_eq!(entry_id("notes.txt"), None);
+        assert_eq!(record_id(&format!("task-{id}.json")), Some(id));
+        assert_eq!(record_id("task-../x.json"), None);
+    }
+}

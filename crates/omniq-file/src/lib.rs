@@ -1,0 +1,166 @@
+//! OmniQ's file backend: every task a human-readable JSON file in one folder,
+//! crash-safe, and shareable between processes on one machine.
+//!
+//! ```no_run
+//! use omniq_core::{Durability, NewTask, Settings, StorageExt};
+//! use omniq_file::FileStorage;
+//!
+//! # async fn demo() -> omniq_core::Result<()> {
+//! let store = FileStorage::open_path("./omniq_data", Durability::Normal).await?;
+//! let id = store.enqueue_one(NewTask::new("report.build"), &Settings::default()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The layout (see `docs/file-backend.md`): `tasks/task-<id>.json` records,
+//! entries in `pending/`, `running/` (holding the lease), `completed/`,
+//! `failed/` and `cancelled/`, plus `series/`, `tmp/`, `quarantine/`, a `lock`
+//! file and, while a change is being applied, `intent.json`.
+
+mod layout;
+mod store;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq_core::{
+    async_trait, ClaimRequest, Durability, Error, Finish, FinishOutcome, LeaseRef, ListQuery, RenewOutcome,
+    Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId,
+};
+use time::OffsetDateTime;
+
+use crate::store::Store;
+
+/// A [`Storage`] in a folder of JSON files.
+///
+/// Cloning is cheap and shares the store. Every operation runs on tokio's
+/// blocking threads, one hop per call, never on the async runtime's threads.
+#[derive(Clone, Debug)]
+pub struct FileStorage {
+    store: Arc<Store>,
+}
+
+impl FileStorage {
+    /// Opens the store in `settings.base_dir` with their durability.
+    pub async fn open(settings: &Settings) -> Result<Self> {
+        if settings.serializer != Serializer::Json {
+            return Err(Error::invalid_config(
+                "OMNIQ_SERIALIZER",
+                "the file backend writes human-readable JSON records; msgpack is not supported by it, use json",
+            ));
+        }
+        Self::open_path(&settings.base_dir, settings.durability).await
+    }
+
+    /// Opens (creating if missing) the store in the folder `base`, finishing any
+    /// change that a process which died midway left behind.
+    pub async fn open_path(base: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        let base = base.as_ref().to_path_buf();
+        let store = blocking(move || Store::open(&base, durability)).await?;
+        Ok(FileStorage {
+            store: Arc::new(store),
+        })
+    }
+
+    /// The store's folder.
+    pub fn path(&self) -> &Path {
+        &self.store.layout().base
+    }
+
+    /// How many times this store has flushed a file or folder to disk (only
+    /// `Durability::Full` does).
+    pub fn fsync_count(&self) -> u64 {
+        self.store.disk().fsyncs()
+    }
+
+    /// Test hook: the `n`-th file-system step from now fails as if the process
+    /// died just before it, leaving the folder as a crash would.
+    #[doc(hidden)]
+    pub fn crash_before_step(&self, n: u64) {
+        self.store.disk().crash_before_step(n);
+    }
+
+    /// Test hook: the file-system steps taken since the last `crash_before_step`.
+    #[doc(hidden)]
+    pub fn steps_taken(&self) -> u64 {
+        self.store.disk().steps()
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        blocking(move || f(&store)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::backend("file", format!("a file-system task failed: {e}")))?
+}
+
+#[async_trait]
+impl Storage for FileStorage {
+    fn backend_name(&self) -> &'static str {
+        "file"
+    }
+
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        self.run(move |store| store.enqueue(tasks)).await
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
+        self.run(move |store| store.claim(request)).await
+    }
+
+    async fn renew(
+        &self,
+        leases: &[LeaseRef],
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RenewOutcome>> {
+        let leases = leases.to_vec();
+        self.run(move |store| store.renew(&leases, lease_for, now)).await
+    }
+
+    async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.run(move |store| store.finish(finishes, now)).await
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Task> {
+        self.run(move |store| store.get(id)).await
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
+        self.run(move |store| store.list(query)).await
+    }
+
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.run(move |store| store.cancel(id, now)).await
+    }
+
+    async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
+        self.run(move |store| store.retry(id, now)).await
+    }
+
+    async fn counts(&self) -> Result<StatusCounts> {
+        self.run(|store| store.counts()).await
+    }
+
+    async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
+        self.run(move |store| store.purge(finished_before)).await
+    }
+
+    async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.run(move |store| store.requeue_expired(now)).await
+    }
+}
