@@ -26,12 +26,17 @@ pub fn scratch() -> PathBuf {
 }
 
 /// The backends the benchmarks cover.
-pub const BACKENDS: &[&str] = &["sqlite"];
+pub const BACKENDS: &[&str] = &["file", "sqlite"];
 
 /// Opens a fresh, empty store of `backend`.
 pub async fn open(backend: &str) -> Store {
     let dir = tempfile::tempdir_in(scratch()).expect("temporary folder");
     let store: Arc<dyn Storage> = match backend {
+        "file" => Arc::new(
+            omniq_file::FileStorage::open_path(dir.path(), Durability::Normal)
+                .await
+                .expect("open file store"),
+        ),
         "sqlite" => Arc::new(
             omniq_sqlite::SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
                 .await

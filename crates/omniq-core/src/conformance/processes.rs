@@ -3,13 +3,31 @@
 //! run exactly once (no lease expires in that test).
 //!
 //! The backend's test re-executes its own test binary as the children (an
-//! ignored test that [`child_loop`]s when run by name), so no extra binary is
-//! needed.
+//! ignored test named `child_worker` that calls [`child_main`]), so no extra
+//! binary is needed:
+//!
+//! ```ignore
+//! #[test]
+//! #[ignore = "runs only as a child of several_processes_run_each_task_exactly_once"]
+//! fn child_worker() {
+//!     processes::child_main(|store_path| async move { Arc::new(open(store_path).await) as Arc<dyn Storage> });
+//! }
+//!
+//! #[tokio::test(flavor = "multi_thread")]
+//! async fn several_processes_run_each_task_exactly_once() {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let store = open(&dir.path().join("store")).await;
+//!     processes::parent(&store, &dir.path().join("store"), dir.path()).await;
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
+use std::future::Future;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -25,7 +43,7 @@ const LEASE: Duration = Duration::from_secs(600);
 
 /// A child's work: claim up to 8 tasks at a time, append each id to `log` (one
 /// line per execution), complete it, until `stop` exists and nothing is due.
-pub async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Path) {
+async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Path) {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -74,11 +92,7 @@ pub async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: 
 
 /// The parent's enqueueing: `batches` batches of `per_batch` tasks, with a pause
 /// between batches so children claim while tasks still arrive.
-pub async fn enqueue_while_children_run(
-    store: &dyn Storage,
-    batches: usize,
-    per_batch: usize,
-) -> Vec<TaskId> {
+async fn enqueue_while_children_run(store: &dyn Storage, batches: usize, per_batch: usize) -> Vec<TaskId> {
     let settings = Settings::default();
     let mut ids = Vec::new();
     for batch in 0..batches {
@@ -99,7 +113,7 @@ pub async fn enqueue_while_children_run(
 
 /// Checks that every id in `ids` ran exactly once according to the children's
 /// logs and is stored completed.
-pub async fn assert_exactly_once(store: &dyn Storage, ids: &[TaskId], logs: &[&Path]) {
+async fn assert_exactly_once(store: &dyn Storage, ids: &[TaskId], logs: &[&Path]) {
     let mut runs: HashMap<String, usize> = HashMap::new();
     for log in logs {
         let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -126,4 +140,64 @@ pub async fn assert_exactly_once(store: &dyn Storage, ids: &[TaskId], logs: &[&P
         busy_children >= 2,
         "only {busy_children} child process(es) ran tasks; the test proves nothing"
     );
+}
+
+/// The body of the ignored `child_worker` test: opens the store named by the
+/// parent with `open` and runs [`child_loop`] on it.
+pub fn child_main<F, Fut>(open: F)
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: Future<Output = Arc<dyn Storage>>,
+{
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = open(PathBuf::from(var("OMNIQ_TEST_STORE"))).await;
+        let log = PathBuf::from(var("OMNIQ_TEST_LOG"));
+        let stop = PathBuf::from(var("OMNIQ_TEST_STOP"));
+        child_loop(&*store, &var("OMNIQ_TEST_WORKER"), &log, &stop).await;
+    });
+}
+
+/// The parent: starts three children on the store at `store_path`, enqueues
+/// 2,000 tasks in batches while they run, and checks that each ran exactly once.
+/// `work_dir` receives the children's logs.
+pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
+    let stop = work_dir.join("stop");
+    let logs: Vec<PathBuf> = (0..3).map(|i| work_dir.join(format!("child-{i}.log"))).collect();
+    let mut children = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        let child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "child_worker",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("OMNIQ_TEST_STORE", store_path)
+            .env("OMNIQ_TEST_LOG", log)
+            .env("OMNIQ_TEST_STOP", &stop)
+            .env("OMNIQ_TEST_WORKER", format!("child-{i}"))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a child process");
+        children.push(child);
+    }
+    let ids = enqueue_while_children_run(store, 40, 50).await;
+    std::fs::write(&stop, b"").expect("write the stop file");
+    for mut child in children {
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+            .await
+            .expect("a child did not finish in two minutes")
+            .expect("wait for a child");
+        assert!(status.success(), "a child failed: {status}");
+    }
+    let logs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
+    assert_exactly_once(store, &ids, &logs).await;
 }
