@@ -1,0 +1,270 @@
+//! Handlers: typed async functions registered under a name, what they receive
+//! (`TaskContext`) and how they say what went wrong (`HandlerError`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use omniq_core::TaskId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// What a running handler knows about its task.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    /// The task's id.
+    pub id: TaskId,
+    /// The handler name the task was enqueued for.
+    pub func_path: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The most retries the task allows (`max_retries + 1` attempts in all).
+    pub max_retries: u32,
+    cancel: CancellationToken,
+}
+
+impl TaskContext {
+    /// Cancelled when this attempt should stop: its timeout passed, its lease
+    /// was lost (the task was cancelled, or another worker took it over), or
+    /// the pool is shutting down. Long handlers can select on it to stop
+    /// cleanly; the pool also drops the handler's future at that point.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// Whether this attempt has been asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Whether this is the last attempt the task allows.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt > self.max_retries
+    }
+
+    pub(crate) fn new(
+        id: TaskId,
+        func_path: String,
+        attempt: u32,
+        max_retries: u32,
+        cancel: CancellationToken,
+    ) -> Self {
+        TaskContext {
+            id,
+            func_path,
+            attempt,
+            max_retries,
+            cancel,
+        }
+    }
+}
+
+/// What a failed handler wants done next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Retry after the pool's backoff, if retries are left (the default).
+    Backoff,
+    /// Retry after this delay, if retries are left.
+    After(Duration),
+    /// Do not retry: the task fails now.
+    Never,
+}
+
+/// A handler's error: a message, a short kind, and what to do next.
+///
+/// Any `std::error::Error` converts into one with `?`, as a retryable error of
+/// kind `handler`; use [`HandlerError::fatal`] for errors another attempt cannot
+/// fix and [`HandlerError::retry_after`] to choose the delay.
+pub struct HandlerError {
+    /// A short machine-readable kind, stored as the error's `type`.
+    pub kind: String,
+    /// The message stored with the task.
+    pub message: String,
+    /// What to do next.
+    pub retry: Retry,
+}
+
+impl HandlerError {
+    /// A retryable error: retried after the pool's backoff while retries are left.
+    pub fn retry(message: impl fmt::Display) -> Self {
+        HandlerError {
+            kind: "handler".into(),
+            message: message.to_string(),
+            retry: Retry::Backoff,
+        }
+    }
+
+    /// A retryable error, retried after `delay` (a rate limit's `Retry-After`, say).
+    pub fn retry_after(message: impl fmt::Display, delay: Duration) -> Self {
+        HandlerError {
+            retry: Retry::After(delay),
+            ..HandlerError::retry(message)
+        }
+    }
+
+    /// An error another attempt cannot fix: the task fails now.
+    pub fn fatal(message: impl fmt::Display) -> Self {
+        HandlerError {
+            retry: Retry::Never,
+            ..HandlerError::retry(message)
+        }
+    }
+
+    /// Sets the kind stored as the error's `type`.
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "HandlerError({}: {}, {:?})",
+            self.kind, self.message, self.retry
+        )
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        HandlerError::retry(error)
+    }
+}
+
+/// Why a call to a handler failed, as the pool sees it.
+pub(crate) enum Failure {
+    /// The stored payload does not deserialize into the handler's type.
+    BadPayload(String),
+    /// The handler returned an error.
+    Handler(HandlerError),
+}
+
+type Erased = dyn Fn(Value, TaskContext) -> BoxFuture<'static, Result<Value, Failure>> + Send + Sync;
+
+/// Handlers by name. Cloning is cheap; a pool takes a clone when it starts.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<Erased>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self.handlers.keys().collect();
+        names.sort();
+        f.debug_struct("Registry").field("handlers", &names).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` under `func_path`. It receives the task's payload
+    /// deserialized as `P` (see `omniq_core::payload`) and returns a serializable
+    /// result. A later registration under the same name replaces this one.
+    ///
+    /// ```
+    /// use omniq_worker::{HandlerError, Registry};
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// struct Email { to: String }
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.register("email.send", |email: Email| async move {
+    ///     if email.to.is_empty() {
+    ///         return Err(HandlerError::fatal("no recipient"));
+    ///     }
+    ///     Ok(format!("sent to {}", email.to))
+    /// });
+    /// ```
+    pub fn register<P, R, F, Fut>(&mut self, func_path: impl Into<String>, handler: F) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        self.register_with_context(func_path, move |payload: P, _ctx: TaskContext| handler(payload))
+    }
+
+    /// Like [`Registry::register`], for handlers that also take the
+    /// [`TaskContext`] (attempt number, cancellation).
+    pub fn register_with_context<P, R, F, Fut>(
+        &mut self,
+        func_path: impl Into<String>,
+        handler: F,
+    ) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(P, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        let func_path = func_path.into();
+        let name = func_path.clone();
+        let erased = move |payload: Value, ctx: TaskContext| -> BoxFuture<'static, Result<Value, Failure>> {
+            // A task without arguments stores `{}`; a handler taking `()` or an
+            // `Option` expects `null`. Either reading of "nothing" is accepted.
+            let empty = payload.as_object().is_some_and(|o| o.is_empty());
+            let parsed = serde_json::from_value::<P>(payload).or_else(|error| {
+                if empty {
+                    serde_json::from_value::<P>(Value::Null).map_err(|_| error)
+                } else {
+                    Err(error)
+                }
+            });
+            let payload = match parsed {
+                Ok(payload) => payload,
+                Err(error) => {
+                    let message = format!("the payload does not match the type of handler {name:?}: {error}");
+                    return Box::pin(async move { Err(Failure::BadPayload(message)) });
+                }
+            };
+            let call = handler(payload, ctx);
+            Box::pin(async move {
+                let result = call.await.map_err(Failure::Handler)?;
+                serde_json::to_value(result).map_err(|error| {
+                    Failure::Handler(
+                        HandlerError::fatal(format!(
+                            "the handler's result cannot be stored as JSON: {error}"
+                        ))
+                        .kind("bad_result"),
+                    )
+                })
+            })
+        };
+        self.handlers.insert(func_path, Arc::new(erased));
+        self
+    }
+
+    /// Whether a handler is registered under `func_path`.
+    pub fn contains(&self, func_path: &str) -> bool {
+        self.handlers.contains_key(func_path)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub(crate) fn get(&self, func_path: &str) -> Option<Arc<Erased>> {
+        self.handlers.get(func_path).cloned()
+    }
+}

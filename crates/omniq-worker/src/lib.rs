@@ -1,0 +1,33 @@
+//! OmniQ's worker pool: runs the tasks of any [`omniq_core::Storage`] with
+//! registered async handlers, a fixed concurrency, leases renewed in the
+//! background, timeouts, retries with backoff, and graceful shutdown.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use omniq_core::MemoryStorage;
+//! use omniq_worker::{HandlerError, Registry, WorkerPool};
+//!
+//! # async fn demo() {
+//! let mut registry = Registry::new();
+//! registry.register("math.add", |(a, b): (i64, i64)| async move { Ok::<_, HandlerError>(a + b) });
+//!
+//! let pool = WorkerPool::new(Arc::new(MemoryStorage::new()), registry)
+//!     .concurrency(8)
+//!     .start();
+//! // ... later, or on Ctrl-C with `pool.run_until_signal(...)`:
+//! pool.shutdown(Duration::from_secs(30)).await;
+//! # }
+//! ```
+//!
+//! See `docs/workers.md` for the whole story.
+
+mod backoff;
+mod clock;
+mod handler;
+mod pool;
+
+pub use backoff::Backoff;
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use handler::{HandlerError, Registry, Retry, TaskContext};
+pub use pool::{Pool, PoolConfig, PoolStats, ShutdownReport, Signals, WorkerPool};

@@ -1,0 +1,612 @@
+//! The worker pool: a supervisor that claims tasks into free slots, and one
+//! executor per running task that renews its lease, enforces its timeout, and
+//! records its outcome.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq_core::{
+    ClaimRequest, Finish, FinishOutcome, Lease, LeaseRef, Outcome, RenewOutcome, Storage, Task, TaskError,
+};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::backoff::Backoff;
+use crate::clock::{Clock, SystemClock};
+use crate::handler::{Failure, HandlerError, Registry, Retry, TaskContext};
+
+/// Wake-ups shared by the pools and clients of one process: an enqueue wakes
+/// idle pools at once, and a finish wakes whoever waits for a result, so nothing
+/// in the process waits for a poll.
+#[derive(Debug, Default)]
+pub struct Signals {
+    enqueued: Notify,
+    finished: Notify,
+}
+
+impl Signals {
+    /// New signals, to share between a client and its pools.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Tells every idle pool sharing these signals that tasks were enqueued.
+    pub fn task_enqueued(&self) {
+        self.enqueued.notify_waiters();
+    }
+
+    /// Completes when a pool sharing these signals next finishes a task. Create
+    /// it before checking the store, then await it, so no finish is missed.
+    pub fn finished(&self) -> tokio::sync::futures::Notified<'_> {
+        self.finished.notified()
+    }
+}
+
+/// How a pool runs.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// How many tasks run at once (default 4).
+    pub concurrency: usize,
+    /// How often an idle pool looks for tasks enqueued by other processes or
+    /// coming due (default 500 ms). Tasks enqueued through the same
+    /// [`Signals`] start at once.
+    pub poll_interval: Duration,
+    /// How long a claim lasts without renewal (default 30 s). A worker that dies
+    /// holds its tasks this long before others take them over.
+    pub lease: Duration,
+    /// How often a running task's lease is renewed (default 10 s).
+    pub renew_every: Duration,
+    /// How often the pool hands back tasks whose worker died (default 15 s).
+    pub requeue_every: Duration,
+    /// The delay between a failed attempt and the next.
+    pub backoff: Backoff,
+    /// This pool's name in leases and logs (default `pid<pid>-<random>`).
+    pub worker_id: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        PoolConfig {
+            concurrency: 4,
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+            requeue_every: Duration::from_secs(15),
+            backoff: Backoff::default(),
+            worker_id: format!("pid{}-{}", std::process::id(), &unique[unique.len() - 8..]),
+        }
+    }
+}
+
+/// What a pool has done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Tasks claimed.
+    pub claimed: u64,
+    /// Attempts that completed.
+    pub succeeded: u64,
+    /// Attempts that failed for good.
+    pub failed: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Attempts abandoned because the lease was lost (the task was cancelled, or
+    /// another worker took it over).
+    pub lost: u64,
+    /// Tasks handed back unrun at shutdown.
+    pub handed_back: u64,
+    /// Outcomes that could not be recorded (the store failed); those tasks run
+    /// again once their lease expires.
+    pub unrecorded: u64,
+    /// Tasks running now.
+    pub in_flight: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    claimed: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    lost: AtomicU64,
+    handed_back: AtomicU64,
+    unrecorded: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What [`Pool::shutdown`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Whether every running task finished before the deadline.
+    pub drained: bool,
+    /// Tasks stopped at the deadline and handed back to pending.
+    pub handed_back: u64,
+}
+
+/// A pool not started yet: set it up, then [`WorkerPool::start`] it.
+pub struct WorkerPool {
+    storage: Arc<dyn Storage>,
+    registry: Registry,
+    config: PoolConfig,
+    clock: Arc<dyn Clock>,
+    signals: Arc<Signals>,
+}
+
+impl WorkerPool {
+    /// A pool running the handlers of `registry` on tasks from `storage`, with
+    /// the default [`PoolConfig`].
+    pub fn new(storage: Arc<dyn Storage>, registry: Registry) -> Self {
+        WorkerPool {
+            storage,
+            registry,
+            config: PoolConfig::default(),
+            clock: Arc::new(SystemClock),
+            signals: Signals::new(),
+        }
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: PoolConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// How many tasks run at once.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.config.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How often an idle pool looks for tasks from other processes.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// How long a claim lasts without renewal, and how often it is renewed.
+    pub fn lease(mut self, lease: Duration, renew_every: Duration) -> Self {
+        self.config.lease = lease;
+        self.config.renew_every = renew_every;
+        self
+    }
+
+    /// How often the pool hands back tasks whose worker died.
+    pub fn requeue_every(mut self, interval: Duration) -> Self {
+        self.config.requeue_every = interval;
+        self
+    }
+
+    /// The delay between a failed attempt and the next.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// This pool's name in leases and logs.
+    pub fn worker_id(mut self, worker_id: impl Into<String>) -> Self {
+        self.config.worker_id = worker_id.into();
+        self
+    }
+
+    /// The clock leases and retry times are computed with.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Shares wake-ups with a client (and other pools) of this process.
+    pub fn signals(mut self, signals: Arc<Signals>) -> Self {
+        self.signals = signals;
+        self
+    }
+
+    /// Starts the pool on the current tokio runtime.
+    pub fn start(self) -> Pool {
+        let shared = Arc::new(Shared {
+            storage: self.storage,
+            registry: self.registry,
+            config: self.config,
+            clock: self.clock,
+            signals: self.signals,
+            counters: Counters::default(),
+            in_flight: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
+            stop_claiming: CancellationToken::new(),
+            hand_back: CancellationToken::new(),
+            executors: TaskTracker::new(),
+        });
+        tracing::info!(
+            worker_id = %shared.config.worker_id,
+            concurrency = shared.config.concurrency,
+            backend = shared.storage.backend_name(),
+            "worker pool started"
+        );
+        let supervisor = tokio::spawn(supervise(shared.clone()));
+        Pool {
+            shared,
+            supervisor: Some(supervisor),
+        }
+    }
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    registry: Registry,
+    config: PoolConfig,
+    clock: Arc<dyn Clock>,
+    signals: Arc<Signals>,
+    counters: Counters,
+    in_flight: AtomicUsize,
+    slot_freed: Notify,
+    stop_claiming: CancellationToken,
+    hand_back: CancellationToken,
+    executors: TaskTracker,
+}
+
+/// A running pool. Dropping it stops claiming; running tasks finish on their own.
+/// Call [`Pool::shutdown`] to wait for them, with a deadline.
+pub struct Pool {
+    shared: Arc<Shared>,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Pool {
+    /// What the pool has done so far.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.shared.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        PoolStats {
+            claimed: load(&c.claimed),
+            succeeded: load(&c.succeeded),
+            failed: load(&c.failed),
+            retried: load(&c.retried),
+            lost: load(&c.lost),
+            handed_back: load(&c.handed_back),
+            unrecorded: load(&c.unrecorded),
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// This pool's worker id.
+    pub fn worker_id(&self) -> &str {
+        &self.shared.config.worker_id
+    }
+
+    /// The signals this pool listens to.
+    pub fn signals(&self) -> &Arc<Signals> {
+        &self.shared.signals
+    }
+
+    /// Stops gracefully: claims nothing more, lets running tasks finish until
+    /// `deadline` has passed, then stops the rest and hands them back to
+    /// pending (their attempt is not counted), so no task is lost or left running.
+    pub async fn shutdown(mut self, deadline: Duration) -> ShutdownReport {
+        let shared = self.shared.clone();
+        shared.stop_claiming.cancel();
+        if let Some(supervisor) = self.supervisor.take() {
+            if let Err(error) = supervisor.await {
+                tracing::error!(%error, "the pool's supervisor failed");
+            }
+        }
+        shared.executors.close();
+        let before = shared.counters.handed_back.load(Ordering::Relaxed);
+        let drained = tokio::time::timeout(deadline, shared.executors.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                in_flight = shared.in_flight.load(Ordering::Relaxed),
+                "shutdown deadline passed; handing the running tasks back"
+            );
+            shared.hand_back.cancel();
+            shared.executors.wait().await;
+        }
+        let handed_back = shared.counters.handed_back.load(Ordering::Relaxed) - before;
+        tracing::info!(worker_id = %shared.config.worker_id, drained, handed_back, "worker pool stopped");
+        ShutdownReport { drained, handed_back }
+    }
+
+    /// Runs until Ctrl-C (SIGINT) or SIGTERM, then shuts down with `deadline`.
+    pub async fn run_until_signal(self, deadline: Duration) -> ShutdownReport {
+        wait_for_signal().await;
+        tracing::info!("stop signal received");
+        self.shutdown(deadline).await
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop_claiming.cancel();
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; waiting for Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Claims into free slots until told to stop; requeues expired leases now and then.
+async fn supervise(shared: Arc<Shared>) {
+    let config = &shared.config;
+    let mut next_requeue = Instant::now();
+    loop {
+        if shared.stop_claiming.is_cancelled() {
+            return;
+        }
+        if Instant::now() >= next_requeue {
+            match shared.storage.requeue_expired(shared.clock.now()).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::warn!(
+                        count = ids.len(),
+                        "handed back tasks whose worker stopped renewing its lease"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot requeue expired leases"),
+            }
+            next_requeue = Instant::now() + config.requeue_every;
+        }
+        // Listen before looking, so an enqueue or a free slot between the
+        // claim and the wait is not missed.
+        let mut enqueued = pin!(shared.signals.enqueued.notified());
+        enqueued.as_mut().enable();
+        let mut slot = pin!(shared.slot_freed.notified());
+        slot.as_mut().enable();
+
+        let free = config
+            .concurrency
+            .saturating_sub(shared.in_flight.load(Ordering::Acquire));
+        let mut wait = config.poll_interval;
+        if free > 0 {
+            let request = ClaimRequest {
+                worker_id: config.worker_id.clone(),
+                limit: free,
+                lease_for: config.lease,
+                now: shared.clock.now(),
+            };
+            match shared.storage.claim(request).await {
+                Ok(tasks) => {
+                    let full = tasks.len() == free;
+                    for task in tasks {
+                        spawn_executor(&shared, task);
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim tasks; trying again after the poll interval");
+                }
+            }
+        } else {
+            // Every slot is busy: only a free slot (or stopping) matters.
+            wait = Duration::MAX;
+        }
+        let until_requeue = next_requeue.saturating_duration_since(Instant::now());
+        tokio::select! {
+            _ = shared.stop_claiming.cancelled() => return,
+            _ = &mut enqueued, if free > 0 => {}
+            _ = &mut slot => {}
+            _ = tokio::time::sleep(wait.min(until_requeue)) => {}
+        }
+    }
+}
+
+fn spawn_executor(shared: &Arc<Shared>, task: Task) {
+    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+    bump(&shared.counters.claimed);
+    let span = tracing::info_span!(
+        "task",
+        id = %task.id,
+        func_path = %task.func_path,
+        attempt = task.attempts,
+        worker_id = %shared.config.worker_id,
+    );
+    let shared_for_task = shared.clone();
+    shared.executors.spawn(
+        async move {
+            let shared = shared_for_task;
+            run_task(&shared, task).await;
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.slot_freed.notify_one();
+            shared.signals.finished.notify_waiters();
+        }
+        .instrument(span),
+    );
+}
+
+async fn run_task(shared: &Shared, task: Task) {
+    let Some(lease) = task.lease.clone() else {
+        tracing::error!("a claimed task came without a lease; skipping it");
+        return;
+    };
+    let started = Instant::now();
+    let Some(outcome) = execute(shared, &task, &lease).await else {
+        bump(&shared.counters.lost);
+        tracing::warn!("lease lost (task cancelled, or taken over after expiry); attempt abandoned");
+        return;
+    };
+    let (label, counter) = match &outcome {
+        Outcome::Complete { .. } => ("completed", &shared.counters.succeeded),
+        Outcome::Fail { .. } => ("failed", &shared.counters.failed),
+        Outcome::Retry { .. } if task.attempts > task.max_retries => ("failed", &shared.counters.failed),
+        Outcome::Retry { .. } => ("retry", &shared.counters.retried),
+        Outcome::HandBack => ("handed back", &shared.counters.handed_back),
+    };
+    let error = match &outcome {
+        Outcome::Fail { error } | Outcome::Retry { error, .. } => Some(error.message.clone()),
+        _ => None,
+    };
+    let finish = Finish {
+        id: task.id,
+        token: lease.token,
+        outcome,
+    };
+    match shared.storage.finish(vec![finish], shared.clock.now()).await {
+        Ok(answers) if matches!(answers.first(), Some(FinishOutcome::Applied { .. })) => {
+            bump(counter);
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            match error {
+                Some(error) => tracing::warn!(outcome = label, elapsed_ms, %error, "task attempt failed"),
+                None => tracing::info!(outcome = label, elapsed_ms, "task attempt done"),
+            }
+        }
+        Ok(_) => {
+            bump(&shared.counters.lost);
+            tracing::warn!(
+                outcome = label,
+                "lease lost before the outcome was recorded; it was discarded"
+            );
+        }
+        Err(error) => {
+            bump(&shared.counters.unrecorded);
+            tracing::error!(
+                outcome = label, %error,
+                "cannot record the outcome; the task runs again when its lease expires"
+            );
+        }
+    }
+}
+
+/// Runs one attempt. `None` when the lease was lost: nothing may be written.
+async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome> {
+    let attempt = task.attempts;
+    let Some(handler) = shared.registry.get(&task.func_path) else {
+        let registered = shared.registry.names();
+        let message = format!(
+            "no handler is registered under {:?} (registered: {})",
+            task.func_path,
+            if registered.is_empty() {
+                "none".to_string()
+            } else {
+                registered.join(", ")
+            }
+        );
+        return Some(Outcome::Fail {
+            error: TaskError::new("unknown_handler", message, attempt, false),
+        });
+    };
+    let cancel = CancellationToken::new();
+    let ctx = TaskContext::new(
+        task.id,
+        task.func_path.clone(),
+        attempt,
+        task.max_retries,
+        cancel.clone(),
+    );
+    // The handler runs in a task of its own, so a panic ends only that task and
+    // a timeout can drop it.
+    let mut call = tokio::spawn(handler(task.payload(), ctx));
+    let stop = |call: &tokio::task::JoinHandle<_>| {
+        cancel.cancel();
+        call.abort();
+    };
+    let mut timeout = pin!(async {
+        match task.timeout {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    });
+    let config = &shared.config;
+    let mut renew = tokio::time::interval_at(Instant::now() + config.renew_every, config.renew_every);
+    loop {
+        tokio::select! {
+            joined = &mut call => {
+                let now = shared.clock.now();
+                return Some(match joined {
+                    Ok(Ok(result)) => Outcome::Complete { result },
+                    Ok(Err(Failure::BadPayload(message))) => Outcome::Fail {
+                        error: TaskError::new("bad_payload", message, attempt, false),
+                    },
+                    Ok(Err(Failure::Handler(error))) => handler_outcome(config, error, attempt, now),
+                    Err(join) if join.is_panic() => {
+                        let message = panic_message(join.into_panic());
+                        retry(config, TaskError::new("panic", format!("the handler panicked: {message}"), attempt, true), now)
+                    }
+                    Err(join) => retry(config, TaskError::new("aborted", join.to_string(), attempt, true), now),
+                });
+            }
+            _ = &mut timeout => {
+                stop(&call);
+                let limit = task.timeout.unwrap_or_default();
+                let error = TaskError::new(
+                    "timeout",
+                    format!("the attempt ran longer than its timeout of {limit:?} and was cancelled"),
+                    attempt,
+                    true,
+                );
+                return Some(retry(config, error, shared.clock.now()));
+            }
+            _ = renew.tick() => {
+                let lease_ref = LeaseRef { id: task.id, token: lease.token };
+                match shared.storage.renew(&[lease_ref], config.lease, shared.clock.now()).await {
+                    Ok(answers) if answers.first() == Some(&RenewOutcome::Lost) => {
+                        stop(&call);
+                        return None;
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "cannot renew the lease; will try again"),
+                }
+            }
+            _ = shared.hand_back.cancelled() => {
+                stop(&call);
+                return Some(Outcome::HandBack);
+            }
+        }
+    }
+}
+
+fn handler_outcome(config: &PoolConfig, error: HandlerError, attempt: u32, now: OffsetDateTime) -> Outcome {
+    let retryable = error.retry != Retry::Never;
+    let record = TaskError::new(error.kind, error.message, attempt, retryable);
+    match error.retry {
+        Retry::Never => Outcome::Fail { error: record },
+        Retry::After(delay) => Outcome::Retry {
+            error: record,
+            at: now + delay,
+        },
+        Retry::Backoff => retry(config, record, now),
+    }
+}
+
+fn retry(config: &PoolConfig, error: TaskError, now: OffsetDateTime) -> Outcome {
+    let at = now + config.backoff.delay(error.attempt);
+    Outcome::Retry { error, at }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(a panic without a message)".to_string()
+    }
+}
