@@ -93,6 +93,15 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    /// A wait ran out before the task finished.
+    #[error("task {id} did not finish within {waited:?}")]
+    Timeout {
+        /// The task waited for.
+        id: String,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+
     /// The feature asked for is not available in this build or this backend,
     /// e.g. a backend whose cargo feature is not enabled.
     #[error("unsupported: {0}")]

@@ -316,6 +316,18 @@ pub struct TaskResult {
     pub finished_at: Option<OffsetDateTime>,
 }
 
+impl TaskResult {
+    /// The result value as `T`: `Ok(None)` while the task has no result (not
+    /// completed), an error if the stored value does not fit `T`.
+    pub fn value_as<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>> {
+        self.value
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(Error::from)
+    }
+}
+
 /// How a worker ends its claim on a task; see [`crate::Storage::finish`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {

@@ -473,7 +473,11 @@ async fn run_task(shared: &Shared, task: Task) {
         Ok(answers) if matches!(answers.first(), Some(FinishOutcome::Applied { .. })) => {
             bump(counter);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+            // A failure that will be retried is routine; one that ends the task is not.
             match error {
+                Some(error) if label == "retry" => {
+                    tracing::info!(outcome = label, elapsed_ms, %error, "task attempt failed")
+                }
                 Some(error) => tracing::warn!(outcome = label, elapsed_ms, %error, "task attempt failed"),
                 None => tracing::info!(outcome = label, elapsed_ms, "task attempt done"),
             }

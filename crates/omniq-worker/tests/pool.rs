@@ -241,7 +241,12 @@ async fn failures_are_retried_with_exponential_backoff() {
     assert_eq!(task.status, TaskStatus::Completed);
     assert_eq!(task.attempts, 4);
     assert_eq!(task.result, Some(json!("finally")));
-    let gaps: Vec<u64> = calls.lock().unwrap().windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+    let gaps: Vec<u64> = calls
+        .lock()
+        .unwrap()
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs())
+        .collect();
     // 1 s, 2 s, 4 s, each up to one poll interval later (the retry is not signalled).
     for (gap, expected) in gaps.iter().zip([1u64, 2, 4]) {
         assert!((expected..=expected + 1).contains(gap), "gaps {gaps:?}");

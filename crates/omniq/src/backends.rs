@@ -1,0 +1,136 @@
+//! Opening a store: the backend named by settings or by a `backend:path` URL,
+//! among those compiled in.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use omniq_core::{BackendKind, Durability, Error, Result, Settings, Storage};
+
+/// The backends compiled into this build, in order of preference.
+pub fn compiled_backends() -> &'static [BackendKind] {
+    &[
+        #[cfg(feature = "file")]
+        BackendKind::File,
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite,
+    ]
+}
+
+/// The backend `settings` ask for, or the default: `file`, or the only backend
+/// compiled in.
+pub fn chosen_backend(settings: &Settings) -> Result<BackendKind> {
+    match settings.backend {
+        Some(kind) => Ok(kind),
+        None => compiled_backends().first().copied().ok_or_else(|| {
+            Error::Unsupported(
+                "no backend is compiled in; enable the `file` or `sqlite` feature of omniq".into(),
+            )
+        }),
+    }
+}
+
+fn not_compiled(kind: BackendKind) -> Error {
+    Error::Unsupported(format!(
+        "the {kind} backend is not compiled into this build; enable the `{kind}` feature of the omniq crate"
+    ))
+}
+
+/// Opens the store `settings` describe.
+pub async fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>> {
+    match chosen_backend(settings)? {
+        #[cfg(feature = "file")]
+        BackendKind::File => Ok(Arc::new(omniq_file::FileStorage::open(settings).await?)),
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => Ok(Arc::new(omniq_sqlite::SqliteStorage::open(settings).await?)),
+        #[allow(unreachable_patterns)]
+        other => Err(not_compiled(other)),
+    }
+}
+
+/// A store named as `backend:path`: `file:./omniq_data` (a folder) or
+/// `sqlite:./omniq_data/omniq.db` (a database file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreUrl {
+    /// The backend.
+    pub backend: BackendKind,
+    /// The folder (file) or database file (sqlite).
+    pub path: PathBuf,
+}
+
+impl FromStr for StoreUrl {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |reason: &str| {
+            Error::invalid_config(
+                "store",
+                format!("{text:?} {reason}; expected file:<folder> or sqlite:<database file>"),
+            )
+        };
+        let (backend, path) = text.split_once(':').ok_or_else(|| bad("has no backend"))?;
+        let backend: BackendKind = backend.parse().map_err(|_| bad("names an unknown backend"))?;
+        if path.is_empty() {
+            return Err(bad("has no path"));
+        }
+        Ok(StoreUrl {
+            backend,
+            path: PathBuf::from(path),
+        })
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.backend, self.path.display())
+    }
+}
+
+impl StoreUrl {
+    /// The URL of the store `settings` describe.
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let backend = chosen_backend(settings)?;
+        let path = match backend {
+            BackendKind::Sqlite => settings.sqlite_path(),
+            _ => settings.base_dir.clone(),
+        };
+        Ok(StoreUrl { backend, path })
+    }
+
+    /// Opens the store with `durability`.
+    pub async fn open(&self, durability: Durability) -> Result<Arc<dyn Storage>> {
+        open_at(self.backend, &self.path, durability).await
+    }
+}
+
+async fn open_at(kind: BackendKind, path: &Path, durability: Durability) -> Result<Arc<dyn Storage>> {
+    let _ = (path, durability);
+    match kind {
+        #[cfg(feature = "file")]
+        BackendKind::File => Ok(Arc::new(
+            omniq_file::FileStorage::open_path(path, durability).await?,
+        )),
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => Ok(Arc::new(
+            omniq_sqlite::SqliteStorage::open_path(path, durability).await?,
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(not_compiled(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_print() {
+        let url: StoreUrl = "sqlite:/var/lib/q.db".parse().unwrap();
+        assert_eq!(url.backend, BackendKind::Sqlite);
+        assert_eq!(url.path, PathBuf::from("/var/lib/q.db"));
+        assert_eq!(url.to_string(), "sqlite:/var/lib/q.db");
+        for bad in ["nothing", "redis:/x", "file:", ":x"] {
+            assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `OmniQ`, the async client: enqueue, inspect, wait for results, cancel,
+//! retry, purge, and build worker pools that share its wake-ups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq_core::{ListQuery, NewTask, Result, Settings, StatusCounts, Storage, Task, TaskId, TaskResult};
+use omniq_worker::{Registry, Signals, WorkerPool};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::backends::open_storage;
+
+/// The handle a program holds on its queue. Cloning is cheap and shares the
+/// store and the wake-ups between clients and pools of this process.
+#[derive(Clone, Debug)]
+pub struct OmniQ {
+    storage: Arc<dyn Storage>,
+    settings: Settings,
+    signals: Arc<Signals>,
+}
+
+impl OmniQ {
+    /// Opens the store `settings` describe (backend, folder, durability).
+    pub async fn open(settings: Settings) -> Result<Self> {
+        let storage = open_storage(&settings).await?;
+        Ok(Self::with_storage(storage, settings))
+    }
+
+    /// Opens the store the `OMNIQ_*` environment variables describe.
+    pub async fn from_env() -> Result<Self> {
+        Self::open(Settings::from_env()?).await
+    }
+
+    /// A client over any [`Storage`] (a custom backend, `MemoryStorage` in tests).
+    pub fn with_storage(storage: Arc<dyn Storage>, settings: Settings) -> Self {
+        OmniQ {
+            storage,
+            settings,
+            signals: Signals::new(),
+        }
+    }
+
+    /// The store.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The settings the client was opened with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The wake-ups shared with this client's pools.
+    pub fn signals(&self) -> &Arc<Signals> {
+        &self.signals
+    }
+
+    /// Enqueues a task for handler `func_path` with a typed payload and the
+    /// settings' defaults; returns its id.
+    pub async fn enqueue<P: Serialize + ?Sized>(&self, func_path: &str, payload: &P) -> Result<TaskId> {
+        self.task(func_path, payload)?.enqueue().await
+    }
+
+    /// Starts a task with options: `.eta(..)`, `.delay(..)`, `.interval(..)`,
+    /// `.max_retries(..)`, `.timeout(..)`, then `.enqueue().await`.
+    pub fn task<P: Serialize + ?Sized>(&self, func_path: &str, payload: &P) -> Result<TaskBuilder<'_>> {
+        Ok(TaskBuilder {
+            client: self,
+            task: NewTask::with_payload(func_path, payload)?,
+        })
+    }
+
+    /// Enqueues many tasks in one call, all or none; returns their ids in order.
+    pub async fn enqueue_many(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+        let now = OffsetDateTime::now_utc();
+        let tasks = tasks
+            .into_iter()
+            .map(|task| task.into_task(&self.settings, now))
+            .collect::<Result<Vec<Task>>>()?;
+        let ids = tasks.iter().map(|t| t.id).collect();
+        self.storage.enqueue(tasks).await?;
+        self.signals.task_enqueued();
+        Ok(ids)
+    }
+
+    /// The whole record of a task.
+    pub async fn get(&self, id: TaskId) -> Result<Task> {
+        self.storage.get(id).await
+    }
+
+    /// A task's status, result or error, attempts and finish time, now.
+    pub async fn result(&self, id: TaskId) -> Result<TaskResult> {
+        Ok(self.storage.get(id).await?.to_result())
+    }
+
+    /// Waits until the task is completed, failed or cancelled, then returns its
+    /// result; [`omniq_core::Error::Timeout`] after `timeout`. A pool of this
+    /// process wakes the wait as soon as it finishes a task; for workers in other
+    /// processes the store is checked again after 10 ms, then less often, up to
+    /// once a second.
+    pub async fn wait_result(&self, id: TaskId, timeout: Duration) -> Result<TaskResult> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let finished = self.signals.finished();
+            let result = self.result(id).await?;
+            if result.status.is_finished() {
+                return Ok(result);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(omniq_core::Error::Timeout {
+                    id: id.to_string(),
+                    waited: timeout,
+                });
+            }
+            tokio::select! {
+                _ = finished => {}
+                _ = tokio::time::sleep(pause.min(left)) => pause = (pause * 2).min(Duration::from_secs(1)),
+            }
+        }
+    }
+
+    /// Tasks matching `query` (status filter, limit, order, paging).
+    pub async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
+        self.storage.list(query).await
+    }
+
+    /// Cancels a task, or the whole series of an interval task; returns the ids
+    /// cancelled.
+    pub async fn cancel(&self, id: TaskId) -> Result<Vec<TaskId>> {
+        self.storage.cancel(id, OffsetDateTime::now_utc()).await
+    }
+
+    /// Puts a failed task back to pending with a fresh count of attempts.
+    pub async fn retry(&self, id: TaskId) -> Result<()> {
+        self.storage.retry(id, OffsetDateTime::now_utc()).await?;
+        self.signals.task_enqueued();
+        Ok(())
+    }
+
+    /// Deletes finished tasks older than the settings' result TTL; returns how
+    /// many.
+    pub async fn purge(&self) -> Result<u64> {
+        self.purge_older_than(self.settings.result_ttl).await
+    }
+
+    /// Deletes tasks that finished more than `age` ago; returns how many.
+    pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
+        self.storage.purge(OffsetDateTime::now_utc() - age).await
+    }
+
+    /// How many tasks are in each status.
+    pub async fn counts(&self) -> Result<StatusCounts> {
+        self.storage.counts().await
+    }
+
+    /// A worker pool on this client's store that starts tasks enqueued through
+    /// this client at once. Configure it, then `.start()` it.
+    pub fn worker(&self, registry: Registry) -> WorkerPool {
+        WorkerPool::new(self.storage.clone(), registry).signals(self.signals.clone())
+    }
+}
+
+/// A task being set up; see [`OmniQ::task`].
+#[must_use = "a task builder does nothing until .enqueue() is awaited"]
+#[derive(Debug)]
+pub struct TaskBuilder<'a> {
+    client: &'a OmniQ,
+    task: NewTask,
+}
+
+impl TaskBuilder<'_> {
+    /// Not before `eta`.
+    pub fn eta(mut self, eta: OffsetDateTime) -> Self {
+        self.task = self.task.eta(eta);
+        self
+    }
+
+    /// Not before `delay` from now.
+    pub fn delay(self, delay: Duration) -> Self {
+        self.eta(OffsetDateTime::now_utc() + delay)
+    }
+
+    /// Run again `interval` after each run ends.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.task = self.task.interval(interval);
+        self
+    }
+
+    /// Retry up to `max_retries` times after a failure.
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.task = self.task.max_retries(max_retries);
+        self
+    }
+
+    /// Cancel an attempt that runs longer than `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.task = self.task.timeout(timeout);
+        self
+    }
+
+    /// The task as it will be enqueued.
+    pub fn into_new_task(self) -> NewTask {
+        self.task
+    }
+
+    /// Enqueues the task; returns its id.
+    pub async fn enqueue(self) -> Result<TaskId> {
+        Ok(self.client.enqueue_many(vec![self.task]).await?[0])
+    }
+}

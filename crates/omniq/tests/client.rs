@@ -1,0 +1,195 @@
+//! The `omniq` client through its public API, on both backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq::{BackendKind, Error, HandlerError, ListQuery, NewTask, OmniQ, Registry, Settings, TaskStatus};
+use serde_json::json;
+use time::OffsetDateTime;
+
+async fn clients(dir: &std::path::Path) -> Vec<OmniQ> {
+    let mut clients = Vec::new();
+    for backend in [BackendKind::File, BackendKind::Sqlite] {
+        let settings = Settings::builder()
+            .backend(backend)
+            .base_dir(dir.join(backend.as_str()))
+            .default_max_retries(2)
+            .build()
+            .unwrap();
+        clients.push(OmniQ::open(settings).await.unwrap());
+    }
+    clients
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.register(
+        "add",
+        |(a, b): (i64, i64)| async move { Ok::<_, HandlerError>(a + b) },
+    );
+    registry.register("fail", |_: ()| async { Err::<(), _>(HandlerError::fatal("no")) });
+    registry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_options_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    for q in clients(dir.path()).await {
+        let eta = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+        let id = q
+            .task("add", &(1, 2))
+            .unwrap()
+            .eta(eta)
+            .interval(Duration::from_secs(60))
+            .max_retries(7)
+            .timeout(Duration::from_millis(1500))
+            .enqueue()
+            .await
+            .unwrap();
+        let task = q.get(id).await.unwrap();
+        assert_eq!(task.func_path, "add");
+        assert_eq!(task.args, vec![json!([1, 2])]);
+        assert_eq!(task.eta, eta);
+        assert_eq!(task.interval, Some(Duration::from_secs(60)));
+        assert_eq!(task.max_retries, 7);
+        assert_eq!(task.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(task.series, Some(id));
+
+        let plain = q.enqueue("add", &(3, 4)).await.unwrap();
+        assert_eq!(
+            q.get(plain).await.unwrap().max_retries,
+            2,
+            "the settings' default"
+        );
+        let delayed = q
+            .task("add", &(0, 0))
+            .unwrap()
+            .delay(Duration::from_secs(60))
+            .enqueue()
+            .await
+            .unwrap();
+        assert!(q.get(delayed).await.unwrap().eta > OffsetDateTime::now_utc() + Duration::from_secs(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_are_waited_for_and_read() {
+    let dir = tempfile::tempdir().unwrap();
+    for q in clients(dir.path()).await {
+        let pool = q.worker(registry()).start();
+        let ids = q
+            .enqueue_many(
+                (0..20)
+                    .map(|i| NewTask::with_payload("add", &(i, i)).unwrap())
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let result = q.wait_result(*id, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(result.status, TaskStatus::Completed);
+            assert_eq!(result.value_as::<i64>().unwrap(), Some(2 * i as i64));
+        }
+        let failed = q.enqueue("fail", &()).await.unwrap();
+        let result = q.wait_result(failed, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(result.status, TaskStatus::Failed);
+        assert_eq!(result.error.unwrap().message, "no");
+        assert_eq!(q.result(failed).await.unwrap().attempts, 1);
+        pool.shutdown(Duration::from_secs(5)).await;
+
+        // Without a worker the wait runs out with a clear error.
+        let never = q.enqueue("add", &(1, 1)).await.unwrap();
+        let err = q.wait_result(never, Duration::from_millis(50)).await.unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_cancel_retry_counts_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    for q in clients(dir.path()).await {
+        let pool = q.worker(registry()).start();
+        let ok = q.enqueue("add", &(1, 1)).await.unwrap();
+        let bad = q.enqueue("fail", &()).await.unwrap();
+        q.wait_result(ok, Duration::from_secs(20)).await.unwrap();
+        q.wait_result(bad, Duration::from_secs(20)).await.unwrap();
+        pool.shutdown(Duration::from_secs(5)).await;
+        let later = q
+            .task("add", &(2, 2))
+            .unwrap()
+            .delay(Duration::from_secs(3600))
+            .enqueue()
+            .await
+            .unwrap();
+
+        let counts = q.counts().await.unwrap();
+        assert_eq!((counts.pending, counts.completed, counts.failed), (1, 1, 1));
+        let failed = q
+            .list(ListQuery {
+                status: Some(TaskStatus::Failed),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(failed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![bad]);
+
+        q.retry(bad).await.unwrap();
+        assert_eq!(q.get(bad).await.unwrap().status, TaskStatus::Pending);
+        assert!(matches!(q.retry(ok).await, Err(Error::Conflict { .. })));
+        assert_eq!(q.cancel(later).await.unwrap(), vec![later]);
+        assert!(matches!(q.cancel(later).await, Err(Error::Conflict { .. })));
+        assert!(matches!(
+            q.get(omniq::TaskId::new()).await,
+            Err(Error::NotFound { .. })
+        ));
+
+        // The result TTL (a day) keeps everything; an age of zero removes the finished.
+        assert_eq!(q.purge().await.unwrap(), 0);
+        assert_eq!(q.purge_older_than(Duration::ZERO).await.unwrap(), 2);
+        let left = q.list(ListQuery::default()).await.unwrap();
+        assert_eq!(left.iter().map(|t| t.id).collect::<Vec<_>>(), vec![bad]);
+    }
+}
+
+#[tokio::test]
+async fn the_environment_chooses_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    // The only test in this binary that reads the environment.
+    std::env::set_var("OMNIQ_BACKEND", "sqlite");
+    std::env::set_var("OMNIQ_BASE_DIR", dir.path());
+    let q = OmniQ::from_env().await.unwrap();
+    std::env::remove_var("OMNIQ_BACKEND");
+    std::env::remove_var("OMNIQ_BASE_DIR");
+    assert_eq!(q.storage().backend_name(), "sqlite");
+    assert!(dir.path().join("omniq.db").exists());
+    assert_eq!(
+        omniq::chosen_backend(&Settings::default()).unwrap(),
+        BackendKind::File
+    );
+}
+
+#[test]
+fn the_blocking_client_needs_no_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::builder().base_dir(dir.path()).build().unwrap();
+    let q = omniq::blocking::OmniQ::open(settings).unwrap();
+    let worker = q.start_worker(registry(), |pool| pool.concurrency(2));
+    let id = q.enqueue("add", &(20, 22)).unwrap();
+    let later = q
+        .enqueue_task(
+            NewTask::with_payload("add", &(0, 1))
+                .unwrap()
+                .eta(OffsetDateTime::now_utc() + Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let result = q.wait_result(id, Duration::from_secs(20)).unwrap();
+    assert_eq!(result.value_as::<i64>().unwrap(), Some(42));
+    assert_eq!(q.get(later).unwrap().status, TaskStatus::Pending);
+    assert_eq!(q.counts().unwrap().completed, 1);
+    assert_eq!(q.cancel(later).unwrap(), vec![later]);
+    assert_eq!(q.list(ListQuery::default()).unwrap().len(), 2);
+    assert_eq!(q.result(id).unwrap().status, TaskStatus::Completed);
+    assert_eq!(q.purge().unwrap(), 0);
+    assert!(worker.shutdown(Duration::from_secs(5)).drained);
+    let _ = Arc::new(());
+}
