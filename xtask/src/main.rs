@@ -1,8 +1,10 @@
 //! `cargo xtask`: project tasks that need more than one cargo command.
 //!
-//! `cargo xtask conformance [FILTER...]` runs the shared conformance suite of
-//! `omniq-core` against every backend of the workspace and prints one line per
-//! backend: `<backend>: N passed, M failed`.
+//! - `cargo xtask conformance [FILTER...]` runs the shared conformance suite of
+//!   `omniq-core` against every backend of the workspace and prints one line per
+//!   backend: `<backend>: N passed, M failed`.
+//! - `cargo xtask perf [--json] [--backend B]` runs the performance workload
+//!   (`benches/src/bin/perf.rs`) in release mode and prints its table or JSON.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -18,8 +20,9 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("conformance") => conformance(args.collect()),
+        Some("perf") => perf(args.collect()),
         _ => {
-            eprintln!("usage: cargo xtask conformance [TEST FILTER...]");
+            eprintln!("usage: cargo xtask conformance [TEST FILTER...]\n       cargo xtask perf [--json] [--backend file|sqlite]");
             ExitCode::from(2)
         }
     }
@@ -77,6 +80,29 @@ fn conformance(test_args: Vec<String>) -> ExitCode {
         println!("{line}");
     }
     if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn perf(args: Vec<String>) -> ExitCode {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "omniq-benches",
+            "--bin",
+            "perf",
+            "--",
+        ])
+        .args(&args)
+        .status()
+        .expect("cannot run cargo");
+    if status.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

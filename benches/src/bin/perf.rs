@@ -1,0 +1,138 @@
+//! The performance workload of `cargo xtask perf`: per backend and size, enqueue
+//! N no-op tasks (one call each, then again with one batch call), then run one
+//! worker pool (concurrency 4) until all N results are stored.
+//!
+//! Prints the table, or with `--json` one JSON array of rows
+//! `{"backend","n","mode","enqueue_s","process_s","total_s"}` on stdout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omniq_benches::{enqueue_batch, enqueue_each, open, scratch, BACKENDS};
+use omniq_core::Storage;
+use omniq_worker::{HandlerError, Registry, Signals, WorkerPool};
+use serde_json::json;
+
+const SIZES: [usize; 3] = [100, 1_000, 10_000];
+
+struct Row {
+    backend: &'static str,
+    n: usize,
+    mode: &'static str,
+    enqueue: Duration,
+    process: Duration,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let backends: Vec<&'static str> = match args.iter().position(|a| a == "--backend") {
+        Some(i) => BACKENDS
+            .iter()
+            .copied()
+            .filter(|b| Some(*b) == args.get(i + 1).map(String::as_str))
+            .collect(),
+        None => BACKENDS.to_vec(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    eprintln!(
+        "OmniQ perf: stores in {}, durability normal, worker pool concurrency 4, {} cores",
+        scratch().display(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut rows = Vec::new();
+    for backend in backends {
+        for n in SIZES {
+            for mode in ["each", "batch"] {
+                let row = runtime.block_on(measure(backend, n, mode));
+                eprintln!(
+                    "  {backend:6} n={n:<6} {mode:5} enqueue {:.3}s process {:.3}s",
+                    row.enqueue.as_secs_f64(),
+                    row.process.as_secs_f64()
+                );
+                rows.push(row);
+            }
+        }
+    }
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "backend": r.backend,
+                    "n": r.n,
+                    "mode": r.mode,
+                    "enqueue_s": r.enqueue.as_secs_f64(),
+                    "process_s": r.process.as_secs_f64(),
+                    "total_s": (r.enqueue + r.process).as_secs_f64(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        print_table(&rows);
+    }
+}
+
+async fn measure(backend: &'static str, n: usize, mode: &'static str) -> Row {
+    let store = open(backend).await;
+    let storage: Arc<dyn Storage> = store.store.clone();
+    let start = Instant::now();
+    match mode {
+        "each" => enqueue_each(&*storage, n).await,
+        _ => enqueue_batch(&*storage, n).await,
+    }
+    let enqueue = start.elapsed();
+
+    let mut registry = Registry::new();
+    registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
+    let signals = Signals::new();
+    let start = Instant::now();
+    let pool = WorkerPool::new(storage.clone(), registry)
+        .concurrency(4)
+        .signals(signals.clone())
+        .start();
+    loop {
+        let finished = signals.finished();
+        if pool.stats().succeeded as usize >= n {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
+    }
+    let process = start.elapsed();
+    pool.shutdown(Duration::from_secs(10)).await;
+    let completed = storage.counts().await.expect("counts").completed as usize;
+    assert_eq!(completed, n, "every result is stored");
+    Row {
+        backend,
+        n,
+        mode,
+        enqueue,
+        process,
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| Backend | Tasks | Enqueue | Enqueue (s) | Process (s) | Total (s) | Tasks/s |");
+    println!("|---------|------:|---------|------------:|------------:|----------:|--------:|");
+    for r in rows {
+        let total = (r.enqueue + r.process).as_secs_f64();
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            r.backend,
+            r.n,
+            if r.mode == "each" {
+                "one call each"
+            } else {
+                "one batch"
+            },
+            r.enqueue.as_secs_f64(),
+            r.process.as_secs_f64(),
+            total,
+            r.n as f64 / total
+        );
+    }
+}
