@@ -30,6 +30,7 @@ use omniq_core::{
 };
 use time::OffsetDateTime;
 
+pub use crate::store::CheckReport;
 use crate::store::Store;
 
 /// A [`Storage`] in a folder of JSON files.
@@ -72,6 +73,14 @@ impl FileStorage {
     /// `Durability::Full` does).
     pub fn fsync_count(&self) -> u64 {
         self.store.disk().fsyncs()
+    }
+
+    /// Checks the whole folder: every record must be valid JSON and have
+    /// exactly one entry, in the folder of its status. Corrupt records are moved
+    /// to `quarantine/`; with `repair`, entries that are missing, misplaced or
+    /// without a record are fixed as well.
+    pub async fn check(&self, repair: bool) -> Result<CheckReport> {
+        self.run(move |store| store.check(repair)).await
     }
 
     /// Test hook: the `n`-th file-system step from now fails as if the process

@@ -773,4 +773,104 @@ impl Store {
             Ok(expired)
         })
     }
+
+    /// Reconciles the whole folder: every record must parse and have exactly
+    /// one entry, in its status's folder. Corrupt records are quarantined;
+    /// with `repair`, misplaced, missing and orphaned entries are fixed too.
+    pub fn check(&self, repair: bool) -> Result<CheckReport> {
+        self.locked(|state| {
+            let mut report = CheckReport::default();
+            let layout = self.layout();
+            let mut records = HashMap::new();
+            for name in names(&layout.tasks)? {
+                let Some(id) = record_id(&name) else {
+                    report
+                        .problems
+                        .push(format!("tasks/{name}: not a task record (ignored)"));
+                    continue;
+                };
+                match self.load(id)? {
+                    Loaded::Found(task) => {
+                        records.insert(id, task);
+                    }
+                    Loaded::Corrupt => {
+                        report.quarantined.push(format!("tasks/{name}"));
+                        report.problems.push(format!(
+                            "tasks/{name}: not a valid task record; moved to quarantine/"
+                        ));
+                    }
+                    Loaded::Missing => {}
+                }
+            }
+            report.records = records.len() as u64;
+            let mut entries: HashMap<TaskId, Vec<PathBuf>> = HashMap::new();
+            for status in TaskStatus::ALL {
+                let folder = layout.entry_folder(status);
+                for name in names(folder)? {
+                    match entry_id(&name) {
+                        Some(id) => entries.entry(id).or_default().push(folder.join(name)),
+                        None => report
+                            .problems
+                            .push(format!("{}/{name}: not an entry (ignored)", status.as_str())),
+                    }
+                }
+            }
+            report.entries = entries.values().map(|e| e.len() as u64).sum();
+            let mut fixes = Vec::new();
+            for (id, task) in &records {
+                let expected = self.entry_path(task);
+                let found = entries.remove(id).unwrap_or_default();
+                if found != [expected.clone()] {
+                    report.problems.push(format!(
+                        "task {id} is {} but its entries are {:?}",
+                        task.status,
+                        found
+                            .iter()
+                            .map(|p| relative(&layout.base, p))
+                            .collect::<Vec<_>>()
+                    ));
+                    fixes.push(task.clone());
+                }
+            }
+            for (id, orphans) in entries {
+                for orphan in orphans {
+                    report.problems.push(format!(
+                        "{} has no record (task {id})",
+                        relative(&layout.base, &orphan)
+                    ));
+                    if repair {
+                        self.disk.remove(&orphan)?;
+                        report.repaired += 1;
+                    }
+                }
+            }
+            if repair {
+                for task in fixes {
+                    self.place_entry(&task, Before::Unknown)?;
+                    report.repaired += 1;
+                }
+                state.view_read_at = None;
+            }
+            Ok(report)
+        })
+    }
+}
+
+fn relative(base: &Path, path: &Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).display().to_string()
+}
+
+/// What [`Store::check`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Task records read.
+    pub records: u64,
+    /// Entries found in the status folders.
+    pub entries: u64,
+    /// Everything out of place, one line each.
+    pub problems: Vec<String>,
+    /// Files moved to `quarantine/`.
+    pub quarantined: Vec<String>,
+    /// Problems fixed (with `repair`).
+    pub repaired: u64,
 }

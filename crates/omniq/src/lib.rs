@@ -54,9 +54,15 @@ pub use omniq_core::{
     TaskResult, TaskStatus,
 };
 #[cfg(feature = "file")]
-pub use omniq_file::FileStorage;
+pub use omniq_file::{CheckReport, FileStorage};
 #[cfg(feature = "sqlite")]
 pub use omniq_sqlite::SqliteStorage;
+
+/// The SQLite schema version this build writes.
+#[cfg(feature = "sqlite")]
+pub fn sqlite_schema_version() -> i64 {
+    omniq_sqlite::schema::CURRENT_VERSION
+}
 pub use omniq_worker::{
     Backoff, Clock, HandlerError, Pool, PoolConfig, PoolStats, Registry, Retry, ShutdownReport, Signals,
     SystemClock, TaskContext, TokioClock, WorkerPool,

@@ -1,0 +1,577 @@
+//! `omniq`: inspect, repair and migrate an OmniQ store from the shell.
+//!
+//! The store is chosen by `--backend`, `--base-dir` and `--db-path`, which
+//! default to `OMNIQ_BACKEND`, `OMNIQ_BASE_DIR` and `OMNIQ_DB_PATH`. Read
+//! commands never create a store that does not exist. See `docs/cli.md`.
+
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use omniq::{
+    BackendKind, Error, FileStorage, ListOrder, ListQuery, Settings, SqliteStorage, Storage, StoreUrl,
+    TaskId, TaskStatus,
+};
+use time::OffsetDateTime;
+
+/// Inspect, repair and migrate an OmniQ task store.
+#[derive(Parser)]
+#[command(name = "omniq", version, about, long_about = None)]
+struct Cli {
+    /// The backend: file or sqlite [default: OMNIQ_BACKEND, else file].
+    #[arg(long, global = true, value_parser = parse_backend)]
+    backend: Option<BackendKind>,
+    /// The store's folder [default: OMNIQ_BASE_DIR, else ./omniq_data].
+    #[arg(long, global = true)]
+    base_dir: Option<PathBuf>,
+    /// The SQLite database file [default: OMNIQ_DB_PATH, else {base-dir}/omniq.db].
+    #[arg(long, global = true)]
+    db_path: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Counts per status, the oldest pending task, and running leases.
+    Stats(JsonFlag),
+    /// Lists tasks, newest first.
+    List(ListArgs),
+    /// Shows a task's whole record.
+    Show(IdArgs),
+    /// Shows a task's status and result or error.
+    Result(IdArgs),
+    /// Cancels a task (or its whole interval series).
+    Cancel { id: String },
+    /// Puts a failed task (or every failed task) back to pending.
+    Retry(RetryArgs),
+    /// Deletes finished tasks older than a given age.
+    Purge(PurgeArgs),
+    /// Copies every task from one store to another, keeping their history.
+    Migrate(MigrateArgs),
+    /// Checks a store: file records and entries, or SQLite's integrity and schema.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct JsonFlag {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct IdArgs {
+    /// The task id.
+    id: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ListArgs {
+    /// Only tasks in this status (pending, running, completed, failed, cancelled).
+    #[arg(long, value_parser = parse_status)]
+    status: Option<TaskStatus>,
+    /// At most this many tasks.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Oldest first instead of newest first.
+    #[arg(long)]
+    oldest: bool,
+    /// Print a JSON array of task records.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RetryArgs {
+    /// The failed task to retry.
+    #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+    id: Option<String>,
+    /// Retry every failed task.
+    #[arg(long)]
+    all_failed: bool,
+}
+
+#[derive(Args)]
+struct PurgeArgs {
+    /// Delete tasks that finished longer ago than this (e.g. 7d, 12h, 30m)
+    /// [default: OMNIQ_RESULT_TTL].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    older_than: Option<Duration>,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The source store, as file:<folder> or sqlite:<database file>. It is only read.
+    #[arg(long)]
+    from: StoreUrl,
+    /// The destination store, created if missing.
+    #[arg(long)]
+    to: StoreUrl,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Fix what the check finds (file store: misplaced, missing and orphaned entries).
+    #[arg(long)]
+    repair: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_backend(text: &str) -> Result<BackendKind, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a backend; expected file or sqlite"))
+}
+
+fn parse_status(text: &str) -> Result<TaskStatus, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not a status; expected pending, running, completed, failed or cancelled")
+    })
+}
+
+/// An error for the person at the terminal: what went wrong, and what to do.
+struct Failure {
+    message: String,
+    hint: Option<String>,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let hint = match &error {
+            Error::NotFound { .. } => Some("`omniq list` shows the ids in this store".to_string()),
+            Error::InvalidId { .. } => {
+                Some("task ids look like 0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f".to_string())
+            }
+            Error::InvalidConfig { name, .. } if name.starts_with("OMNIQ_") => {
+                Some(format!("fix or unset the environment variable {name}"))
+            }
+            Error::Incompatible { .. } => Some("check --db-path / OMNIQ_DB_PATH".to_string()),
+            Error::Corrupt { .. } => Some("`omniq check` reports every damaged file".to_string()),
+            _ => None,
+        };
+        Failure {
+            message: error.to_string(),
+            hint,
+        }
+    }
+}
+
+fn failure(message: impl Into<String>, hint: impl Into<String>) -> Failure {
+    Failure {
+        message: message.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+type Outcome = Result<ExitCode, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            if let Some(hint) = failure.hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn settings(cli: &Cli) -> Result<Settings, Failure> {
+    let mut settings = Settings::from_env()?;
+    if let Some(backend) = cli.backend {
+        settings.backend = Some(backend);
+    }
+    if let Some(base_dir) = &cli.base_dir {
+        settings.base_dir = base_dir.clone();
+    }
+    if let Some(db_path) = &cli.db_path {
+        settings.db_path = Some(db_path.clone());
+    }
+    Ok(settings)
+}
+
+/// Opens the store only if it exists: reading must not create one.
+async fn open_existing(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
+    let hint = "check --backend, --base-dir and --db-path (or OMNIQ_BACKEND, OMNIQ_BASE_DIR, OMNIQ_DB_PATH)";
+    if !url.path.exists() {
+        return Err(failure(
+            format!("no {} store at {}", url.backend, url.path.display()),
+            hint,
+        ));
+    }
+    if url.backend == BackendKind::File && !url.path.join("tasks").is_dir() {
+        return Err(failure(
+            format!(
+                "{} is not an OmniQ file store (it has no tasks/ folder)",
+                url.path.display()
+            ),
+            hint,
+        ));
+    }
+    Ok(url.open(settings.durability).await?)
+}
+
+fn parse_id(text: &str) -> Result<TaskId, Failure> {
+    Ok(TaskId::parse(text)?)
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(Error::from)?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Outcome {
+    let settings = settings(&cli)?;
+    if let Command::Migrate(args) = &cli.command {
+        return migrate(args, &settings).await;
+    }
+    let url = StoreUrl::from_settings(&settings)?;
+    let store = open_existing(&url, &settings).await?;
+    let now = OffsetDateTime::now_utc();
+    let colour = output::colour();
+    match &cli.command {
+        Command::Stats(flag) => stats(&*store, &url, flag.json, now).await,
+        Command::List(args) => list(&*store, args, now, colour).await,
+        Command::Show(args) => show(&*store, args, now, colour).await,
+        Command::Result(args) => result(&*store, args, now, colour).await,
+        Command::Cancel { id } => {
+            let ids = store.cancel(parse_id(id)?, now).await?;
+            let list: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            let noun = if ids.len() == 1 { "task" } else { "tasks" };
+            println!("cancelled {} {noun}: {}", ids.len(), list.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry(args) => retry(&*store, args, now).await,
+        Command::Purge(args) => {
+            let age = args.older_than.unwrap_or(settings.result_ttl);
+            let removed = store.purge(now - age).await?;
+            let noun = if removed == 1 { "task" } else { "tasks" };
+            println!(
+                "removed {removed} finished {noun} older than {}",
+                humantime::format_duration(age)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => check(&url, &settings, args).await,
+        Command::Migrate(_) => unreachable!("handled above"),
+    }
+}
+
+async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateTime) -> Outcome {
+    let counts = store.counts().await?;
+    if json {
+        print_json(&counts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pending = store
+        .list(ListQuery {
+            status: Some(TaskStatus::Pending),
+            ..Default::default()
+        })
+        .await?;
+    let running = store
+        .list(ListQuery {
+            status: Some(TaskStatus::Running),
+            ..Default::default()
+        })
+        .await?;
+    println!("store      {url}");
+    for status in TaskStatus::ALL {
+        let extra = match status {
+            TaskStatus::Pending => pending
+                .iter()
+                .map(|t| t.eta)
+                .min()
+                .map(|eta| format!("   oldest due {}", output::relative(eta, now)))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        println!("{:<10} {:>6}{extra}", status.as_str(), counts.get(status));
+    }
+    println!("{:<10} {:>6}", "total", counts.total());
+    if !running.is_empty() {
+        println!("\nrunning leases:");
+        let rows: Vec<Vec<String>> = running
+            .iter()
+            .map(|t| {
+                let (worker, expiry) = t.lease.as_ref().map_or(("?".into(), "?".into()), |l| {
+                    (
+                        l.worker_id.clone(),
+                        format!("expires {}", output::relative(l.expires_at, now)),
+                    )
+                });
+                vec![t.id.to_string(), t.func_path.clone(), worker, expiry]
+            })
+            .collect();
+        output::table(&["ID", "FUNC_PATH", "WORKER", "LEASE"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    let tasks = store
+        .list(ListQuery {
+            status: args.status,
+            limit: Some(args.limit),
+            order: if args.oldest {
+                ListOrder::OldestFirst
+            } else {
+                ListOrder::NewestFirst
+            },
+            after: None,
+        })
+        .await?;
+    if args.json {
+        print_json(&tasks)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if tasks.is_empty() {
+        println!("no tasks");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                output::status(t.status, colour),
+                t.func_path.clone(),
+                format!("{}/{}", t.attempts, t.max_retries + 1),
+                if t.status == TaskStatus::Pending {
+                    output::relative(t.eta, now)
+                } else {
+                    String::new()
+                },
+                output::relative(t.updated_at, now),
+            ]
+        })
+        .collect();
+    output::table(
+        &["ID", "STATUS", "FUNC_PATH", "ATTEMPTS", "DUE", "UPDATED"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    let task = store.get(parse_id(&args.id)?).await?;
+    if args.json {
+        print_json(&task)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<OffsetDateTime>| {
+        t.map_or("-".to_string(), |t| {
+            format!("{} ({})", output::timestamp(t), output::relative(t, now))
+        })
+    };
+    let seconds =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| humantime::format_duration(d).to_string());
+    println!("id           {}", task.id);
+    println!("func_path    {}", task.func_path);
+    println!("status       {}", output::status(task.status, colour));
+    println!("args         {}", serde_json::Value::Array(task.args.clone()));
+    println!("kwargs       {}", serde_json::Value::Object(task.kwargs.clone()));
+    println!("attempts     {} of {}", task.attempts, task.max_retries + 1);
+    println!("eta          {}", time(Some(task.eta)));
+    println!("interval     {}", seconds(task.interval));
+    println!("timeout      {}", seconds(task.timeout));
+    println!("created_at   {}", time(Some(task.created_at)));
+    println!("updated_at   {}", time(Some(task.updated_at)));
+    println!("started_at   {}", time(task.started_at));
+    println!("finished_at  {}", time(task.finished_at));
+    if let Some(series) = task.series {
+        println!("series       {series}");
+    }
+    if let Some(lease) = &task.lease {
+        println!(
+            "lease        worker {}, expires {}",
+            lease.worker_id,
+            output::relative(lease.expires_at, now)
+        );
+    }
+    if let Some(error) = &task.error {
+        println!(
+            "error        [{}] {} (attempt {}, {})",
+            error.kind,
+            error.message,
+            error.attempt,
+            if error.retryable {
+                "retryable"
+            } else {
+                "not retryable"
+            }
+        );
+    }
+    if let Some(result) = &task.result {
+        println!("result       {result}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn result(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    let result = store.get(parse_id(&args.id)?).await?.to_result();
+    if args.json {
+        print_json(&result)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let finished = result
+        .finished_at
+        .map(|t| format!(", finished {}", output::relative(t, now)))
+        .unwrap_or_default();
+    println!(
+        "{} after {} attempt(s){finished}",
+        output::status(result.status, colour),
+        result.attempts
+    );
+    if let Some(value) = &result.value {
+        println!("result: {value}");
+    }
+    if let Some(error) = &result.error {
+        println!("error: [{}] {}", error.kind, error.message);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(store: &dyn Storage, args: &RetryArgs, now: OffsetDateTime) -> Outcome {
+    if let Some(id) = &args.id {
+        let id = parse_id(id)?;
+        store.retry(id, now).await?;
+        println!("retried {id}: pending again");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut retried = 0;
+    loop {
+        let failed = store
+            .list(ListQuery {
+                status: Some(TaskStatus::Failed),
+                limit: Some(500),
+                ..Default::default()
+            })
+            .await?;
+        if failed.is_empty() {
+            break;
+        }
+        for task in failed {
+            store.retry(task.id, now).await?;
+            retried += 1;
+        }
+    }
+    println!("retried {retried} failed task(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
+    if args.from == args.to {
+        return Err(failure(
+            "--from and --to name the same store",
+            "give a different destination",
+        ));
+    }
+    let source = open_existing(&args.from, settings).await?;
+    let destination = args.to.open(settings.durability).await?;
+    let total = source.counts().await?.total();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} tasks ({eta} left)")
+            .expect("a valid template"),
+    );
+    // Only long runs on a terminal get a bar; indicatif hides it elsewhere.
+    if total < 1_000 {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let report = omniq::migrate(&*source, &*destination, |p| bar.set_position(p.done)).await?;
+    bar.finish_and_clear();
+    println!(
+        "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) stored as pending; the source is unchanged",
+        args.from, args.to, report.copied, report.skipped, report.running_reset
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome {
+    match url.backend {
+        BackendKind::Sqlite => {
+            let store = SqliteStorage::open_path(&url.path, settings.durability).await?;
+            let integrity = store.integrity_check().await?;
+            let version = store.schema_version().await?;
+            let healthy = integrity == ["ok"];
+            if args.json {
+                print_json(&serde_json::json!({
+                    "backend": "sqlite",
+                    "integrity_check": integrity,
+                    "schema_version": version,
+                    "current_schema_version": omniq::sqlite_schema_version(),
+                    "healthy": healthy,
+                }))?;
+            } else {
+                println!("integrity_check: {}", integrity.join("; "));
+                println!(
+                    "schema version {version} (this build writes {})",
+                    omniq::sqlite_schema_version()
+                );
+            }
+            Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        _ => {
+            let store = FileStorage::open_path(&url.path, settings.durability).await?;
+            let report = store.check(args.repair).await?;
+            let healthy = report.problems.is_empty() || (args.repair && report.quarantined.is_empty());
+            if args.json {
+                print_json(&serde_json::json!({
+                    "backend": "file",
+                    "records": report.records,
+                    "entries": report.entries,
+                    "problems": report.problems,
+                    "quarantined": report.quarantined,
+                    "repaired": report.repaired,
+                    "healthy": report.problems.is_empty(),
+                }))?;
+            } else {
+                println!("{} records, {} entries", report.records, report.entries);
+                for problem in &report.problems {
+                    println!("problem: {problem}");
+                }
+                if report.problems.is_empty() {
+                    println!("no problems found");
+                } else if args.repair {
+                    println!("repaired {}", report.repaired);
+                } else {
+                    println!("run `omniq check --repair` to fix the entries");
+                }
+            }
+            Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

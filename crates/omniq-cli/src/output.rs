@@ -1,0 +1,109 @@
+//! How the command shows things to people: aligned tables, relative times, and
+//! colour only when writing to a terminal.
+
+use std::io::IsTerminal;
+
+use omniq::TaskStatus;
+use time::OffsetDateTime;
+
+/// Whether standard output is a terminal that wants colour (`NO_COLOR` unset).
+pub fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A status word, coloured by outcome on a terminal.
+pub fn status(status: TaskStatus, colour: bool) -> String {
+    if !colour {
+        return status.to_string();
+    }
+    let code = match status {
+        TaskStatus::Pending => "33",
+        TaskStatus::Running => "36",
+        TaskStatus::Completed => "32",
+        TaskStatus::Failed => "31",
+        TaskStatus::Cancelled => "90",
+    };
+    format!("\x1b[{code}m{status}\x1b[0m")
+}
+
+/// A time as `2026-11-28 03:31:00.102 UTC`.
+pub fn timestamp(time: OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3] UTC"
+    );
+    time.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_else(|_| time.to_string())
+}
+
+/// `in 5m`, `3s ago`, `now`: a time relative to `now`, rounded to one unit.
+pub fn relative(time: OffsetDateTime, now: OffsetDateTime) -> String {
+    let seconds = (time - now).whole_seconds();
+    let amount = seconds.unsigned_abs();
+    if amount == 0 {
+        return "now".into();
+    }
+    let text = match amount {
+        0..=59 => format!("{amount}s"),
+        60..=3_599 => format!("{}m", amount / 60),
+        3_600..=86_399 => format!("{}h", amount / 3_600),
+        _ => format!("{}d", amount / 86_400),
+    };
+    if seconds > 0 {
+        format!("in {text}")
+    } else {
+        format!("{text} ago")
+    }
+}
+
+/// Prints rows as columns padded to their widest cell. Cells may hold colour
+/// codes, which take no room on screen.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let visible = |cell: &str| {
+        let mut width = 0;
+        let mut escape = false;
+        for c in cell.chars() {
+            match (escape, c) {
+                (false, '\x1b') => escape = true,
+                (true, 'm') => escape = false,
+                (true, _) => {}
+                (false, _) => width += 1,
+            }
+        }
+        width
+    };
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(visible(cell));
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(width - visible(cell) + 2));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(relative(now, now), "now");
+        assert_eq!(relative(now + time::Duration::seconds(5), now), "in 5s");
+        assert_eq!(relative(now - time::Duration::minutes(3), now), "3m ago");
+        assert_eq!(relative(now - time::Duration::hours(30), now), "1d ago");
+    }
+}

@@ -1,0 +1,326 @@
+//! The real `omniq` binary against both backends: every subcommand, and bad input.
+
+use std::time::Duration;
+
+use assert_cmd::Command;
+use omniq::{BackendKind, HandlerError, OmniQ, Registry, Settings, TaskId};
+
+struct Store {
+    _dir: tempfile::TempDir,
+    base: std::path::PathBuf,
+    backend: BackendKind,
+    done: TaskId,
+    failed: TaskId,
+    waiting: TaskId,
+}
+
+/// A store with a completed, a failed and a waiting task.
+fn store(backend: BackendKind) -> Store {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (done, failed, waiting) = runtime.block_on(async {
+        let settings = Settings::builder()
+            .backend(backend)
+            .base_dir(&base)
+            .build()
+            .unwrap();
+        let queue = OmniQ::open(settings).await.unwrap();
+        let mut registry = Registry::new();
+        registry.register(
+            "add",
+            |(a, b): (i64, i64)| async move { Ok::<_, HandlerError>(a + b) },
+        );
+        registry.register("broken", |_: ()| async {
+            Err::<(), _>(HandlerError::fatal("it is broken"))
+        });
+        let pool = queue.worker(registry).start();
+        let done = queue.enqueue("add", &(2, 3)).await.unwrap();
+        let failed = queue.enqueue("broken", &()).await.unwrap();
+        queue.wait_result(done, Duration::from_secs(20)).await.unwrap();
+        queue.wait_result(failed, Duration::from_secs(20)).await.unwrap();
+        pool.shutdown(Duration::from_secs(5)).await;
+        let waiting = queue
+            .task("add", &(1, 1))
+            .unwrap()
+            .delay(Duration::from_secs(3600))
+            .enqueue()
+            .await
+            .unwrap();
+        (done, failed, waiting)
+    });
+    Store {
+        _dir: dir,
+        base,
+        backend,
+        done,
+        failed,
+        waiting,
+    }
+}
+
+impl Store {
+    fn omniq(&self) -> Command {
+        let mut cmd = Command::cargo_bin("omniq").unwrap();
+        cmd.env_remove("OMNIQ_BACKEND")
+            .env_remove("OMNIQ_BASE_DIR")
+            .env_remove("OMNIQ_DB_PATH")
+            .args(["--backend", self.backend.as_str(), "--base-dir"])
+            .arg(&self.base);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.omniq().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "omniq {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn fail(&self, args: &[&str]) -> String {
+        let out = self.omniq().args(args).output().unwrap();
+        assert!(!out.status.success(), "omniq {args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+fn both() -> [Store; 2] {
+    [store(BackendKind::File), store(BackendKind::Sqlite)]
+}
+
+#[test]
+fn stats_counts_every_status() {
+    for s in both() {
+        let json: serde_json::Value = serde_json::from_str(&s.run(&["stats", "--json"])).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"pending": 1, "running": 0, "completed": 1, "failed": 1, "cancelled": 0})
+        );
+        let text = s.run(&["stats"]);
+        assert!(
+            text.contains("oldest due in 59m") || text.contains("oldest due in 1h"),
+            "{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with("total") && l.ends_with('3')),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn list_filters_orders_and_prints_json() {
+    for s in both() {
+        let all: Vec<serde_json::Value> = serde_json::from_str(&s.run(&["list", "--json"])).unwrap();
+        let ids: Vec<&str> = all.iter().map(|t| t["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [s.waiting.to_string(), s.failed.to_string(), s.done.to_string()],
+            "newest first"
+        );
+        let oldest: Vec<serde_json::Value> =
+            serde_json::from_str(&s.run(&["list", "--json", "--oldest", "--limit", "1"])).unwrap();
+        assert_eq!(oldest[0]["id"], s.done.to_string());
+        let failed: Vec<serde_json::Value> =
+            serde_json::from_str(&s.run(&["list", "--json", "--status", "failed"])).unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0]["error"]["message"], "it is broken");
+        let table = s.run(&["list"]);
+        assert!(table.starts_with("ID"), "{table}");
+        assert!(table.contains("completed") && table.contains("broken"), "{table}");
+        assert!(!table.contains('\x1b'), "no colour when not on a terminal");
+        assert!(s.fail(&["list", "--status", "done"]).contains("not a status"));
+    }
+}
+
+#[test]
+fn show_and_result_read_one_task() {
+    for s in both() {
+        let done = s.done.to_string();
+        let record: serde_json::Value = serde_json::from_str(&s.run(&["show", &done, "--json"])).unwrap();
+        assert_eq!(
+            (record["func_path"].as_str(), record["result"].as_i64()),
+            (Some("add"), Some(5))
+        );
+        let text = s.run(&["show", &done]);
+        assert!(
+            text.contains("func_path    add") && text.contains("result       5"),
+            "{text}"
+        );
+        let result: serde_json::Value = serde_json::from_str(&s.run(&["result", &done, "--json"])).unwrap();
+        assert_eq!(
+            (result["status"].as_str(), result["value"].as_i64()),
+            (Some("completed"), Some(5))
+        );
+        let text = s.run(&["result", &s.failed.to_string()]);
+        assert!(text.contains("failed") && text.contains("it is broken"), "{text}");
+    }
+}
+
+#[test]
+fn cancel_retry_and_purge_change_the_store() {
+    for s in both() {
+        let out = s.run(&["cancel", &s.waiting.to_string()]);
+        assert!(out.contains("cancelled 1 task"), "{out}");
+        assert!(s
+            .fail(&["cancel", &s.done.to_string()])
+            .contains("nothing to cancel: the task is completed"));
+        assert!(s.run(&["retry", &s.failed.to_string()]).contains("pending again"));
+        assert!(s
+            .fail(&["retry", &s.done.to_string()])
+            .contains("only failed tasks"));
+        assert!(s.run(&["retry", "--all-failed"]).contains("retried 0"));
+        assert!(s.run(&["purge"]).contains("removed 0"));
+        let out = s.run(&["purge", "--older-than", "0s"]);
+        assert!(out.contains("removed 2 finished tasks"), "{out}");
+        assert!(s
+            .fail(&["purge", "--older-than", "soon"])
+            .contains("invalid value"));
+        let json: serde_json::Value = serde_json::from_str(&s.run(&["stats", "--json"])).unwrap();
+        assert_eq!(json["pending"], 1, "the retried task");
+    }
+}
+
+#[test]
+fn migrate_copies_between_backends_and_leaves_the_source() {
+    let file = store(BackendKind::File);
+    let target = file.base.parent().unwrap().join("copy.db");
+    let from = format!("file:{}", file.base.display());
+    let to = format!("sqlite:{}", target.display());
+    let before = file.run(&["list", "--json"]);
+    let out = file.run(&["migrate", "--from", &from, "--to", &to]);
+    assert!(out.contains("copied 3, skipped 0"), "{out}");
+    assert_eq!(file.run(&["list", "--json"]), before, "the source is unchanged");
+    let copied = Command::cargo_bin("omniq")
+        .unwrap()
+        .args(["--backend", "sqlite", "--db-path"])
+        .arg(&target)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(copied.stdout).unwrap(), before);
+    assert!(file
+        .run(&["migrate", "--from", &from, "--to", &to])
+        .contains("copied 0, skipped 3"));
+    assert!(file
+        .fail(&["migrate", "--from", "redis:x", "--to", &to])
+        .contains("unknown backend"));
+}
+
+#[test]
+fn check_reports_and_repairs_a_file_store() {
+    let s = store(BackendKind::File);
+    assert!(s.run(&["check"]).contains("no problems found"));
+    // A stray entry, a missing entry and a corrupt record.
+    let waiting = s.waiting.to_string();
+    let entry = std::fs::read_dir(s.base.join("pending"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::rename(&entry, s.base.join("failed").join(entry.file_name().unwrap())).unwrap();
+    std::fs::write(s.base.join(format!("tasks/task-{}.json", s.done)), b"{ not json").unwrap();
+    let report = s.omniq().args(["check", "--json"]).output().unwrap();
+    assert!(!report.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["healthy"], false);
+    let problems = report["problems"].to_string();
+    assert!(problems.contains(&waiting), "{problems}");
+    assert_eq!(report["quarantined"].as_array().unwrap().len(), 1, "{report}");
+    let out = s.run(&["check", "--repair"]);
+    assert!(out.contains("repaired"), "{out}");
+    assert!(s.run(&["check"]).contains("no problems found"));
+    assert_eq!(std::fs::read_dir(s.base.join("quarantine")).unwrap().count(), 1);
+    assert!(s.run(&["show", &waiting]).contains("pending"));
+}
+
+#[test]
+fn check_verifies_a_sqlite_store() {
+    let s = store(BackendKind::Sqlite);
+    let out = s.run(&["check"]);
+    assert!(
+        out.contains("integrity_check: ok") && out.contains("schema version"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let s = store(BackendKind::File);
+    let unknown = "0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f";
+    let err = s.fail(&["show", unknown]);
+    assert!(
+        err.contains(&format!("no task with id {unknown}")) && err.contains("omniq list"),
+        "{err}"
+    );
+    let err = s.fail(&["show", "../../etc/passwd"]);
+    assert!(err.contains("invalid task id"), "{err}");
+    let out = Command::cargo_bin("omniq")
+        .unwrap()
+        .args(["--backend", "redis", "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected file or sqlite"));
+
+    // A corrupt task file: reading it says so and where it went.
+    std::fs::write(
+        s.base.join(format!("tasks/task-{}.json", s.done)),
+        b"\x00\x01garbage",
+    )
+    .unwrap();
+    let err = s.fail(&["show", &s.done.to_string()]);
+    assert!(err.contains("corrupt") && err.contains("quarantine"), "{err}");
+    assert!(
+        s.run(&["list"]).contains("broken"),
+        "the other tasks are still listed"
+    );
+
+    // A store that does not exist is not created by reading it.
+    let missing = s.base.parent().unwrap().join("nothing-here");
+    let out = Command::cargo_bin("omniq")
+        .unwrap()
+        .args(["--base-dir"])
+        .arg(&missing)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no file store"));
+    assert!(!missing.exists());
+
+    // A file that is not a database.
+    let bogus = s.base.parent().unwrap().join("bogus.db");
+    std::fs::write(&bogus, b"just some text, not SQLite at all").unwrap();
+    let out = Command::cargo_bin("omniq")
+        .unwrap()
+        .args(["--backend", "sqlite", "--db-path"])
+        .arg(&bogus)
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a SQLite database"), "{err}");
+    assert_eq!(
+        std::fs::read(&bogus).unwrap(),
+        b"just some text, not SQLite at all"
+    );
+
+    // A bad environment variable names itself.
+    let out = Command::cargo_bin("omniq")
+        .unwrap()
+        .env("OMNIQ_DURABILITY", "paranoid")
+        .arg("stats")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OMNIQ_DURABILITY") && err.contains("normal, full"),
+        "{err}"
+    );
+}
