@@ -1,6 +1,5 @@
 //! The `omniq` client through its public API, on both backends.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use omniq::{BackendKind, Error, HandlerError, ListQuery, NewTask, OmniQ, Registry, Settings, TaskStatus};
