@@ -31,20 +31,25 @@ pub const BACKENDS: &[&str] = &["file", "sqlite"];
 /// Opens a fresh, empty store of `backend`.
 pub async fn open(backend: &str) -> Store {
     let dir = tempfile::tempdir_in(scratch()).expect("temporary folder");
-    let store: Arc<dyn Storage> = match backend {
-        "file" => Arc::new(
-            omniq_file::FileStorage::open_path(dir.path(), Durability::Normal)
-                .await
-                .expect("open file store"),
-        ),
-        "sqlite" => Arc::new(
-            omniq_sqlite::SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
-                .await
-                .expect("open sqlite"),
-        ),
-        other => panic!("unknown backend {other}"),
-    };
+    let store = open_at(backend, dir.path()).await.expect("open the store");
     Store { store, _dir: dir }
+}
+
+/// Opens the store of `backend` in the folder `dir` (the SQLite database is
+/// `dir/omniq.db`).
+pub async fn open_at(backend: &str, dir: &std::path::Path) -> omniq_core::Result<Arc<dyn Storage>> {
+    Ok(match backend {
+        "file" => Arc::new(omniq_file::FileStorage::open_path(dir, Durability::Normal).await?),
+        "sqlite" => {
+            Arc::new(omniq_sqlite::SqliteStorage::open_path(dir.join("omniq.db"), Durability::Normal).await?)
+        }
+        other => {
+            return Err(omniq_core::Error::invalid_config(
+                "backend",
+                format!("{other:?} is not a backend; expected file or sqlite"),
+            ))
+        }
+    })
 }
 
 /// A no-op task with `args = [i]`, as the seed's workload enqueues.

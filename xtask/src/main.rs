@@ -5,6 +5,10 @@
 //!   backend: `<backend>: N passed, M failed`.
 //! - `cargo xtask perf [--json] [--backend B]` runs the performance workload
 //!   (`benches/src/bin/perf.rs`) in release mode and prints its table or JSON.
+//! - `cargo xtask chaos [--backend B] [--tasks N] [--seconds S]` runs the crash
+//!   test (`benches/src/bin/chaos.rs`): worker processes killed with SIGKILL,
+//!   then the store checked; last line per backend
+//!   `<backend>: tasks=N completed=N lost=0 stuck=0 corrupt=0`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,9 +24,14 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("conformance") => conformance(args.collect()),
-        Some("perf") => perf(args.collect()),
+        Some("perf") => release_bin("perf", args.collect()),
+        Some("chaos") => release_bin("chaos", args.collect()),
         _ => {
-            eprintln!("usage: cargo xtask conformance [TEST FILTER...]\n       cargo xtask perf [--json] [--backend file|sqlite]");
+            eprintln!(
+                "usage: cargo xtask conformance [TEST FILTER...]\n       \
+                 cargo xtask perf [--json] [--backend file|sqlite]\n       \
+                 cargo xtask chaos [--backend file|sqlite] [--tasks N] [--seconds S]"
+            );
             ExitCode::from(2)
         }
     }
@@ -86,7 +95,8 @@ fn conformance(test_args: Vec<String>) -> ExitCode {
     }
 }
 
-fn perf(args: Vec<String>) -> ExitCode {
+/// Runs one of the `omniq-benches` binaries in release mode.
+fn release_bin(bin: &str, args: Vec<String>) -> ExitCode {
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
         .args([
@@ -96,7 +106,7 @@ fn perf(args: Vec<String>) -> ExitCode {
             "--package",
             "omniq-benches",
             "--bin",
-            "perf",
+            bin,
             "--",
         ])
         .args(&args)

@@ -1,0 +1,270 @@
+//! The crash test of `cargo xtask chaos`: worker processes are killed with
+//! SIGKILL at random moments while they run tasks, restarted, and at the end the
+//! store is checked: nothing lost, nothing stuck, nothing unreadable.
+//!
+//! `chaos [--backend file|sqlite] [--tasks N] [--seconds S]` drives the test;
+//! `chaos worker BACKEND DIR LOG` is one worker process.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use omniq_benches::{open_at, scratch};
+use omniq_core::{Error, NewTask, Settings, Storage, TaskId, TaskStatus};
+use omniq_worker::{Backoff, HandlerError, Registry, TaskContext, WorkerPool};
+use serde_json::json;
+use time::OffsetDateTime;
+
+const WORKERS: usize = 3;
+const LEASE: Duration = Duration::from_secs(3);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("worker") {
+        let [_, backend, dir, log] = &args[..] else {
+            eprintln!("usage: chaos worker BACKEND DIR LOG");
+            return ExitCode::from(2);
+        };
+        worker(backend, Path::new(dir), Path::new(log));
+        return ExitCode::SUCCESS;
+    }
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1));
+    let backends: Vec<String> = match value("--backend") {
+        Some(backend) => vec![backend.clone()],
+        None => vec!["file".into(), "sqlite".into()],
+    };
+    let tasks: usize = value("--tasks").map_or(2_000, |n| n.parse().expect("--tasks takes a number"));
+    let seconds: u64 = value("--seconds").map_or(30, |s| s.parse().expect("--seconds takes a number"));
+    let mut ok = true;
+    for backend in backends {
+        ok &= drive(&backend, tasks, Duration::from_secs(seconds));
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// One worker process: runs `chaos.job` tasks until it is killed.
+fn worker(backend: &str, dir: &Path, log: &Path) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = open_at(backend, dir).await.expect("open the store");
+        let log = Arc::new(std::sync::Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("open the side log"),
+        ));
+        let mut registry = Registry::new();
+        registry.register_with_context("chaos.job", move |job: serde_json::Value, ctx: TaskContext| {
+            let log = log.clone();
+            async move {
+                // One short append per execution; O_APPEND keeps lines whole
+                // across processes.
+                writeln!(log.lock().expect("log"), "start {} {}", ctx.id, ctx.attempt)
+                    .expect("write the side log");
+                let millis = job["sleep_ms"].as_u64().unwrap_or(10);
+                tokio::time::sleep(Duration::from_millis(millis)).await;
+                if fastrand::f64() < 0.1 {
+                    return Err(HandlerError::retry("a random failure"));
+                }
+                writeln!(log.lock().expect("log"), "done {} {}", ctx.id, ctx.attempt)
+                    .expect("write the side log");
+                Ok(job["n"].clone())
+            }
+        });
+        let pool = WorkerPool::new(store, registry)
+            .concurrency(4)
+            .poll_interval(Duration::from_millis(50))
+            .lease(LEASE, Duration::from_millis(750))
+            .requeue_every(Duration::from_millis(500))
+            .backoff(Backoff {
+                initial: Duration::from_millis(20),
+                factor: 2.0,
+                max: Duration::from_millis(500),
+                jitter: 0.5,
+            })
+            .start();
+        pool.run_until_signal(Duration::from_secs(5)).await;
+    });
+}
+
+fn spawn_worker(backend: &str, dir: &Path, log: &Path) -> Child {
+    Command::new(std::env::current_exe().expect("own path"))
+        .arg("worker")
+        .arg(backend)
+        .arg(dir)
+        .arg(log)
+        .env("OMNIQ_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start a worker process")
+}
+
+/// Runs the whole test on one backend; prints the summary line last.
+fn drive(backend: &str, n: usize, chaos_for: Duration) -> bool {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir_in(scratch()).expect("temporary folder");
+    let log = dir.path().join("executions.log");
+    let store_dir = dir.path().join("store");
+    let store = runtime
+        .block_on(open_at(backend, &store_dir))
+        .expect("open the store");
+    let ids = runtime.block_on(enqueue(&*store, n));
+    eprintln!(
+        "{backend}: {n} tasks enqueued in {}; {WORKERS} workers, SIGKILL for {chaos_for:?}",
+        store_dir.display()
+    );
+
+    let mut workers: Vec<Child> = (0..WORKERS)
+        .map(|_| spawn_worker(backend, &store_dir, &log))
+        .collect();
+    let start = Instant::now();
+    let mut kills = 0;
+    while start.elapsed() < chaos_for {
+        std::thread::sleep(Duration::from_millis(200 + fastrand::u64(0..1_300)));
+        let victim = fastrand::usize(0..WORKERS);
+        let _ = workers[victim].kill(); // SIGKILL on Unix: no cleanup at all
+        let _ = workers[victim].wait();
+        kills += 1;
+        workers[victim] = spawn_worker(backend, &store_dir, &log);
+    }
+    eprintln!("{backend}: {kills} workers killed; letting the survivors finish");
+
+    // The survivors take over the dead workers' leases and finish everything.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let counts = runtime.block_on(store.counts());
+        match counts {
+            Ok(c) if c.pending == 0 && c.running == 0 => break,
+            _ if Instant::now() > deadline => {
+                eprintln!("{backend}: tasks still pending or running after three minutes: {counts:?}");
+                break;
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    for mut worker in workers {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    // Reopen, as a fresh process would, and check every task.
+    drop(store);
+    let store = runtime
+        .block_on(open_at(backend, &store_dir))
+        .expect("reopen the store");
+    let report = runtime.block_on(check(&*store, &ids, &log));
+    let structure = runtime.block_on(structural_problems(backend, &store_dir));
+    let corrupt = report.corrupt + structure;
+    eprintln!(
+        "{backend}: failed={} executions={} succeeded_more_than_once={} \
+         (a handler that succeeded runs again only when its worker was killed before recording it: at-least-once)",
+        report.failed, report.executions, report.ran_twice
+    );
+    println!(
+        "{backend}: tasks={n} completed={} lost={} stuck={} corrupt={corrupt}",
+        report.completed, report.lost, report.stuck
+    );
+    report.lost == 0 && report.stuck == 0 && corrupt == 0 && report.completed == n
+}
+
+async fn enqueue(store: &dyn Storage, n: usize) -> Vec<TaskId> {
+    let settings = Settings::default();
+    let now = OffsetDateTime::now_utc();
+    let mut ids = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|&i| {
+                let job = json!({"n": i, "sleep_ms": 10 + fastrand::u64(0..140)});
+                NewTask::with_payload("chaos.job", &job)
+                    .expect("payload")
+                    .max_retries(25)
+                    .into_task(&settings, now)
+                    .expect("task")
+            })
+            .collect();
+        ids.extend(tasks.iter().map(|t| t.id));
+        store.enqueue(tasks).await.expect("enqueue");
+    }
+    ids
+}
+
+#[derive(Default)]
+struct Report {
+    completed: usize,
+    failed: usize,
+    lost: usize,
+    stuck: usize,
+    corrupt: usize,
+    ran_twice: usize,
+    executions: usize,
+}
+
+async fn check(store: &dyn Storage, ids: &[TaskId], log: &PathBuf) -> Report {
+    let mut report = Report::default();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    // Successful handler runs per task.
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("start"), Some(_)) => report.executions += 1,
+            (Some("done"), Some(id)) => *runs.entry(id).or_default() += 1,
+            _ => {}
+        }
+    }
+    for id in ids {
+        match store.get(*id).await {
+            Ok(task) => match task.status {
+                TaskStatus::Completed => report.completed += 1,
+                TaskStatus::Failed => report.failed += 1,
+                TaskStatus::Pending | TaskStatus::Running => report.stuck += 1,
+                TaskStatus::Cancelled => {}
+            },
+            Err(Error::NotFound { .. }) => report.lost += 1,
+            Err(_) => report.corrupt += 1,
+        }
+        if runs.get(id.to_string().as_str()).copied().unwrap_or(0) > 1 {
+            report.ran_twice += 1;
+        }
+    }
+    report
+}
+
+/// Problems in the store's own structure: a file store's records and entries,
+/// or SQLite's integrity check.
+async fn structural_problems(backend: &str, dir: &Path) -> usize {
+    match backend {
+        "file" => {
+            let store = omniq_file::FileStorage::open_path(dir, omniq_core::Durability::Normal)
+                .await
+                .expect("open");
+            let report = store.check(false).await.expect("check");
+            for problem in &report.problems {
+                eprintln!("file: {problem}");
+            }
+            report.problems.len()
+        }
+        _ => {
+            let store =
+                omniq_sqlite::SqliteStorage::open_path(dir.join("omniq.db"), omniq_core::Durability::Normal)
+                    .await
+                    .expect("open");
+            let integrity = store.integrity_check().await.expect("integrity check");
+            usize::from(integrity != ["ok"])
+        }
+    }
+}
