@@ -338,7 +338,14 @@ impl Store {
             match &save.old {
                 None => {
                     self.place_entry(&save.task, Before::New)?;
-                    self.write_record(&save.task)?;
+                    if let Err(error) = self.write_record(&save.task) {
+                        // A full disk, say: take the entry back rather than leave
+                        // it for a claim to discard.
+                        if !journal {
+                            let _ = fs::remove_file(self.entry_path(&save.task));
+                        }
+                        return Err(error);
+                    }
                 }
                 Some(old) => {
                     self.write_record(&save.task)?;

@@ -139,6 +139,10 @@ impl SqliteStorage {
             ));
         }
 
+        let reconnect = base
+            .clone()
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous);
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_lazy_with(
@@ -147,7 +151,7 @@ impl SqliteStorage {
                     .synchronous(synchronous),
             );
         let (sender, receiver) = mpsc::channel(1024);
-        tokio::spawn(writer::run(writer, path.clone(), receiver));
+        tokio::spawn(writer::run(writer, reconnect, path.clone(), receiver));
         Ok(SqliteStorage {
             path,
             writer: sender,

@@ -13,7 +13,8 @@ use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, RenewOutcome, Result,
     Task, TaskId, TaskStatus,
 };
-use sqlx::{Connection, SqliteConnection};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -53,12 +54,28 @@ fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
 }
 
 /// Runs the writer until every sender is gone, then closes the connection.
-pub async fn run(mut conn: SqliteConnection, db: PathBuf, mut ops: mpsc::Receiver<Op>) {
+/// `reconnect` opens a fresh write connection when a failed write left the old
+/// one in a state it cannot be trusted in.
+pub async fn run(
+    mut conn: SqliteConnection,
+    reconnect: SqliteConnectOptions,
+    db: PathBuf,
+    mut ops: mpsc::Receiver<Op>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while ops.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let answers = apply_group(&mut conn, &db, group.drain(..)).await;
+        let (answers, broken) = apply_group(&mut conn, &db, group.drain(..)).await;
         for (answer, error) in answers {
             answer(error.as_deref());
+        }
+        if broken {
+            match reconnect.connect().await {
+                Ok(fresh) => {
+                    tracing::warn!(db = %db.display(), "replaced the write connection after a failed rollback");
+                    conn = fresh;
+                }
+                Err(error) => tracing::error!(%error, "cannot reopen the write connection; will try again"),
+            }
         }
     }
     if let Err(error) = conn.close().await {
@@ -66,22 +83,24 @@ pub async fn run(mut conn: SqliteConnection, db: PathBuf, mut ops: mpsc::Receive
     }
 }
 
+/// Applies a group in one transaction; also says whether the connection must be
+/// replaced.
 async fn apply_group(
     conn: &mut SqliteConnection,
     db: &Path,
     mut group: std::vec::Drain<'_, Op>,
-) -> Vec<(Answer, Option<String>)> {
+) -> (Vec<(Answer, Option<String>)>, bool) {
     // A lone enqueue is one statement: SQLite makes it atomic by itself.
     if group.len() == 1 && matches!(group.as_slice(), [Op::Enqueue(..)]) {
         let op = group.next().expect("one op");
         let (answer, _) = apply(conn, db, op).await;
-        return vec![(answer, None)];
+        return (vec![(answer, None)], false);
     }
     let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
         Ok(tx) => tx,
         Err(error) => {
             let message = error.to_string();
-            return group.map(|op| (fail(op, &message), None)).collect();
+            return (group.map(|op| (fail(op, &message), None)).collect(), true);
         }
     };
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
@@ -99,19 +118,34 @@ async fn apply_group(
         }
     }
     if let Some(message) = aborted {
-        if let Err(error) = tx.rollback().await {
-            tracing::warn!(%error, "rolling back an aborted group failed");
-        }
+        // SQLite may already have rolled back by itself (an I/O error, a full
+        // disk); then this fails and the driver's idea of the connection is off.
+        let broken = match tx.rollback().await {
+            Ok(()) => false,
+            Err(error) => {
+                tracing::warn!(%error, "rolling back an aborted group failed");
+                true
+            }
+        };
         let message = format!("the transaction was rolled back: {message}");
         let skipped = group.map(|op| fail(op, &message));
-        return answers
+        let answers = answers
             .into_iter()
             .chain(skipped)
             .map(|a| (a, Some(message.clone())))
             .collect();
+        return (answers, broken);
     }
-    let error = tx.commit().await.err().map(|e| e.to_string());
-    answers.into_iter().map(|a| (a, error.clone())).collect()
+    match tx.commit().await {
+        Ok(()) => (answers.into_iter().map(|a| (a, None)).collect(), false),
+        Err(error) => {
+            let message = error.to_string();
+            (
+                answers.into_iter().map(|a| (a, Some(message.clone()))).collect(),
+                true,
+            )
+        }
+    }
 }
 
 /// The answer for an op that could not be run at all.
