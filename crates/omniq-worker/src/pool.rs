@@ -11,7 +11,7 @@ use omniq_core::{
     ClaimRequest, Finish, FinishOutcome, Lease, LeaseRef, Outcome, RenewOutcome, Storage, Task, TaskError,
 };
 use time::OffsetDateTime;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -211,6 +211,8 @@ impl WorkerPool {
 
     /// Starts the pool on the current tokio runtime.
     pub fn start(self) -> Pool {
+        let (recorder, outcomes) = mpsc::unbounded_channel();
+        tokio::spawn(record(self.storage.clone(), self.clock.clone(), outcomes));
         let shared = Arc::new(Shared {
             storage: self.storage,
             registry: self.registry,
@@ -223,6 +225,7 @@ impl WorkerPool {
             stop_claiming: CancellationToken::new(),
             hand_back: CancellationToken::new(),
             executors: TaskTracker::new(),
+            recorder,
         });
         tracing::info!(
             worker_id = %shared.config.worker_id,
@@ -250,6 +253,7 @@ struct Shared {
     stop_claiming: CancellationToken,
     hand_back: CancellationToken,
     executors: TaskTracker,
+    recorder: mpsc::UnboundedSender<(Finish, oneshot::Sender<omniq_core::Result<FinishOutcome>>)>,
 }
 
 /// A running pool. Dropping it stops claiming; running tasks finish on their own.
@@ -413,7 +417,11 @@ async fn supervise(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.stop_claiming.cancelled() => return,
             _ = &mut enqueued, if free > 0 => {}
-            _ = &mut slot => {}
+            _ = &mut slot => {
+                // Tasks recorded together free their slots one after another:
+                // let the others land so one claim fills them all.
+                tokio::task::yield_now().await;
+            }
             _ = tokio::time::sleep(wait.min(until_requeue)) => {}
         }
     }
@@ -469,8 +477,15 @@ async fn run_task(shared: &Shared, task: Task) {
         token: lease.token,
         outcome,
     };
-    match shared.storage.finish(vec![finish], shared.clock.now()).await {
-        Ok(answers) if matches!(answers.first(), Some(FinishOutcome::Applied { .. })) => {
+    let (reply, answer) = oneshot::channel();
+    let recorded = match shared.recorder.send((finish, reply)) {
+        Ok(()) => answer
+            .await
+            .unwrap_or_else(|_| Err(omniq_core::Error::backend("worker", "the outcome recorder stopped"))),
+        Err(_) => Err(omniq_core::Error::backend("worker", "the outcome recorder stopped")),
+    };
+    match recorded {
+        Ok(FinishOutcome::Applied { .. }) => {
             bump(counter);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             // A failure that will be retried is routine; one that ends the task is not.
@@ -495,6 +510,33 @@ async fn run_task(shared: &Shared, task: Task) {
                 outcome = label, %error,
                 "cannot record the outcome; the task runs again when its lease expires"
             );
+        }
+    }
+}
+
+/// Records the outcomes of the pool's tasks: those that arrive while one batch
+/// is being written go together in the next call to `finish`, so tasks that end
+/// together cost one transaction (SQLite) or one journaled change (files).
+async fn record(
+    storage: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    mut outcomes: mpsc::UnboundedReceiver<(Finish, oneshot::Sender<omniq_core::Result<FinishOutcome>>)>,
+) {
+    let mut batch = Vec::new();
+    while outcomes.recv_many(&mut batch, 256).await > 0 {
+        let (finishes, replies): (Vec<Finish>, Vec<_>) = batch.drain(..).unzip();
+        match storage.finish(finishes, clock.now()).await {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    let _ = reply.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(omniq_core::Error::backend("worker", message.clone())));
+                }
+            }
         }
     }
 }
