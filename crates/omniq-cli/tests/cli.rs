@@ -208,6 +208,25 @@ fn migrate_copies_between_backends_and_leaves_the_source() {
     assert!(file
         .fail(&["migrate", "--from", "redis:x", "--to", &to])
         .contains("unknown backend"));
+
+    // And back, from SQLite to a new file store.
+    let back = file.base.parent().unwrap().join("back");
+    let out = file.run(&[
+        "migrate",
+        "--from",
+        &to,
+        "--to",
+        &format!("file:{}", back.display()),
+    ]);
+    assert!(out.contains("copied 3"), "{out}");
+    let listed = Command::cargo_bin("omniq")
+        .unwrap()
+        .args(["--backend", "file", "--base-dir"])
+        .arg(&back)
+        .args(["list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(listed.stdout).unwrap(), before);
 }
 
 #[test]

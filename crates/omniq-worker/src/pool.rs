@@ -479,10 +479,16 @@ async fn run_task(shared: &Shared, task: Task) {
     };
     let (reply, answer) = oneshot::channel();
     let recorded = match shared.recorder.send((finish, reply)) {
-        Ok(()) => answer
-            .await
-            .unwrap_or_else(|_| Err(omniq_core::Error::backend("worker", "the outcome recorder stopped"))),
-        Err(_) => Err(omniq_core::Error::backend("worker", "the outcome recorder stopped")),
+        Ok(()) => answer.await.unwrap_or_else(|_| {
+            Err(omniq_core::Error::backend(
+                "worker",
+                "the outcome recorder stopped",
+            ))
+        }),
+        Err(_) => Err(omniq_core::Error::backend(
+            "worker",
+            "the outcome recorder stopped",
+        )),
     };
     match recorded {
         Ok(FinishOutcome::Applied { .. }) => {
