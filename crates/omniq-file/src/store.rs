@@ -702,22 +702,27 @@ impl Store {
         })
     }
 
+    /// Counts entries under the store lock: a change moves a task's record
+    /// before its entry, so counting while one is applied could disagree with
+    /// the records a reader just saw.
     pub fn counts(&self) -> Result<StatusCounts> {
-        let mut counts = StatusCounts::default();
-        for status in TaskStatus::ALL {
-            let n = names(self.layout().entry_folder(status))?
-                .iter()
-                .filter(|name| entry_id(name).is_some())
-                .count() as u64;
-            match status {
-                TaskStatus::Pending => counts.pending = n,
-                TaskStatus::Running => counts.running = n,
-                TaskStatus::Completed => counts.completed = n,
-                TaskStatus::Failed => counts.failed = n,
-                TaskStatus::Cancelled => counts.cancelled = n,
+        self.locked(|_| {
+            let mut counts = StatusCounts::default();
+            for status in TaskStatus::ALL {
+                let n = names(self.layout().entry_folder(status))?
+                    .iter()
+                    .filter(|name| entry_id(name).is_some())
+                    .count() as u64;
+                match status {
+                    TaskStatus::Pending => counts.pending = n,
+                    TaskStatus::Running => counts.running = n,
+                    TaskStatus::Completed => counts.completed = n,
+                    TaskStatus::Failed => counts.failed = n,
+                    TaskStatus::Cancelled => counts.cancelled = n,
+                }
             }
-        }
-        Ok(counts)
+            Ok(counts)
+        })
     }
 
     pub fn purge(&self, before: OffsetDateTime) -> Result<u64> {
