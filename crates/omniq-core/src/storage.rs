@@ -125,15 +125,20 @@ impl StatusCounts {
         }
     }
 
-    /// Adds one to the count of `status`.
-    pub fn add(&mut self, status: TaskStatus) {
-        *match status {
+    /// The count for one status, to change.
+    pub fn get_mut(&mut self, status: TaskStatus) -> &mut u64 {
+        match status {
             TaskStatus::Pending => &mut self.pending,
             TaskStatus::Running => &mut self.running,
             TaskStatus::Completed => &mut self.completed,
             TaskStatus::Failed => &mut self.failed,
             TaskStatus::Cancelled => &mut self.cancelled,
-        } += 1;
+        }
+    }
+
+    /// Adds one to the count of `status`.
+    pub fn add(&mut self, status: TaskStatus) {
+        *self.get_mut(status) += 1;
     }
 
     /// All tasks.

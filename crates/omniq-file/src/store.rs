@@ -709,17 +709,10 @@ impl Store {
         self.locked(|_| {
             let mut counts = StatusCounts::default();
             for status in TaskStatus::ALL {
-                let n = names(self.layout().entry_folder(status))?
+                *counts.get_mut(status) = names(self.layout().entry_folder(status))?
                     .iter()
                     .filter(|name| entry_id(name).is_some())
                     .count() as u64;
-                match status {
-                    TaskStatus::Pending => counts.pending = n,
-                    TaskStatus::Running => counts.running = n,
-                    TaskStatus::Completed => counts.completed = n,
-                    TaskStatus::Failed => counts.failed = n,
-                    TaskStatus::Cancelled => counts.cancelled = n,
-                }
             }
             Ok(counts)
         })

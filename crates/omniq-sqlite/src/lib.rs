@@ -309,13 +309,7 @@ impl Storage for SqliteStorage {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
-            match status {
-                TaskStatus::Pending => counts.pending = count as u64,
-                TaskStatus::Running => counts.running = count as u64,
-                TaskStatus::Completed => counts.completed = count as u64,
-                TaskStatus::Failed => counts.failed = count as u64,
-                TaskStatus::Cancelled => counts.cancelled = count as u64,
-            }
+            *counts.get_mut(status) = count as u64;
         }
         Ok(counts)
     }
