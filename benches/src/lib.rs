@@ -105,3 +105,26 @@ pub async fn drain(store: &dyn Storage, workers: usize, batch: usize) -> usize {
     });
     futures::future::join_all(loops).await.into_iter().sum()
 }
+
+/// Claims and completes `n` tasks one at a time, in claim order.
+pub async fn drain_n(store: &dyn Storage, n: usize) {
+    for _ in 0..n {
+        let now = OffsetDateTime::now_utc();
+        let claimed = store
+            .claim(ClaimRequest {
+                worker_id: "bench".into(),
+                limit: 1,
+                lease_for: Duration::from_secs(60),
+                now,
+            })
+            .await
+            .expect("claim");
+        let task = claimed.first().expect("a due task");
+        let finish = Finish {
+            id: task.id,
+            token: task.lease.as_ref().expect("lease").token,
+            outcome: Outcome::Complete { result: json!(null) },
+        };
+        store.finish(vec![finish], now).await.expect("finish");
+    }
+}

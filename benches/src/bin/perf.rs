@@ -3,7 +3,10 @@
 //! worker pool (concurrency 4) until all N results are stored.
 //!
 //! Prints the table, or with `--json` one JSON array of rows
-//! `{"backend","n","mode","enqueue_s","process_s","total_s"}` on stdout.
+//! `{"backend","n","mode","enqueue_s","process_s","total_s"}` on stdout. The
+//! table is followed by two more measurements per backend: single-task latency
+//! (enqueue to result stored, idle pool in the same process, p50/p99 over 1,000
+//! tasks) and the cost of a claim with 100 and with 100,000 tasks pending.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,7 +77,75 @@ fn main() {
         println!("{}", serde_json::Value::Array(rows));
     } else {
         print_table(&rows);
+        println!();
+        println!("| Backend | Latency p50 (ms) | Latency p99 (ms) | Claim+finish, 100 pending (µs) | Claim+finish, 100,000 pending (µs) |");
+        println!("|---------|-----------------:|-----------------:|-------------------------------:|-----------------------------------:|");
+        let backends: Vec<&str> = rows
+            .iter()
+            .map(|r| r.backend)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for backend in backends {
+            let (p50, p99) = runtime.block_on(latency(backend, 1_000));
+            let small = runtime.block_on(claim_cost(backend, 100));
+            let large = runtime.block_on(claim_cost(backend, 100_000));
+            eprintln!("  {backend:6} latency p50 {p50:.3} ms p99 {p99:.3} ms; claim {small:.0} µs at 100, {large:.0} µs at 100,000");
+            println!("| {backend} | {p50:.3} | {p99:.3} | {small:.0} | {large:.0} |");
+        }
     }
+}
+
+/// Enqueue-to-result latency of `n` tasks one after another, with an idle pool
+/// woken by the same process's signals: (p50, p99) in milliseconds.
+async fn latency(backend: &'static str, n: usize) -> (f64, f64) {
+    let store = open(backend).await;
+    let storage: Arc<dyn Storage> = store.store.clone();
+    let mut registry = Registry::new();
+    registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
+    let signals = Signals::new();
+    let pool = WorkerPool::new(storage.clone(), registry)
+        .concurrency(4)
+        .signals(signals.clone())
+        .start();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        let task = omniq_benches::task(i);
+        let id = task.id;
+        storage.enqueue(vec![task]).await.expect("enqueue");
+        signals.task_enqueued();
+        loop {
+            let finished = signals.finished();
+            if storage.get(id).await.expect("get").status.is_finished() {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    pool.shutdown(Duration::from_secs(10)).await;
+    samples.sort_by(f64::total_cmp);
+    (samples[n / 2], samples[n * 99 / 100])
+}
+
+/// The cost of one claim (of one task) and its finish with `pending` tasks
+/// waiting, in microseconds, averaged over 50 claims after 10 to warm up (so
+/// the smaller store still holds 40 pending tasks at the end).
+async fn claim_cost(backend: &'static str, pending: usize) -> f64 {
+    let store = open(backend).await;
+    let storage = &*store.store;
+    let mut left = pending;
+    while left > 0 {
+        let chunk = left.min(5_000);
+        enqueue_batch(storage, chunk).await;
+        left -= chunk;
+    }
+    omniq_benches::drain_n(storage, 10).await;
+    let start = Instant::now();
+    omniq_benches::drain_n(storage, 50).await;
+    start.elapsed().as_secs_f64() * 1e6 / 50.0
 }
 
 async fn measure(backend: &'static str, n: usize, mode: &'static str) -> Row {
