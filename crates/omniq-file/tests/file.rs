@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use omniq_core::{
-    ClaimRequest, Durability, Error, Finish, NewTask, Outcome, Settings, Storage, StorageExt, Task,
-    TaskError, TaskId, TaskStatus,
+    ClaimRequest, Durability, Error, NewTask, Outcome, Settings, Storage, StorageExt, Task, TaskError,
+    TaskId, TaskStatus,
 };
 use omniq_file::FileStorage;
 use serde_json::json;
@@ -53,18 +53,7 @@ async fn finish(
     outcome: Outcome,
     now: OffsetDateTime,
 ) -> omniq_core::Result<()> {
-    let token = task.lease.as_ref().unwrap().token;
-    store
-        .finish(
-            vec![Finish {
-                id: task.id,
-                token,
-                outcome,
-            }],
-            now,
-        )
-        .await
-        .map(|_| ())
+    store.finish_one(task, outcome, now).await.map(|_| ())
 }
 
 fn count(dir: &Path) -> usize {
