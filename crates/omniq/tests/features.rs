@@ -33,3 +33,12 @@ fn the_default_backend_is_the_first_compiled_in() {
     };
     assert_eq!(omniq::chosen_backend(&Settings::default()).unwrap(), expected);
 }
+
+#[test]
+fn a_bad_log_filter_names_omniq_log() {
+    let settings = Settings::builder().log("omniq=loudest").build().unwrap();
+    match omniq::init_logging(&settings) {
+        Err(Error::InvalidConfig { name, .. }) => assert_eq!(name, "OMNIQ_LOG"),
+        other => panic!("expected InvalidConfig for OMNIQ_LOG, got {other:?}"),
+    }
+}
