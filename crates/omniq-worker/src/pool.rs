@@ -210,7 +210,17 @@ impl WorkerPool {
     }
 
     /// Starts the pool on the current tokio runtime.
-    pub fn start(self) -> Pool {
+    pub fn start(mut self) -> Pool {
+        // Zero periods would make tokio's interval panic or the supervisor spin.
+        let floor = Duration::from_millis(1);
+        for period in [
+            &mut self.config.renew_every,
+            &mut self.config.requeue_every,
+            &mut self.config.poll_interval,
+        ] {
+            *period = (*period).max(floor);
+        }
+        self.config.concurrency = self.config.concurrency.max(1);
         let (recorder, outcomes) = mpsc::unbounded_channel();
         tokio::spawn(record(self.storage.clone(), self.clock.clone(), outcomes));
         let shared = Arc::new(Shared {

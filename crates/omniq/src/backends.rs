@@ -104,6 +104,7 @@ impl StoreUrl {
 }
 
 async fn open_at(kind: BackendKind, path: &Path, durability: Durability) -> Result<Arc<dyn Storage>> {
+    // Unused only in a build with no backend compiled in.
     let _ = (path, durability);
     match kind {
         #[cfg(feature = "file")]
