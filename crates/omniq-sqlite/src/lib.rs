@@ -38,7 +38,7 @@ use sqlx::{ConnectOptions, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::rows::{task_from_row, to_ns, TASK_COLUMNS, TASK_FROM};
+use crate::rows::{to_ns, TASK_FROM, TASK_JSON};
 use crate::writer::Op;
 
 /// How long a connection waits for another process's write lock before failing.
@@ -259,14 +259,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn get(&self, id: TaskId) -> Result<Task> {
-        let sql = format!("SELECT {TASK_COLUMNS} {TASK_FROM} WHERE t.id = ?1");
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.readers)
-            .await
-            .map_err(sql_error)?
-            .ok_or_else(|| Error::not_found(id))?;
-        task_from_row(&row, &self.path)
+        let sql = format!("SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id = ?1");
+        rows::fetch(&self.readers, sqlx::query(&sql).bind(id.to_string()), &self.path)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::not_found(id))
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
@@ -274,18 +271,24 @@ impl Storage for SqliteStorage {
             ListOrder::OldestFirst => (">", "ASC"),
             ListOrder::NewestFirst => ("<", "DESC"),
         };
+        // The page is chosen in a subquery; the aggregate keeps its order.
         let sql = format!(
-            "SELECT {TASK_COLUMNS} {TASK_FROM} WHERE (?1 IS NULL OR t.status = ?1) \
-             AND (?2 IS NULL OR t.id {compare} ?2) ORDER BY t.id {order} LIMIT ?3"
+            "SELECT json_group_array({TASK_JSON}) FROM (SELECT id FROM tasks \
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id {compare} ?2) \
+             ORDER BY id {order} LIMIT ?3) page JOIN tasks t ON t.id = page.id \
+             LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id"
         );
-        let rows = sqlx::query(&sql)
+        let query = sqlx::query(&sql)
             .bind(query.status.map(TaskStatus::as_str))
             .bind(query.after.map(|id| id.to_string()))
-            .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)))
-            .fetch_all(&self.readers)
-            .await
-            .map_err(sql_error)?;
-        rows.iter().map(|row| task_from_row(row, &self.path)).collect()
+            .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+        let mut tasks = rows::fetch(&self.readers, query, &self.path).await?;
+        // An aggregate's input order is not promised, so restore the page's.
+        match order {
+            "ASC" => tasks.sort_by_key(|t| t.id),
+            _ => tasks.sort_by_key(|t| std::cmp::Reverse(t.id)),
+        }
+        Ok(tasks)
     }
 
     async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {

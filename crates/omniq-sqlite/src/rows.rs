@@ -10,17 +10,21 @@ use std::path::Path;
 use std::time::Duration;
 
 use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
-use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{Row, Sqlite};
 use time::OffsetDateTime;
 
 use crate::sql_error;
+use crate::writer::Session;
 
-/// The columns of a whole task, for `SELECT {TASK_COLUMNS} {TASK_FROM} WHERE ...`.
-pub const TASK_COLUMNS: &str = "t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
+/// One task as a JSON array, for
+/// `SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE ...`: a whole batch
+/// comes back from the driver's thread as one value instead of row by row.
+pub const TASK_JSON: &str =
+    "json_array(t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
      t.max_retries, t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, \
-     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at";
+     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at)";
 
 /// The joins that gather one task from its tables.
 pub const TASK_FROM: &str =
@@ -98,22 +102,53 @@ pub fn batch_json(tasks: &[Task]) -> Result<String> {
     Ok(serde_json::to_string(&rows)?)
 }
 
-/// Reads one task from a row of `SELECT {TASK_COLUMNS} {TASK_FROM}`.
-pub fn task_from_row(row: &SqliteRow, db: &Path) -> Result<Task> {
+/// One task as [`TASK_JSON`] lays it out.
+#[derive(Deserialize)]
+struct RowIn {
+    id: String,
+    func_path: String,
+    args: String,
+    kwargs: String,
+    status: String,
+    eta: i64,
+    interval_ns: Option<i64>,
+    max_retries: u32,
+    timeout_ns: Option<i64>,
+    attempts: u32,
+    created_at: i64,
+    updated_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    series: Option<String>,
+    value: Option<String>,
+    error: Option<String>,
+    worker_id: Option<String>,
+    token: Option<String>,
+    expires_at: Option<i64>,
+}
+
+/// Reads the tasks of one `json_group_array({TASK_JSON})` value. A row that
+/// does not make a task is reported as corruption of the database, naming the
+/// task where it can.
+pub fn tasks_from_json(json: Option<&str>, db: &Path) -> Result<Vec<Task>> {
     let corrupt = |reason: String| Error::Corrupt {
         path: db.to_path_buf(),
         reason,
     };
-    let id: String = row.try_get(0).map_err(sql_error)?;
-    let bad = |what: &str, e: &dyn std::fmt::Display| corrupt(format!("task {id}: bad {what}: {e}"));
-    let json = |index: usize, what: &str| -> Result<Option<String>> {
-        row.try_get::<Option<String>, _>(index).map_err(|e| bad(what, &e))
+    let Some(json) = json else {
+        return Ok(Vec::new());
     };
-    let lease = match (
-        row.try_get::<Option<String>, _>(17).map_err(sql_error)?,
-        row.try_get::<Option<String>, _>(18).map_err(sql_error)?,
-        row.try_get::<Option<i64>, _>(19).map_err(sql_error)?,
-    ) {
+    let rows: Vec<RowIn> =
+        serde_json::from_str(json).map_err(|e| corrupt(format!("a task row has the wrong shape: {e}")))?;
+    rows.into_iter()
+        .map(|row| task_from_row(row).map_err(|reason| corrupt(reason)))
+        .collect()
+}
+
+fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
+    let id = row.id;
+    let bad = |what: &str, e: &dyn std::fmt::Display| format!("task {id}: bad {what}: {e}");
+    let lease = match (row.worker_id, row.token, row.expires_at) {
         (Some(worker_id), Some(token), Some(expires_at)) => Some(Lease {
             worker_id,
             token: LeaseToken(token.parse().map_err(|e| bad("lease token", &e))?),
@@ -121,34 +156,34 @@ pub fn task_from_row(row: &SqliteRow, db: &Path) -> Result<Task> {
         }),
         _ => None,
     };
-    let status: String = row.try_get(4).map_err(sql_error)?;
-    let ns = |index: usize| -> Result<Option<i64>> { row.try_get(index).map_err(sql_error) };
+    let nanos = |n: i64| Duration::from_nanos(n.max(0) as u64);
     Ok(Task {
         id: TaskId::parse(&id).map_err(|e| bad("id", &e))?,
-        func_path: row.try_get(1).map_err(sql_error)?,
-        args: serde_json::from_str(&row.try_get::<String, _>(2).map_err(sql_error)?)
-            .map_err(|e| bad("args", &e))?,
-        kwargs: serde_json::from_str(&row.try_get::<String, _>(3).map_err(sql_error)?)
-            .map_err(|e| bad("kwargs", &e))?,
-        status: status.parse::<TaskStatus>().map_err(|e| bad("status", &e))?,
-        eta: from_ns(row.try_get(5).map_err(sql_error)?),
-        interval: ns(6)?.map(|n| Duration::from_nanos(n.max(0) as u64)),
-        max_retries: row.try_get(7).map_err(sql_error)?,
-        timeout: ns(8)?.map(|n| Duration::from_nanos(n.max(0) as u64)),
-        attempts: row.try_get(9).map_err(sql_error)?,
-        created_at: from_ns(row.try_get(10).map_err(sql_error)?),
-        updated_at: from_ns(row.try_get(11).map_err(sql_error)?),
-        started_at: ns(12)?.map(from_ns),
-        finished_at: ns(13)?.map(from_ns),
-        series: json(14, "series")?
+        func_path: row.func_path,
+        args: serde_json::from_str(&row.args).map_err(|e| bad("args", &e))?,
+        kwargs: serde_json::from_str(&row.kwargs).map_err(|e| bad("kwargs", &e))?,
+        status: row.status.parse::<TaskStatus>().map_err(|e| bad("status", &e))?,
+        eta: from_ns(row.eta),
+        interval: row.interval_ns.map(nanos),
+        max_retries: row.max_retries,
+        timeout: row.timeout_ns.map(nanos),
+        attempts: row.attempts,
+        created_at: from_ns(row.created_at),
+        updated_at: from_ns(row.updated_at),
+        started_at: row.started_at.map(from_ns),
+        finished_at: row.finished_at.map(from_ns),
+        series: row
+            .series
             .map(|s| TaskId::parse(&s))
             .transpose()
             .map_err(|e| bad("series", &e))?,
-        result: json(15, "result")?
+        result: row
+            .value
             .map(|v| serde_json::from_str(&v))
             .transpose()
             .map_err(|e| bad("result", &e))?,
-        error: json(16, "error")?
+        error: row
+            .error
             .map(|v| serde_json::from_str::<TaskError>(&v))
             .transpose()
             .map_err(|e| bad("error", &e))?,
@@ -156,25 +191,40 @@ pub fn task_from_row(row: &SqliteRow, db: &Path) -> Result<Task> {
     })
 }
 
+/// Reads the tasks of a `SELECT json_group_array({TASK_JSON}) {TASK_FROM} ...`
+/// query: one row, one value.
+pub async fn fetch<'c, 'q>(
+    executor: impl sqlx::Executor<'c, Database = Sqlite>,
+    query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    db: &Path,
+) -> Result<Vec<Task>> {
+    let json: Option<String> = query
+        .fetch_optional(executor)
+        .await
+        .map_err(sql_error)?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(sql_error)?
+        .flatten();
+    tasks_from_json(json.as_deref(), db)
+}
+
 /// Loads the tasks with these ids (those that exist), in no particular order.
-pub async fn load(conn: &mut SqliteConnection, ids: &[TaskId], db: &Path) -> Result<Vec<Task>> {
+pub async fn load(session: &mut Session<'_>, ids: &[TaskId], db: &Path) -> Result<Vec<Task>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let ids_json = serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())?;
-    let sql = format!("SELECT {TASK_COLUMNS} {TASK_FROM} WHERE t.id IN (SELECT value FROM json_each(?1))");
-    let rows = sqlx::query(&sql)
-        .bind(ids_json)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    rows.iter().map(|row| task_from_row(row, db)).collect()
+    let sql = session.sql(&format!(
+        "SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id IN (SELECT value FROM json_each(?1))"
+    ));
+    fetch(session.conn(), sqlx::query(&sql).bind(ids_json), db).await
 }
 
 /// Inserts new tasks. A stored id aborts the statement (and only it) with a
 /// conflict, so nothing of the batch is stored.
-pub async fn insert(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
-    write(conn, tasks, true).await.map_err(|e| match &e {
+pub async fn insert(session: &mut Session<'_>, tasks: &[Task]) -> Result<()> {
+    write(session, tasks, true).await.map_err(|e| match &e {
         sqlx::Error::Database(db) if db.message().contains("already exists") || db.is_unique_violation() => {
             Error::conflict("(batch)", "a task with one of these ids already exists")
         }
@@ -184,19 +234,20 @@ pub async fn insert(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
 
 /// Writes back changed tasks (and new ones), each moved to the index table of
 /// its status. One statement: the `task_rows` trigger does the rest.
-pub async fn save(conn: &mut SqliteConnection, tasks: &[Task]) -> Result<()> {
-    write(conn, tasks, false).await.map_err(sql_error)
+pub async fn save(session: &mut Session<'_>, tasks: &[Task]) -> Result<()> {
+    write(session, tasks, false).await.map_err(sql_error)
 }
 
-async fn write(conn: &mut SqliteConnection, tasks: &[Task], is_new: bool) -> sqlx::Result<()> {
+async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx::Result<()> {
     if tasks.is_empty() {
         return Ok(());
     }
     let batch = batch_json(tasks).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    sqlx::query(WRITE_ROWS)
+    let sql = session.sql(WRITE_ROWS);
+    sqlx::query(&sql)
         .bind(batch)
         .bind(is_new)
-        .execute(conn)
+        .execute(session.conn())
         .await?;
     Ok(())
 }

@@ -2,8 +2,14 @@
 //! process and applies every change, grouping the changes that queue up while a
 //! transaction runs into the next one (group commit).
 //!
-//! Each change runs inside a savepoint of the shared transaction, so one that
-//! fails is undone alone; callers get their answers only after the commit.
+//! Every change reads first and writes with one statement at its end, so a
+//! change refused by its own rules leaves the shared transaction as it was for
+//! the others; callers get their answers only after the commit.
+//!
+//! Each statement is a round trip to the driver's connection thread, and on a
+//! small machine those hops cost more than SQLite's own work. So the writer
+//! opens and commits transactions itself: `BEGIN IMMEDIATE` rides in front of
+//! a group's first statement, and reads return a whole batch as one JSON value.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,11 +20,11 @@ use omniq_core::{
     Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::rows::{self, to_ns, TASK_COLUMNS, TASK_FROM};
+use crate::rows::{self, to_ns, TASK_FROM, TASK_JSON};
 use crate::sql_error;
 
 /// The most changes one transaction takes, so a flood of callers still gets
@@ -83,6 +89,65 @@ pub async fn run(
     }
 }
 
+/// The write connection while one group runs, owing the `BEGIN IMMEDIATE`
+/// that opens the group's transaction until its first statement carries it.
+pub struct Session<'c> {
+    conn: &'c mut SqliteConnection,
+    owe_begin: bool,
+}
+
+impl<'c> Session<'c> {
+    /// A session that runs each statement on its own (autocommit).
+    fn autocommit(conn: &'c mut SqliteConnection) -> Self {
+        Session {
+            conn,
+            owe_begin: false,
+        }
+    }
+
+    /// A session whose first statement opens a write transaction.
+    fn transaction(conn: &'c mut SqliteConnection) -> Self {
+        Session {
+            conn,
+            owe_begin: true,
+        }
+    }
+
+    /// The text to run for `sql`: the first statement of a transaction starts
+    /// it, in the same round trip.
+    pub fn sql(&mut self, sql: &str) -> String {
+        if std::mem::take(&mut self.owe_begin) {
+            format!("BEGIN IMMEDIATE; {sql}")
+        } else {
+            sql.to_string()
+        }
+    }
+
+    /// The connection, to run what [`Session::sql`] returned on.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        self.conn
+    }
+
+    /// Whether a transaction was opened (some statement ran).
+    fn began(&self) -> bool {
+        !self.owe_begin
+    }
+}
+
+/// Ends the open transaction, ignoring that SQLite may have ended it already
+/// (it rolls back by itself after an I/O error or a full disk). Says whether
+/// the connection must be replaced because even that failed.
+async fn rollback(conn: &mut SqliteConnection) -> bool {
+    match conn.execute("ROLLBACK").await {
+        Ok(_) => false,
+        Err(sqlx::Error::Database(db)) if db.message().contains("no transaction is active") => false,
+        Err(error) => {
+            tracing::warn!(%error, "rolling back an aborted group failed");
+            true
+        }
+    }
+}
+
 /// Applies a group in one transaction; also says whether the connection must be
 /// replaced.
 async fn apply_group(
@@ -93,40 +158,27 @@ async fn apply_group(
     // A lone enqueue is one statement: SQLite makes it atomic by itself.
     if group.len() == 1 && matches!(group.as_slice(), [Op::Enqueue(..)]) {
         let op = group.next().expect("one op");
-        let (answer, _) = apply(conn, db, op).await;
+        let (answer, _) = apply(&mut Session::autocommit(conn), db, op).await;
         return (vec![(answer, None)], false);
     }
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(error) => {
-            let message = error.to_string();
-            return (group.map(|op| (fail(op, &message), None)).collect(), true);
-        }
-    };
+    let mut session = Session::transaction(conn);
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
-    // Every op reads first and writes with one statement at its end, so an op
-    // refused by its own rules (unknown id, conflict) leaves the transaction as
-    // it was for the others. A storage error (disk full, I/O) may have ended the
-    // transaction inside SQLite, so it aborts the whole group.
+    // An op refused by its own rules (unknown id, conflict) leaves the
+    // transaction as it was for the others. A storage error (disk full, I/O, a
+    // lock not granted) may have ended the transaction inside SQLite, so it
+    // aborts the whole group.
     let mut aborted = None;
     for op in group.by_ref() {
-        let (answer, outcome) = apply(&mut tx, db, op).await;
+        let (answer, outcome) = apply(&mut session, db, op).await;
         answers.push(answer);
         if let Err(message) = outcome {
             aborted = Some(message);
             break;
         }
     }
+    let began = session.began();
     if let Some(message) = aborted {
-        // SQLite may already have rolled back by itself (an I/O error, a full
-        // disk); then this fails and the driver's idea of the connection is off.
-        let broken = match tx.rollback().await {
-            Ok(()) => false,
-            Err(error) => {
-                tracing::warn!(%error, "rolling back an aborted group failed");
-                true
-            }
-        };
+        let broken = began && rollback(conn).await;
         let message = format!("the transaction was rolled back: {message}");
         let skipped = group.map(|op| fail(op, &message));
         let answers = answers
@@ -136,13 +188,18 @@ async fn apply_group(
             .collect();
         return (answers, broken);
     }
-    match tx.commit().await {
-        Ok(()) => (answers.into_iter().map(|a| (a, None)).collect(), false),
+    if !began {
+        // Nothing touched the database (every op was a no-op).
+        return (answers.into_iter().map(|a| (a, None)).collect(), false);
+    }
+    match conn.execute("COMMIT").await {
+        Ok(_) => (answers.into_iter().map(|a| (a, None)).collect(), false),
         Err(error) => {
             let message = error.to_string();
+            let broken = rollback(conn).await;
             (
                 answers.into_iter().map(|a| (a, Some(message.clone()))).collect(),
-                true,
+                broken,
             )
         }
     }
@@ -163,7 +220,7 @@ fn fail(op: Op, message: &str) -> Answer {
 
 /// Applies one op; returns its answer, and the message of a storage error that
 /// must abort the group.
-async fn apply(conn: &mut SqliteConnection, db: &Path, op: Op) -> (Answer, std::result::Result<(), String>) {
+async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::result::Result<(), String>) {
     fn done<T: Send + 'static>(
         reply: Reply<T>,
         result: Result<T>,
@@ -188,7 +245,7 @@ async fn apply(conn: &mut SqliteConnection, db: &Path, op: Op) -> (Answer, std::
     }
 }
 
-async fn enqueue(conn: &mut SqliteConnection, tasks: Vec<Task>) -> Result<()> {
+async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
     let mut seen = std::collections::HashSet::with_capacity(tasks.len());
     for task in &tasks {
         if task.status == TaskStatus::Running {
@@ -198,35 +255,31 @@ async fn enqueue(conn: &mut SqliteConnection, tasks: Vec<Task>) -> Result<()> {
             return Err(Error::conflict(task.id, "the id is given twice"));
         }
     }
-    rows::insert(conn, &tasks).await
+    rows::insert(s, &tasks).await
 }
 
-async fn claim(conn: &mut SqliteConnection, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
+async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
     if request.limit == 0 {
         return Ok(Vec::new());
     }
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2")
-            .bind(to_ns(request.now)?)
-            .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(sql_error)?;
-    let ids = ids
-        .iter()
-        .map(|id| TaskId::parse(id))
-        .collect::<Result<Vec<_>>>()?;
-    let mut tasks = rows::load(conn, &ids, db).await?;
+    let sql = s.sql(&format!(
+        "SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id IN \
+         (SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2)"
+    ));
+    let query = sqlx::query(&sql)
+        .bind(to_ns(request.now)?)
+        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX));
+    let mut tasks = rows::fetch(s.conn(), query, db).await?;
     tasks.sort_by_key(|task| (task.eta, task.id));
     for task in &mut tasks {
         task.claim(&request.worker_id, request.lease_for, request.now)?;
     }
-    rows::save(conn, &tasks).await?;
+    rows::save(s, &tasks).await?;
     Ok(tasks)
 }
 
 async fn renew(
-    conn: &mut SqliteConnection,
+    s: &mut Session<'_>,
     leases: &[LeaseRef],
     lease_for: Duration,
     now: OffsetDateTime,
@@ -237,15 +290,16 @@ async fn renew(
         .map(|lease| (lease.id.to_string(), lease.token.to_string()))
         .collect();
     // The running row exists exactly while the task runs under that token.
-    let renewed: Vec<(String, String)> = sqlx::query_as(
+    let sql = s.sql(
         "UPDATE running SET expires_at = ?1 FROM json_each(?2) j \
          WHERE running.id = j.value->>0 AND running.token = j.value->>1 RETURNING running.id, running.token",
-    )
-    .bind(to_ns(expires_at)?)
-    .bind(serde_json::to_string(&pairs)?)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(sql_error)?;
+    );
+    let renewed: Vec<(String, String)> = sqlx::query_as(&sql)
+        .bind(to_ns(expires_at)?)
+        .bind(serde_json::to_string(&pairs)?)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
     Ok(pairs
         .iter()
         .map(|pair| {
@@ -259,13 +313,13 @@ async fn renew(
 }
 
 async fn finish(
-    conn: &mut SqliteConnection,
+    s: &mut Session<'_>,
     db: &Path,
     finishes: Vec<Finish>,
     now: OffsetDateTime,
 ) -> Result<Vec<FinishOutcome>> {
     let ids: Vec<TaskId> = finishes.iter().map(|f| f.id).collect();
-    let mut tasks: HashMap<TaskId, Task> = rows::load(conn, &ids, db)
+    let mut tasks: HashMap<TaskId, Task> = rows::load(s, &ids, db)
         .await?
         .into_iter()
         .map(|task| (task.id, task))
@@ -291,47 +345,36 @@ async fn finish(
     }
     let mut writes: Vec<Task> = changed.into_values().collect();
     writes.extend(created);
-    rows::save(conn, &writes).await?;
+    rows::save(s, &writes).await?;
     Ok(answers)
 }
 
-async fn load_one(conn: &mut SqliteConnection, db: &Path, id: TaskId) -> Result<Task> {
-    rows::load(conn, &[id], db)
+async fn load_one(s: &mut Session<'_>, db: &Path, id: TaskId) -> Result<Task> {
+    rows::load(s, &[id], db)
         .await?
         .pop()
         .ok_or_else(|| Error::not_found(id))
 }
 
-async fn cancel(
-    conn: &mut SqliteConnection,
-    db: &Path,
-    id: TaskId,
-    now: OffsetDateTime,
-) -> Result<Vec<TaskId>> {
-    let target = load_one(conn, db, id).await?;
+async fn cancel(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+    let target = load_one(s, db, id).await?;
     let scope = match target.cancel_scope() {
         CancelScope::Task(_) => vec![target.clone()],
         CancelScope::Series(series) => {
-            let sql = format!(
-                "SELECT {TASK_COLUMNS} {TASK_FROM} WHERE t.series = ?1 AND t.status IN ('pending', 'running')"
-            );
-            let rows = sqlx::query(&sql)
-                .bind(series.to_string())
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(sql_error)?;
-            rows.iter()
-                .map(|row| rows::task_from_row(row, db))
-                .collect::<Result<_>>()?
+            let sql = s.sql(&format!(
+                "SELECT json_group_array({TASK_JSON}) {TASK_FROM} \
+                 WHERE t.series = ?1 AND t.status IN ('pending', 'running')"
+            ));
+            rows::fetch(s.conn(), sqlx::query(&sql).bind(series.to_string()), db).await?
         }
     };
     let cancelled = cancel_in_scope(&target, scope, now)?;
-    rows::save(conn, &cancelled).await?;
+    rows::save(s, &cancelled).await?;
     Ok(cancelled.iter().map(|t| t.id).collect())
 }
 
-async fn retry(conn: &mut SqliteConnection, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<()> {
-    let mut task = load_one(conn, db, id).await?;
+async fn retry(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<()> {
+    let mut task = load_one(s, db, id).await?;
     if task.status != TaskStatus::Failed {
         return Err(Error::conflict(
             id,
@@ -339,44 +382,40 @@ async fn retry(conn: &mut SqliteConnection, db: &Path, id: TaskId, now: OffsetDa
         ));
     }
     task.retry(now)?;
-    rows::save(conn, &[task]).await
+    rows::save(s, &[task]).await
 }
 
-async fn purge(conn: &mut SqliteConnection, before: OffsetDateTime) -> Result<u64> {
+async fn purge(s: &mut Session<'_>, before: OffsetDateTime) -> Result<u64> {
     let before = to_ns(before)?;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM completed WHERE finished_at < ?1")
+    let sql = s.sql("SELECT count(*) FROM completed WHERE finished_at < ?1");
+    let count: i64 = sqlx::query_scalar(&sql)
         .bind(before)
-        .fetch_one(&mut *conn)
+        .fetch_one(s.conn())
         .await
         .map_err(sql_error)?;
     sqlx::query("DELETE FROM task_rows WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)")
         .bind(before)
-        .execute(&mut *conn)
+        .execute(s.conn())
         .await
         .map_err(sql_error)?;
     Ok(count as u64)
 }
 
-async fn requeue_expired(conn: &mut SqliteConnection, db: &Path, now: OffsetDateTime) -> Result<Vec<TaskId>> {
-    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM running WHERE expires_at <= ?1")
-        .bind(to_ns(now)?)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(sql_error)?;
-    if ids.is_empty() {
+async fn requeue_expired(s: &mut Session<'_>, db: &Path, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+    let sql = s.sql(&format!(
+        "SELECT json_group_array({TASK_JSON}) {TASK_FROM} \
+         WHERE t.id IN (SELECT id FROM running WHERE expires_at <= ?1)"
+    ));
+    let mut tasks = rows::fetch(s.conn(), sqlx::query(&sql).bind(to_ns(now)?), db).await?;
+    if tasks.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = ids
-        .iter()
-        .map(|id| TaskId::parse(id))
-        .collect::<Result<Vec<_>>>()?;
-    let mut tasks = rows::load(conn, &ids, db).await?;
     let mut created = Vec::new();
     for task in &mut tasks {
         created.extend(task.expire_lease(now)?);
     }
     let expired = tasks.iter().map(|t| t.id).collect();
     tasks.extend(created);
-    rows::save(conn, &tasks).await?;
+    rows::save(s, &tasks).await?;
     Ok(expired)
 }

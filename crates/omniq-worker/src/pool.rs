@@ -231,6 +231,7 @@ impl WorkerPool {
             signals: self.signals,
             counters: Counters::default(),
             in_flight: AtomicUsize::new(0),
+            recording: AtomicUsize::new(0),
             slot_freed: Notify::new(),
             stop_claiming: CancellationToken::new(),
             hand_back: CancellationToken::new(),
@@ -259,6 +260,7 @@ struct Shared {
     signals: Arc<Signals>,
     counters: Counters,
     in_flight: AtomicUsize,
+    recording: AtomicUsize,
     slot_freed: Notify,
     stop_claiming: CancellationToken,
     hand_back: CancellationToken,
@@ -394,9 +396,14 @@ async fn supervise(shared: Arc<Shared>) {
         let mut slot = pin!(shared.slot_freed.notified());
         slot.as_mut().enable();
 
+        // Handlers may run while up to `concurrency` outcomes are still being
+        // recorded, never more: a slow store slows claiming down.
+        let running = shared.in_flight.load(Ordering::Acquire);
+        let recording = shared.recording.load(Ordering::Acquire);
         let free = config
             .concurrency
-            .saturating_sub(shared.in_flight.load(Ordering::Acquire));
+            .saturating_sub(running)
+            .min((2 * config.concurrency).saturating_sub(running + recording));
         let mut wait = config.poll_interval;
         if free > 0 {
             let request = ClaimRequest {
@@ -451,16 +458,46 @@ fn spawn_executor(shared: &Arc<Shared>, task: Task) {
     shared.executors.spawn(
         async move {
             let shared = shared_for_task;
-            run_task(&shared, task).await;
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            shared.slot_freed.notify_one();
+            run_task(&shared, task, Slot(Some(&shared))).await;
             shared.signals.finished.notify_waiters();
         }
         .instrument(span),
     );
 }
 
-async fn run_task(shared: &Shared, task: Task) {
+/// A task's place among the pool's `concurrency`. It is given back as soon as
+/// the handler is done, before the outcome is recorded, so the next claim and
+/// the record travel to the store together; a task whose outcome is still being
+/// recorded counts as `recording` instead.
+struct Slot<'a>(Option<&'a Shared>);
+
+impl Slot<'_> {
+    /// Gives the slot back and counts the task as recording its outcome.
+    fn release_to_recording(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.recording.fetch_add(1, Ordering::AcqRel);
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.slot_freed.notify_one();
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.slot_freed.notify_one();
+        }
+    }
+}
+
+/// Counts a task whose outcome record is done (written or failed).
+fn recorded(shared: &Shared) {
+    shared.recording.fetch_sub(1, Ordering::AcqRel);
+    shared.slot_freed.notify_one();
+}
+
+async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
     let Some(lease) = task.lease.clone() else {
         tracing::error!("a claimed task came without a lease; skipping it");
         return;
@@ -487,8 +524,9 @@ async fn run_task(shared: &Shared, task: Task) {
         token: lease.token,
         outcome,
     };
+    slot.release_to_recording();
     let (reply, answer) = oneshot::channel();
-    let recorded = match shared.recorder.send((finish, reply)) {
+    let result = match shared.recorder.send((finish, reply)) {
         Ok(()) => answer.await.unwrap_or_else(|_| {
             Err(omniq_core::Error::backend(
                 "worker",
@@ -500,7 +538,8 @@ async fn run_task(shared: &Shared, task: Task) {
             "the outcome recorder stopped",
         )),
     };
-    match recorded {
+    recorded(shared);
+    match result {
         Ok(FinishOutcome::Applied { .. }) => {
             bump(counter);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
