@@ -141,7 +141,7 @@ pub fn tasks_from_json(json: Option<&str>, db: &Path) -> Result<Vec<Task>> {
     let rows: Vec<RowIn> =
         serde_json::from_str(json).map_err(|e| corrupt(format!("a task row has the wrong shape: {e}")))?;
     rows.into_iter()
-        .map(|row| task_from_row(row).map_err(|reason| corrupt(reason)))
+        .map(|row| task_from_row(row).map_err(corrupt))
         .collect()
 }
 
