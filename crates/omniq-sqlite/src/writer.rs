@@ -94,14 +94,18 @@ pub async fn run(
 pub struct Session<'c> {
     conn: &'c mut SqliteConnection,
     owe_begin: bool,
+    /// Whether the one command of this session also commits.
+    lone: bool,
 }
 
 impl<'c> Session<'c> {
-    /// A session that runs each statement on its own (autocommit).
-    fn autocommit(conn: &'c mut SqliteConnection) -> Self {
+    /// A session for a change made of one command, which opens and commits
+    /// its own transaction in the same round trip.
+    fn lone(conn: &'c mut SqliteConnection) -> Self {
         Session {
             conn,
-            owe_begin: false,
+            owe_begin: true,
+            lone: true,
         }
     }
 
@@ -110,16 +114,17 @@ impl<'c> Session<'c> {
         Session {
             conn,
             owe_begin: true,
+            lone: false,
         }
     }
 
     /// The text to run for `sql`: the first statement of a transaction starts
     /// it, in the same round trip.
     pub fn sql(&mut self, sql: &str) -> String {
-        if std::mem::take(&mut self.owe_begin) {
-            format!("BEGIN IMMEDIATE; {sql}")
-        } else {
-            sql.to_string()
+        match (std::mem::take(&mut self.owe_begin), self.lone) {
+            (true, true) => format!("BEGIN IMMEDIATE; {sql}; COMMIT"),
+            (true, false) => format!("BEGIN IMMEDIATE; {sql}"),
+            (false, _) => sql.to_string(),
         }
     }
 
@@ -155,11 +160,15 @@ async fn apply_group(
     db: &Path,
     mut group: std::vec::Drain<'_, Op>,
 ) -> (Vec<(Answer, Option<String>)>, bool) {
-    // A lone enqueue is one statement: SQLite makes it atomic by itself.
-    if group.len() == 1 && matches!(group.as_slice(), [Op::Enqueue(..)]) {
-        let op = group.next().expect("one op");
-        let (answer, _) = apply(&mut Session::autocommit(conn), db, op).await;
-        return (vec![(answer, None)], false);
+    // A lone enqueue is one command: its transaction begins and commits in it.
+    if let [Op::Enqueue(..)] = group.as_slice() {
+        let Some(Op::Enqueue(tasks, reply)) = group.next() else {
+            unreachable!("the group holds one enqueue")
+        };
+        let result = enqueue(&mut Session::lone(conn), tasks).await;
+        // A failed statement leaves the transaction open (or SQLite ended it).
+        let broken = result.is_err() && rollback(conn).await;
+        return (vec![(answer(reply, result), None)], broken);
     }
     let mut session = Session::transaction(conn);
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
