@@ -139,6 +139,7 @@ impl SqliteStorage {
             ));
         }
 
+        writer::setup(&mut writer).await?;
         let reconnect = base
             .clone()
             .journal_mode(SqliteJournalMode::Wal)

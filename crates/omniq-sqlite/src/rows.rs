@@ -117,7 +117,11 @@ impl RowOut {
             eta,
             finished_at,
             lease: match &task.lease {
-                Some(lease) => Some((lease.worker_id.clone(), lease.token.to_string(), to_ns(lease.expires_at)?)),
+                Some(lease) => Some((
+                    lease.worker_id.clone(),
+                    lease.token.to_string(),
+                    to_ns(lease.expires_at)?,
+                )),
                 None => None,
             },
             value: task.result.as_ref().map(serde_json::to_string).transpose()?,
@@ -144,11 +148,19 @@ struct Command {
 impl Command {
     /// Adds `INSERT INTO {head} VALUES (...), ...` for `rows`, each giving
     /// `width` values, in statements of at most [`ROWS_PER_STATEMENT`] rows.
-    fn insert<R>(&mut self, head: &str, width: usize, rows: &[R], mut values: impl FnMut(&R, &mut Vec<Value>)) {
+    fn insert<R>(
+        &mut self,
+        head: &str,
+        width: usize,
+        rows: &[R],
+        mut values: impl FnMut(&R, &mut Vec<Value>),
+    ) {
         let row = format!("({})", vec!["?"; width].join(", "));
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            self.statements
-                .push(format!("{head} VALUES {}", vec![row.as_str(); chunk.len()].join(", ")));
+            self.statements.push(format!(
+                "{head} VALUES {}",
+                vec![row.as_str(); chunk.len()].join(", ")
+            ));
             for r in chunk {
                 values(r, &mut self.values);
             }
@@ -162,15 +174,18 @@ fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
     let rows = tasks.iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
     let mut command = Command::default();
     let verb = if is_new { "INSERT" } else { "REPLACE" };
-    command.insert(&format!("{verb} INTO tasks ({TASKS_COLUMNS})"), 15, &rows, |r, v| {
-        v.extend(r.record.iter().cloned())
-    });
+    command.insert(
+        &format!("{verb} INTO tasks ({TASKS_COLUMNS})"),
+        15,
+        &rows,
+        |r, v| v.extend(r.record.iter().cloned()),
+    );
     if !is_new {
         let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
         for table in ["pending", "running", "completed", "results"] {
-            command
-                .statements
-                .push(format!("DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?))"));
+            command.statements.push(format!(
+                "DELETE FROM {table} WHERE id IN (SELECT value FROM json_each(?))"
+            ));
             command.values.push(Value::Text(ids.clone()));
         }
     }
@@ -188,20 +203,37 @@ fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
         4,
         &running,
         |(r, (worker, token, expires)), v| {
-            v.extend([r.id.clone().into(), worker.clone().into(), token.clone().into(), (*expires).into()])
+            v.extend([
+                r.id.clone().into(),
+                worker.clone().into(),
+                token.clone().into(),
+                (*expires).into(),
+            ])
         },
     );
     let finished: Vec<&RowOut> = rows.iter().filter(|r| r.status.is_finished()).collect();
-    command.insert("INSERT INTO completed (id, status, finished_at)", 3, &finished, |r, v| {
+    command.insert(
+        "INSERT INTO completed (id, status, finished_at)",
+        3,
+        &finished,
+        |r, v| {
+            v.extend([
+                r.id.clone().into(),
+                r.status.as_str().to_string().into(),
+                r.finished_at.into(),
+            ])
+        },
+    );
+    let results: Vec<&RowOut> = rows
+        .iter()
+        .filter(|r| r.value.is_some() || r.error.is_some())
+        .collect();
+    command.insert("INSERT INTO results (id, value, error)", 3, &results, |r, v| {
         v.extend([
             r.id.clone().into(),
-            r.status.as_str().to_string().into(),
-            r.finished_at.into(),
+            r.value.clone().into(),
+            r.error.clone().into(),
         ])
-    });
-    let results: Vec<&RowOut> = rows.iter().filter(|r| r.value.is_some() || r.error.is_some()).collect();
-    command.insert("INSERT INTO results (id, value, error)", 3, &results, |r, v| {
-        v.extend([r.id.clone().into(), r.value.clone().into(), r.error.clone().into()])
     });
     Ok(command)
 }
@@ -302,14 +334,12 @@ pub async fn fetch<'c, 'q>(
     query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
     db: &Path,
 ) -> Result<Vec<Task>> {
-    let json: Option<String> = query
-        .fetch_optional(executor)
-        .await
-        .map_err(sql_error)?
-        .map(|row| row.try_get(0))
-        .transpose()
-        .map_err(sql_error)?
-        .flatten();
+    // `fetch_all`, not `fetch_optional`: the command may go on after the row
+    // (a `COMMIT`), and stopping at the first row would not run it.
+    let json: Option<String> = match query.fetch_all(executor).await.map_err(sql_error)?.first() {
+        Some(row) => row.try_get(0).map_err(sql_error)?,
+        None => None,
+    };
     tasks_from_json(json.as_deref(), db)
 }
 
@@ -337,7 +367,8 @@ pub async fn insert(session: &mut Session<'_>, tasks: &[Task]) -> Result<()> {
 }
 
 /// Writes back changed tasks (and new ones), each moved to the index table of
-/// its status. One statement: the `task_rows` trigger does the rest.
+/// its status, in one round trip. This is the final write of every change that
+/// uses it.
 pub async fn save(session: &mut Session<'_>, tasks: &[Task]) -> Result<()> {
     write(session, tasks, false).await.map_err(sql_error)
 }
@@ -347,7 +378,7 @@ async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx:
         return Ok(());
     }
     let command = save_command(tasks, is_new).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let sql = session.sql(&command.statements.join("; "));
+    let sql = session.final_sql(&command.statements.join("; "));
     let mut query = sqlx::query(&sql).persistent(tasks.len() <= CACHED_UP_TO);
     for value in command.values {
         query = match value {
@@ -357,5 +388,6 @@ async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx:
         };
     }
     query.execute(session.conn()).await?;
+    session.final_ran();
     Ok(())
 }

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, RenewOutcome, Result,
-    Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, LeaseToken,
+    RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
@@ -76,7 +76,11 @@ pub async fn run(
         }
         if broken {
             match reconnect.connect().await {
-                Ok(fresh) => {
+                Ok(mut fresh) => {
+                    if let Err(error) = setup(&mut fresh).await {
+                        tracing::error!(%error, "cannot prepare the new write connection");
+                        continue;
+                    }
                     tracing::warn!(db = %db.display(), "replaced the write connection after a failed rollback");
                     conn = fresh;
                 }
@@ -89,53 +93,59 @@ pub async fn run(
     }
 }
 
-/// The write connection while one group runs, owing the `BEGIN IMMEDIATE`
-/// that opens the group's transaction until its first statement carries it.
+/// The write connection while one group runs. The group's `BEGIN IMMEDIATE`
+/// rides in front of its first statement, and its `COMMIT` behind the final
+/// write of its last change, so a group of one change that reads nothing (an
+/// enqueue, a claim) is one round trip.
 pub struct Session<'c> {
     conn: &'c mut SqliteConnection,
+    /// No statement has run yet: the next one must open the transaction.
     owe_begin: bool,
-    /// Whether the one command of this session also commits.
-    lone: bool,
+    /// The change being applied is the group's last.
+    last: bool,
+    /// A final write carrying the `COMMIT` ran to its end.
+    committed: bool,
 }
 
 impl<'c> Session<'c> {
-    /// A session for a change made of one command, which opens and commits
-    /// its own transaction in the same round trip.
-    fn lone(conn: &'c mut SqliteConnection) -> Self {
+    fn new(conn: &'c mut SqliteConnection) -> Self {
         Session {
             conn,
             owe_begin: true,
-            lone: true,
-        }
-    }
-
-    /// A session whose first statement opens a write transaction.
-    fn transaction(conn: &'c mut SqliteConnection) -> Self {
-        Session {
-            conn,
-            owe_begin: true,
-            lone: false,
+            last: false,
+            committed: false,
         }
     }
 
     /// The text to run for `sql`: the first statement of a transaction starts
     /// it, in the same round trip.
     pub fn sql(&mut self, sql: &str) -> String {
-        match (std::mem::take(&mut self.owe_begin), self.lone) {
-            (true, true) => format!("BEGIN IMMEDIATE; {sql}; COMMIT"),
-            (true, false) => format!("BEGIN IMMEDIATE; {sql}"),
-            (false, _) => sql.to_string(),
+        if std::mem::take(&mut self.owe_begin) {
+            format!("BEGIN IMMEDIATE; {sql}")
+        } else {
+            sql.to_string()
         }
+    }
+
+    /// Like [`Session::sql`], for the final write of a change: in the group's
+    /// last change it also commits. Call [`Session::final_ran`] once it has run.
+    pub fn final_sql(&mut self, sql: &str) -> String {
+        let sql = self.sql(sql);
+        if self.last {
+            format!("{sql}; COMMIT")
+        } else {
+            sql
+        }
+    }
+
+    /// Records that the command from [`Session::final_sql`] ran without error.
+    pub fn final_ran(&mut self) {
+        self.committed |= self.last;
     }
 
     /// The connection, to run what [`Session::sql`] returned on.
     pub fn conn(&mut self) -> &mut SqliteConnection {
         self.conn
-    }
-
-    /// Whether a transaction was opened (some statement ran).
-    fn began(&self) -> bool {
-        !self.owe_begin
     }
 }
 
@@ -160,24 +170,17 @@ async fn apply_group(
     db: &Path,
     mut group: std::vec::Drain<'_, Op>,
 ) -> (Vec<(Answer, Option<String>)>, bool) {
-    // A lone enqueue is one command: its transaction begins and commits in it.
-    if let [Op::Enqueue(..)] = group.as_slice() {
-        let Some(Op::Enqueue(tasks, reply)) = group.next() else {
-            unreachable!("the group holds one enqueue")
-        };
-        let result = enqueue(&mut Session::lone(conn), tasks).await;
-        // A failed statement leaves the transaction open (or SQLite ended it).
-        let broken = result.is_err() && rollback(conn).await;
-        return (vec![(answer(reply, result), None)], broken);
-    }
-    let mut session = Session::transaction(conn);
+    let mut session = Session::new(conn);
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
     // An op refused by its own rules (unknown id, conflict) leaves the
     // transaction as it was for the others. A storage error (disk full, I/O, a
     // lock not granted) may have ended the transaction inside SQLite, so it
     // aborts the whole group.
     let mut aborted = None;
+    let mut left = group.len();
     for op in group.by_ref() {
+        left -= 1;
+        session.last = left == 0;
         let (answer, outcome) = apply(&mut session, db, op).await;
         answers.push(answer);
         if let Err(message) = outcome {
@@ -185,7 +188,8 @@ async fn apply_group(
             break;
         }
     }
-    let began = session.began();
+    let began = !session.owe_begin;
+    let committed = session.committed;
     if let Some(message) = aborted {
         let broken = began && rollback(conn).await;
         let message = format!("the transaction was rolled back: {message}");
@@ -197,8 +201,8 @@ async fn apply_group(
             .collect();
         return (answers, broken);
     }
-    if !began {
-        // Nothing touched the database (every op was a no-op).
+    if !began || committed {
+        // Committed with the last write, or nothing touched the database.
         return (answers.into_iter().map(|a| (a, None)).collect(), false);
     }
     match conn.execute("COMMIT").await {
@@ -267,23 +271,51 @@ async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
     rows::insert(s, &tasks).await
 }
 
+/// The claim, as one command: SQLite picks the due tasks, moves them from
+/// `pending` to `running` with their leases, and returns them. It makes the
+/// same change as `Task::claim` (one more attempt, started and updated now, a
+/// lease per task with the token made here), which the shared conformance
+/// suite checks against the other backends.
+const CLAIM: &str = "DELETE FROM temp.claimed; \
+    INSERT INTO temp.claimed (id) SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2; \
+    UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1 \
+        WHERE id IN (SELECT id FROM temp.claimed); \
+    DELETE FROM pending WHERE id IN (SELECT id FROM temp.claimed); \
+    INSERT INTO running (id, worker_id, token, expires_at) \
+        SELECT id, ?3, ?5 ->> (n - 1), ?4 FROM temp.claimed; \
+    SELECT json_group_array(TASK_JSON) FROM temp.claimed c JOIN tasks t ON t.id = c.id \
+        LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id";
+
+/// Makes the write connection ready for [`claim`]: the per-connection table
+/// that holds the ids one claim picked.
+pub async fn setup(conn: &mut SqliteConnection) -> Result<()> {
+    conn.execute(
+        "PRAGMA temp_store = MEMORY; \
+         CREATE TEMP TABLE IF NOT EXISTS claimed (n INTEGER PRIMARY KEY, id TEXT NOT NULL)",
+    )
+    .await
+    .map_err(sql_error)?;
+    Ok(())
+}
+
 async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
     if request.limit == 0 {
         return Ok(Vec::new());
     }
-    let sql = s.sql(&format!(
-        "SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id IN \
-         (SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2)"
-    ));
+    let now = to_ns(request.now)?;
+    let expires_at = to_ns(request.now + request.lease_for)?;
+    let limit = request.limit.min(100_000);
+    let tokens: Vec<String> = (0..limit).map(|_| LeaseToken::new().to_string()).collect();
+    let sql = s.final_sql(&CLAIM.replace("TASK_JSON", TASK_JSON));
     let query = sqlx::query(&sql)
-        .bind(to_ns(request.now)?)
-        .bind(i64::try_from(request.limit).unwrap_or(i64::MAX));
+        .bind(now)
+        .bind(limit as i64)
+        .bind(&request.worker_id)
+        .bind(expires_at)
+        .bind(serde_json::to_string(&tokens)?);
     let mut tasks = rows::fetch(s.conn(), query, db).await?;
+    s.final_ran();
     tasks.sort_by_key(|task| (task.eta, task.id));
-    for task in &mut tasks {
-        task.claim(&request.worker_id, request.lease_for, request.now)?;
-    }
-    rows::save(s, &tasks).await?;
     Ok(tasks)
 }
 
