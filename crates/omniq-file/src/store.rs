@@ -585,13 +585,13 @@ impl Store {
                 let (task, _) = match touched.entry(finish.id) {
                     Entry::Occupied(slot) => slot.into_mut(),
                     Entry::Vacant(slot) => {
-                        let Loaded::Found(mut task) = self.load(finish.id)? else {
+                        // The record's lease has the claim's token, which is all a
+                        // finish checks; the entry's renewed expiry does not matter
+                        // to a task that stops running, so it is not read.
+                        let Loaded::Found(task) = self.load(finish.id)? else {
                             answers.push(FinishOutcome::LeaseLost);
                             continue;
                         };
-                        if task.status == TaskStatus::Running {
-                            task.lease = self.current_lease(&task);
-                        }
                         slot.insert((task.clone(), task))
                     }
                 };

@@ -205,3 +205,34 @@ async fn an_unwritable_folder_is_a_clear_error() {
         .unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_damaged_row_is_reported_as_corrupt_and_the_rest_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    let settings = Settings::default();
+    let damaged = store.enqueue_one(NewTask::new("t"), &settings).await.unwrap();
+    let sound = store.enqueue_one(NewTask::new("t"), &settings).await.unwrap();
+
+    // Someone edits the database by hand and breaks one payload.
+    let mut conn = raw(&path).await;
+    sqlx::query("UPDATE tasks SET args = '[1, 2' WHERE id = ?1")
+        .bind(damaged.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    match store.get(damaged).await {
+        Err(Error::Corrupt { path: at, reason }) => {
+            assert_eq!(at, path);
+            assert!(
+                reason.contains(&damaged.to_string()) && reason.contains("args"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    assert_eq!(store.get(sound).await.unwrap().status, TaskStatus::Pending);
+}
