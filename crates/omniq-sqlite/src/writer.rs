@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, LeaseToken,
+    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, LeaseToken, Outcome,
     RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::SqliteConnectOptions;
@@ -105,6 +105,12 @@ pub struct Session<'c> {
     last: bool,
     /// A final write carrying the `COMMIT` ran to its end.
     committed: bool,
+    /// The position in the group of the change being applied.
+    op: usize,
+    /// How many changes at the group's start are committed already, because
+    /// a change had to go on in a new transaction after a `COMMIT` rode on one
+    /// of its commands (see [`Session::reopen`]).
+    committed_before: usize,
 }
 
 impl<'c> Session<'c> {
@@ -114,6 +120,18 @@ impl<'c> Session<'c> {
             owe_begin: true,
             last: false,
             committed: false,
+            op: 0,
+            committed_before: 0,
+        }
+    }
+
+    /// Goes on in a new transaction when a command that carried the `COMMIT`
+    /// turned out not to be the change's last: the changes before this one
+    /// are committed, and this one starts afresh.
+    pub fn reopen(&mut self) {
+        if std::mem::take(&mut self.committed) {
+            self.owe_begin = true;
+            self.committed_before = self.op;
         }
     }
 
@@ -178,9 +196,10 @@ async fn apply_group(
     // aborts the whole group.
     let mut aborted = None;
     let mut left = group.len();
-    for op in group.by_ref() {
+    for (index, op) in group.by_ref().enumerate() {
         left -= 1;
         session.last = left == 0;
+        session.op = index;
         let (answer, outcome) = apply(&mut session, db, op).await;
         answers.push(answer);
         if let Err(message) = outcome {
@@ -190,6 +209,7 @@ async fn apply_group(
     }
     let began = !session.owe_begin;
     let committed = session.committed;
+    let committed_before = session.committed_before;
     if let Some(message) = aborted {
         let broken = began && rollback(conn).await;
         let message = format!("the transaction was rolled back: {message}");
@@ -197,7 +217,8 @@ async fn apply_group(
         let answers = answers
             .into_iter()
             .chain(skipped)
-            .map(|a| (a, Some(message.clone())))
+            .enumerate()
+            .map(|(i, a)| (a, (i >= committed_before).then(|| message.clone())))
             .collect();
         return (answers, broken);
     }
@@ -286,12 +307,14 @@ const CLAIM: &str = "DELETE FROM temp.claimed; \
     SELECT json_group_array(TASK_JSON) FROM temp.claimed c JOIN tasks t ON t.id = c.id \
         LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id";
 
-/// Makes the write connection ready for [`claim`]: the per-connection table
-/// that holds the ids one claim picked.
+/// Makes the write connection ready for [`claim`] and [`finish`]: the
+/// per-connection tables that hold the ids one claim picked and one finish
+/// completed.
 pub async fn setup(conn: &mut SqliteConnection) -> Result<()> {
     conn.execute(
         "PRAGMA temp_store = MEMORY; \
-         CREATE TEMP TABLE IF NOT EXISTS claimed (n INTEGER PRIMARY KEY, id TEXT NOT NULL)",
+         CREATE TEMP TABLE IF NOT EXISTS claimed (n INTEGER PRIMARY KEY, id TEXT NOT NULL); \
+         CREATE TEMP TABLE IF NOT EXISTS done (id TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID",
     )
     .await
     .map_err(sql_error)?;
@@ -332,8 +355,8 @@ async fn renew(
         .collect();
     // The running row exists exactly while the task runs under that token.
     let sql = s.sql(
-        "UPDATE running SET expires_at = ?1 FROM json_each(?2) j \
-         WHERE running.id = j.value->>0 AND running.token = j.value->>1 RETURNING running.id, running.token",
+        "UPDATE running SET expires_at = ?1 \
+         WHERE (id, token) IN (SELECT value->>0, value->>1 FROM json_each(?2)) RETURNING id, token",
     );
     let renewed: Vec<(String, String)> = sqlx::query_as(&sql)
         .bind(to_ns(expires_at)?)
@@ -353,12 +376,86 @@ async fn renew(
         .collect())
 }
 
+/// The common finish, as one command: tasks that completed, none of them an
+/// interval task (whose next occurrence needs `Task::finish`). `CROSS JOIN`
+/// keeps SQLite from scanning a table once per given task. It makes the
+/// same change as `Task::finish` with `Outcome::Complete`, for each task still
+/// running under the given token; if any task of the batch is a running
+/// interval task, it changes nothing and says so, and the general path runs.
+const FINISH_COMPLETED: &str = "DELETE FROM temp.done; \
+    INSERT INTO temp.done (id, value) \
+        SELECT j.value->>0, j.value->>2 FROM json_each(?1) j \
+        CROSS JOIN running rn ON rn.id = j.value->>0 AND rn.token = j.value->>1 \
+        CROSS JOIN tasks t ON t.id = rn.id AND t.status = 'running' \
+        WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) k CROSS JOIN tasks u ON u.id = k.value->>0 \
+                          WHERE u.interval_ns IS NOT NULL AND u.status = 'running'); \
+    UPDATE tasks SET status = 'completed', updated_at = ?2, finished_at = ?2 \
+        WHERE id IN (SELECT id FROM temp.done); \
+    DELETE FROM running WHERE id IN (SELECT id FROM temp.done); \
+    INSERT INTO completed (id, status, finished_at) SELECT id, 'completed', ?2 FROM temp.done; \
+    REPLACE INTO results (id, value, error) SELECT id, value, NULL FROM temp.done; \
+    SELECT (SELECT json_group_array(id) FROM temp.done), \
+        EXISTS (SELECT 1 FROM json_each(?1) k CROSS JOIN tasks u ON u.id = k.value->>0 \
+                WHERE u.interval_ns IS NOT NULL AND u.status = 'running')";
+
+/// Finishes a batch of completed tasks with [`FINISH_COMPLETED`]; `None` when
+/// the batch has other outcomes, an id twice, or an interval task, and must
+/// take the general path.
+async fn finish_completed(
+    s: &mut Session<'_>,
+    finishes: &[Finish],
+    now: OffsetDateTime,
+) -> Result<Option<Vec<FinishOutcome>>> {
+    let mut ids = std::collections::HashSet::with_capacity(finishes.len());
+    let mut rows = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        let Outcome::Complete { result } = &finish.outcome else {
+            return Ok(None);
+        };
+        if !ids.insert(finish.id) {
+            return Ok(None);
+        }
+        rows.push((
+            finish.id.to_string(),
+            finish.token.to_string(),
+            serde_json::to_string(result)?,
+        ));
+    }
+    let sql = s.final_sql(FINISH_COMPLETED);
+    let answer: Vec<(String, bool)> = sqlx::query_as(&sql)
+        .bind(serde_json::to_string(&rows)?)
+        .bind(to_ns(now)?)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
+    s.final_ran();
+    let (done, blocked) = answer.into_iter().next().unwrap_or_default();
+    if blocked {
+        // Nothing was written; the `COMMIT`, if it rode along, only closed
+        // the changes before this one.
+        s.reopen();
+        return Ok(None);
+    }
+    let done: std::collections::HashSet<String> = serde_json::from_str(&done)?;
+    Ok(Some(
+        rows.iter()
+            .map(|(id, _, _)| match done.contains(id) {
+                true => FinishOutcome::Applied { next: None },
+                false => FinishOutcome::LeaseLost,
+            })
+            .collect(),
+    ))
+}
+
 async fn finish(
     s: &mut Session<'_>,
     db: &Path,
     finishes: Vec<Finish>,
     now: OffsetDateTime,
 ) -> Result<Vec<FinishOutcome>> {
+    if let Some(answers) = finish_completed(s, &finishes, now).await? {
+        return Ok(answers);
+    }
     let ids: Vec<TaskId> = finishes.iter().map(|f| f.id).collect();
     let mut tasks: HashMap<TaskId, Task> = rows::load(s, &ids, db)
         .await?

@@ -42,6 +42,7 @@ scenarios![
     finish_with_a_stale_token_is_refused,
     finish_of_an_unknown_task_is_refused,
     finish_answers_in_order_for_a_batch,
+    a_batch_mixing_interval_and_plain_tasks_finishes_each_rightly,
     retry_outcome_waits_for_its_time,
     retries_are_bounded_by_max_retries,
     final_failure_keeps_its_error,
@@ -434,6 +435,66 @@ async fn finish_answers_in_order_for_a_batch(store: &dyn Storage) {
             }
         );
     }
+}
+
+/// Backends may take a fast path for the common batch (plain tasks that
+/// completed); a batch with an interval task, or one task finished twice, must
+/// still get every answer right.
+async fn a_batch_mixing_interval_and_plain_tasks_finishes_each_rightly(store: &dyn Storage) {
+    let plain = enqueue_one(store, new("plain")).await;
+    let series = enqueue_one(store, new("tick").interval(secs(60))).await;
+    let claimed = claim(store, "w", 2, T0).await;
+    assert_eq!(claimed.len(), 2);
+    let finishes = |outcome: fn(usize) -> Outcome| -> Vec<Finish> {
+        claimed
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Finish {
+                id: t.id,
+                token: t.lease.as_ref().unwrap().token,
+                outcome: outcome(i),
+            })
+            .collect()
+    };
+    let answers = store
+        .finish(finishes(|i| complete(json!(i))), at(1))
+        .await
+        .unwrap();
+    let by_id: Vec<(TaskId, FinishOutcome)> = claimed.iter().map(|t| t.id).zip(answers).collect();
+    for (id, answer) in &by_id {
+        let FinishOutcome::Applied { next } = answer else {
+            panic!("{id}: {answer:?}");
+        };
+        assert_eq!(next.is_some(), *id == series, "{id}: {answer:?}");
+        assert_eq!(get(store, *id).await.status, TaskStatus::Completed);
+    }
+    assert!(get(store, plain).await.result.is_some());
+    assert_eq!(store.counts().await.unwrap().pending, 1, "the next occurrence");
+
+    // The same task finished twice in one batch: the first wins.
+    let again = enqueue_one(store, new("plain")).await;
+    let task = claim_one(store, at(2)).await;
+    assert_eq!(task.id, again);
+    let token = task.lease.as_ref().unwrap().token;
+    let twice = vec![
+        Finish {
+            id: again,
+            token,
+            outcome: complete(json!("first")),
+        },
+        Finish {
+            id: again,
+            token,
+            outcome: complete(json!("second")),
+        },
+    ];
+    let answers = store.finish(twice, at(3)).await.unwrap();
+    assert!(
+        matches!(answers[0], FinishOutcome::Applied { next: None }),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1], FinishOutcome::LeaseLost);
+    assert_eq!(get(store, again).await.result, Some(json!("first")));
 }
 
 async fn retry_outcome_waits_for_its_time(store: &dyn Storage) {
