@@ -250,6 +250,24 @@ impl Disk {
         }
     }
 
+    /// Replaces the content of the existing file `from` with `bytes`, then
+    /// renames it to `to`; `Ok(false)` when `from` no longer exists. A claim
+    /// uses it to carry the lease into `running/` with the entry's one rename,
+    /// instead of writing a second file: until the rename, `from` is a pending
+    /// entry, whose content nothing reads.
+    pub fn fill_and_rename(&self, from: &Path, to: &Path, bytes: &[u8]) -> Result<bool> {
+        self.step()?;
+        let mut file = match OpenOptions::new().write(true).truncate(true).open(from) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(from, e)),
+        };
+        file.write_all(bytes).map_err(|e| Error::io(from, e))?;
+        self.sync_file(&file, from)?;
+        drop(file);
+        self.rename(from, to)
+    }
+
     /// Removes a file; a file already gone is fine.
     pub fn remove(&self, path: &Path) -> Result<()> {
         self.step()?;

@@ -263,7 +263,20 @@ impl Store {
         let moved = match before {
             Before::Was(old) => {
                 let from = self.entry_path(old);
-                from == target || self.disk.rename(&from, &target)?
+                match (&task.lease, task.status) {
+                    _ if from == target => true,
+                    // A claim: the lease rides in the entry's rename.
+                    (Some(lease), TaskStatus::Running) => {
+                        if self
+                            .disk
+                            .fill_and_rename(&from, &target, &serde_json::to_vec(lease)?)?
+                        {
+                            return Ok(());
+                        }
+                        false
+                    }
+                    _ => self.disk.rename(&from, &target)?,
+                }
             }
             Before::New => false,
             Before::Unknown => {
