@@ -250,6 +250,48 @@ impl Disk {
         }
     }
 
+    /// Creates the empty file `path` if it is missing, its folder flushed under
+    /// `Full`, so a later in-place write cannot lose its directory entry.
+    pub fn ensure_file(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            return Ok(());
+        }
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        self.sync_dir(parent(path))
+    }
+
+    /// Writes `bytes` over the content of `path` in place (creating it if
+    /// missing), flushed under `Full`. Not atomic: only for the intent journal,
+    /// where a torn write is a change that never started (see the store).
+    pub fn write_in_place(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.step()?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        file.write_all(bytes).map_err(|e| Error::io(path, e))?;
+        self.sync_file(&file, path)
+    }
+
+    /// Empties `path` (a file already gone is fine), flushed under `Full`.
+    pub fn clear(&self, path: &Path) -> Result<()> {
+        self.step()?;
+        let file = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        file.set_len(0).map_err(|e| Error::io(path, e))?;
+        self.sync_file(&file, path)
+    }
+
     /// Replaces the content of the existing file `from` with `bytes`, then
     /// renames it to `to`; `Ok(false)` when `from` no longer exists. A claim
     /// uses it to carry the lease into `running/` with the entry's one rename,

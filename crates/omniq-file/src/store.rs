@@ -2,10 +2,13 @@
 //!
 //! Every change follows one protocol. Under the store lock (a mutex inside the
 //! process, `flock` across processes): write the intent (the final records and
-//! deletions, one atomic file), apply it (records, then entries moved between the
-//! status folders), remove the intent. A process that dies midway leaves the
+//! deletions, into `intent.json`), apply it (records, then entries moved between
+//! the status folders), empty the intent. A process that dies midway leaves the
 //! intent behind, and whoever takes the lock next replays it, which is idempotent,
-//! so every change is all or nothing. Records are the authority; entries are an
+//! so every change is all or nothing. The intent is written in place, not
+//! through a temporary file: a process that dies while writing it leaves JSON
+//! cut short, which can only mean the change had not started, so it is cleared.
+//! That saves creating, renaming and deleting a file per change. Records are the authority; entries are an
 //! index rebuilt from them. The one exception: a running entry holds the current
 //! lease, renewed there without rewriting the record.
 
@@ -109,7 +112,7 @@ impl Store {
                 view_read_at: None,
             }),
         };
-        store.locked(|_| Ok(()))?;
+        store.locked(|_| store.disk.ensure_file(&store.layout().intent))?;
         store.remove_abandoned_tmp_files();
         Ok(store)
     }
@@ -345,7 +348,7 @@ impl Store {
                 delete: deletes.iter().map(|t| t.id).collect(),
             };
             self.disk
-                .write_atomic(&self.layout().intent, &serde_json::to_vec(&intent)?)?;
+                .write_in_place(&self.layout().intent, &serde_json::to_vec(&intent)?)?;
         }
         for save in &saves {
             match &save.old {
@@ -373,7 +376,7 @@ impl Store {
             self.delete(task.id, Some(task))?;
         }
         if journal {
-            self.disk.remove(&self.layout().intent)?;
+            self.disk.clear(&self.layout().intent)?;
         }
         for save in &saves {
             if let Some(old) = save.old.as_ref().filter(|t| t.status == TaskStatus::Pending) {
@@ -406,13 +409,20 @@ impl Store {
     /// Finishes the change a dead process left in `intent.json`, if any.
     fn replay(&self, state: &mut State) -> Result<()> {
         let path = &self.layout().intent;
-        let Some(bytes) = read_optional(path)? else {
+        let bytes = read_optional(path)?.unwrap_or_default();
+        if bytes.is_empty() {
             return Ok(());
-        };
+        }
         let intent: Intent = match serde_json::from_slice(&bytes) {
             Ok(intent) => intent,
             Err(error) => {
-                self.quarantine(path, &error.to_string());
+                // Written in place, the intent is whole before any step of its
+                // change is taken: cut short, it stands for nothing done.
+                tracing::warn!(
+                    path = %path.display(), %error,
+                    "clearing the intent of a change that stopped before it started"
+                );
+                self.disk.clear(path)?;
                 return Ok(());
             }
         };
@@ -438,7 +448,7 @@ impl Store {
                 }
             }
         }
-        self.disk.remove(path)?;
+        self.disk.clear(path)?;
         // Entries moved behind this process's back: read pending/ afresh.
         state.view_read_at = None;
         Ok(())

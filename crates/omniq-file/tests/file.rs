@@ -101,7 +101,9 @@ async fn the_layout_is_readable_and_counts_are_folder_sizes() {
     let lease: serde_json::Value = serde_json::from_str(&lease).unwrap();
     assert_eq!(lease["worker_id"], "w");
     assert!(ids.contains(&claimed[1].id));
-    assert!(!dir.path().join("intent.json").exists());
+    assert!(std::fs::read(dir.path().join("intent.json"))
+        .unwrap_or_default()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -203,6 +205,22 @@ async fn full_durability_flushes_every_change() {
         .await
         .unwrap();
     assert!(full.fsync_count() > after_enqueue);
+}
+
+#[tokio::test]
+async fn an_intent_cut_short_is_a_change_that_never_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let ids = enqueue(&store, vec![NewTask::new("t"), NewTask::new("t")]).await;
+    drop(store);
+    // A process killed while writing the intent of a claim leaves part of it.
+    let intent = format!(r#"{{"save":[{{"id":"{}","status":"runn"#, ids[0]);
+    std::fs::write(dir.path().join("intent.json"), intent).unwrap();
+
+    let store = open(dir.path()).await;
+    assert_consistent(dir.path());
+    assert_eq!(store.counts().await.unwrap().pending, 2);
+    assert_eq!(claim(&store, 10, T0).await.len(), 2);
 }
 
 #[tokio::test]
@@ -380,7 +398,9 @@ async fn snapshot(store: &FileStorage, known: &[TaskId]) -> Snapshot {
 /// name; no entry outlives its record except a pending one, which claims discard.
 fn assert_consistent(dir: &Path) {
     assert!(
-        !dir.join("intent.json").exists(),
+        std::fs::read(dir.join("intent.json"))
+            .unwrap_or_default()
+            .is_empty(),
         "the unfinished change was not replayed"
     );
     let mut records = HashMap::new();
