@@ -3,7 +3,7 @@
 //! - `cargo xtask conformance [FILTER...]` runs the shared conformance suite of
 //!   `omniq-core` against every backend of the workspace and prints one line per
 //!   backend: `<backend>: N passed, M failed`.
-//! - `cargo xtask perf [--json] [--backend B]` runs the performance workload
+//! - `cargo xtask perf [--json] [--backend B] [--concurrency N]` runs the performance workload
 //!   (`benches/src/bin/perf.rs`) in release mode and prints its table or JSON.
 //! - `cargo xtask chaos [--backend B] [--tasks N] [--seconds S]` runs the crash
 //!   test (`benches/src/bin/chaos.rs`): worker processes killed with SIGKILL,
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask conformance [TEST FILTER...]\n       \
-                 cargo xtask perf [--json] [--backend file|sqlite]\n       \
+                 cargo xtask perf [--json] [--backend file|sqlite] [--concurrency N]\n       \
                  cargo xtask chaos [--backend file|sqlite] [--tasks N] [--seconds S]"
             );
             ExitCode::from(2)

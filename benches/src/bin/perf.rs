@@ -1,6 +1,7 @@
 //! The performance workload of `cargo xtask perf`: per backend and size, enqueue
 //! N no-op tasks (one call each, then again with one batch call), then run one
-//! worker pool (concurrency 4) until all N results are stored.
+//! worker pool (concurrency 4, or `--concurrency N`) until all N results are
+//! stored.
 //!
 //! Prints the table, or with `--json` one JSON array of rows
 //! `{"backend","n","mode","enqueue_s","process_s","total_s"}` on stdout. The
@@ -37,12 +38,22 @@ fn main() {
             .collect(),
         None => BACKENDS.to_vec(),
     };
+    let concurrency = match args.iter().position(|a| a == "--concurrency") {
+        Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                eprintln!("--concurrency takes a number above 0");
+                std::process::exit(2);
+            }
+        },
+        None => 4,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     eprintln!(
-        "OmniQ perf: stores in {}, durability normal, worker pool concurrency 4, {} cores",
+        "OmniQ perf: stores in {}, durability normal, worker pool concurrency {concurrency}, {} cores",
         scratch().display(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
@@ -50,7 +61,7 @@ fn main() {
     for backend in backends {
         for n in SIZES {
             for mode in ["each", "batch"] {
-                let row = runtime.block_on(measure(backend, n, mode));
+                let row = runtime.block_on(measure(backend, n, mode, concurrency));
                 eprintln!(
                     "  {backend:6} n={n:<6} {mode:5} enqueue {:.3}s process {:.3}s",
                     row.enqueue.as_secs_f64(),
@@ -148,7 +159,7 @@ async fn claim_cost(backend: &'static str, pending: usize) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / 50.0
 }
 
-async fn measure(backend: &'static str, n: usize, mode: &'static str) -> Row {
+async fn measure(backend: &'static str, n: usize, mode: &'static str, concurrency: usize) -> Row {
     let store = open(backend).await;
     let storage: Arc<dyn Storage> = store.store.clone();
     let start = Instant::now();
@@ -163,7 +174,7 @@ async fn measure(backend: &'static str, n: usize, mode: &'static str) -> Row {
     let signals = Signals::new();
     let start = Instant::now();
     let pool = WorkerPool::new(storage.clone(), registry)
-        .concurrency(4)
+        .concurrency(concurrency)
         .signals(signals.clone())
         .start();
     loop {
