@@ -7,7 +7,8 @@
 //! `{"backend","n","mode","enqueue_s","process_s","total_s"}` on stdout. The
 //! table is followed by two more measurements per backend: single-task latency
 //! (enqueue to result stored, idle pool in the same process, p50/p99 over 1,000
-//! tasks) and the cost of a claim with 100 and with 100,000 tasks pending.
+//! tasks) and the cost of a claim and its finish with 100 and with 100,000
+//! tasks pending (median of 200).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,8 +100,7 @@ fn main() {
             .collect();
         for backend in backends {
             let (p50, p99) = runtime.block_on(latency(backend, 1_000));
-            let small = runtime.block_on(claim_cost(backend, 100));
-            let large = runtime.block_on(claim_cost(backend, 100_000));
+            let (small, large) = runtime.block_on(claim_costs(backend));
             eprintln!("  {backend:6} latency p50 {p50:.3} ms p99 {p99:.3} ms; claim {small:.0} µs at 100, {large:.0} µs at 100,000");
             println!("| {backend} | {p50:.3} | {p99:.3} | {small:.0} | {large:.0} |");
         }
@@ -141,22 +141,43 @@ async fn latency(backend: &'static str, n: usize) -> (f64, f64) {
     (samples[n / 2], samples[n * 99 / 100])
 }
 
-/// The cost of one claim (of one task) and its finish with `pending` tasks
-/// waiting, in microseconds, averaged over 50 claims after 10 to warm up (so
-/// the smaller store still holds 40 pending tasks at the end).
-async fn claim_cost(backend: &'static str, pending: usize) -> f64 {
-    let store = open(backend).await;
-    let storage = &*store.store;
-    let mut left = pending;
-    while left > 0 {
-        let chunk = left.min(5_000);
-        enqueue_batch(storage, chunk).await;
-        left -= chunk;
+/// The cost of one claim (of one task) and its finish with 100 and with
+/// 100,000 tasks waiting, in microseconds: the median of 200 pairs each, after
+/// 20 to warm up. Each pair is timed alone and followed, untimed, by an
+/// enqueue that holds the pending count. The two stores take turns, so both
+/// see the same moments of a noisy machine, and the median keeps its spikes out.
+async fn claim_costs(backend: &'static str) -> (f64, f64) {
+    const WARM_UP: usize = 20;
+    const SAMPLES: usize = 200;
+    let mut stores = Vec::new();
+    for pending in [100, 100_000] {
+        let store = open(backend).await;
+        let mut left = pending;
+        while left > 0 {
+            let chunk = left.min(5_000);
+            enqueue_batch(&*store.store, chunk).await;
+            left -= chunk;
+        }
+        stores.push(store);
     }
-    omniq_benches::drain_n(storage, 10).await;
-    let start = Instant::now();
-    omniq_benches::drain_n(storage, 50).await;
-    start.elapsed().as_secs_f64() * 1e6 / 50.0
+    let mut samples = [Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES)];
+    for i in 0..WARM_UP + SAMPLES {
+        for (store, samples) in stores.iter().zip(&mut samples) {
+            let storage = &*store.store;
+            let start = Instant::now();
+            omniq_benches::drain_n(storage, 1).await;
+            let took = start.elapsed();
+            enqueue_batch(storage, 1).await;
+            if i >= WARM_UP {
+                samples.push(took.as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let [small, large] = samples.map(|mut samples| {
+        samples.sort_by(f64::total_cmp);
+        samples[SAMPLES / 2]
+    });
+    (small, large)
 }
 
 async fn measure(backend: &'static str, n: usize, mode: &'static str, concurrency: usize) -> Row {
