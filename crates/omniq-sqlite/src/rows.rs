@@ -334,13 +334,21 @@ pub async fn fetch<'c, 'q>(
     query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
     db: &Path,
 ) -> Result<Vec<Task>> {
+    let json = fetch_json(executor, query).await?;
+    tasks_from_json(json.as_deref(), db)
+}
+
+/// Runs a command whose one row holds one JSON value, and returns the value.
+pub async fn fetch_json<'c, 'q>(
+    executor: impl sqlx::Executor<'c, Database = Sqlite>,
+    query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+) -> Result<Option<String>> {
     // `fetch_all`, not `fetch_optional`: the command may go on after the row
     // (a `COMMIT`), and stopping at the first row would not run it.
-    let json: Option<String> = match query.fetch_all(executor).await.map_err(sql_error)?.first() {
-        Some(row) => row.try_get(0).map_err(sql_error)?,
-        None => None,
-    };
-    tasks_from_json(json.as_deref(), db)
+    match query.fetch_all(executor).await.map_err(sql_error)?.first() {
+        Some(row) => row.try_get(0).map_err(sql_error),
+        None => Ok(None),
+    }
 }
 
 /// Loads the tasks with these ids (those that exist), in no particular order.

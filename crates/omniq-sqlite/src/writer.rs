@@ -2,14 +2,16 @@
 //! process and applies every change, grouping the changes that queue up while a
 //! transaction runs into the next one (group commit).
 //!
-//! Every change reads first and writes with one statement at its end, so a
+//! Every change reads first and writes with one command at its end, so a
 //! change refused by its own rules leaves the shared transaction as it was for
 //! the others; callers get their answers only after the commit.
 //!
-//! Each statement is a round trip to the driver's connection thread, and on a
+//! Each command is a round trip to the driver's connection thread, and on a
 //! small machine those hops cost more than SQLite's own work. So the writer
-//! opens and commits transactions itself: `BEGIN IMMEDIATE` rides in front of
-//! a group's first statement, and reads return a whole batch as one JSON value.
+//! opens and commits transactions itself (`BEGIN IMMEDIATE` rides in front of a
+//! group's first command, `COMMIT` behind its last write), a claim and a finish
+//! of completed tasks are one command each, and reads return a whole batch as
+//! one JSON value.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -211,6 +213,11 @@ async fn apply_group(
     let committed = session.committed;
     let committed_before = session.committed_before;
     if let Some(message) = aborted {
+        if committed {
+            // The failure came after the `COMMIT` ran (reading back what was
+            // written): every change is stored, and only the failed one says so.
+            return (answers.into_iter().map(|a| (a, None)).collect(), false);
+        }
         let broken = began && rollback(conn).await;
         let message = format!("the transaction was rolled back: {message}");
         let skipped = group.map(|op| fail(op, &message));
@@ -336,8 +343,9 @@ async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<
         .bind(&request.worker_id)
         .bind(expires_at)
         .bind(serde_json::to_string(&tokens)?);
-    let mut tasks = rows::fetch(s.conn(), query, db).await?;
+    let json = rows::fetch_json(s.conn(), query).await?;
     s.final_ran();
+    let mut tasks = rows::tasks_from_json(json.as_deref(), db)?;
     tasks.sort_by_key(|task| (task.eta, task.id));
     Ok(tasks)
 }
