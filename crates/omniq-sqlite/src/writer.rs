@@ -21,8 +21,8 @@ use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, LeaseToken, Outcome,
     RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
+use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,7 +72,21 @@ pub async fn run(
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while ops.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let (answers, broken) = apply_group(&mut conn, &db, group.drain(..)).await;
+        if group.len() == 1 {
+            // A claim and the records of the tasks that freed its slots are
+            // sent together from two tasks: one turn lets the other arrive.
+            tokio::task::yield_now().await;
+            while group.len() < MAX_GROUP {
+                match ops.try_recv() {
+                    Ok(op) => group.push(op),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (answers, broken) = match merged(&group) {
+            Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
+            None => apply_group(&mut conn, &db, group.drain(..)).await,
+        };
         for (answer, error) in answers {
             answer(error.as_deref());
         }
@@ -246,6 +260,77 @@ async fn apply_group(
     }
 }
 
+/// The commands of a group that can run as one: two or more claims and
+/// finishes of completed tasks, nothing else.
+fn merged(group: &[Op]) -> Option<Vec<Single>> {
+    if group.len() < 2 {
+        return None;
+    }
+    group
+        .iter()
+        .map(|op| match op {
+            Op::Claim(request, _) => prepare_claim(request).ok().flatten(),
+            Op::Finish(finishes, now, _) => prepare_finish(finishes, *now).ok().flatten(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies a group that [`merged`] planned as one command: `BEGIN IMMEDIATE`,
+/// each change's statements, `COMMIT`, in one round trip. If the command fails
+/// it is rolled back and the group goes the change-by-change way, which gives
+/// each change its own answer. A finish that met an interval task wrote
+/// nothing, and goes that way afterwards, alone.
+async fn apply_merged(
+    conn: &mut SqliteConnection,
+    db: &Path,
+    group: &mut Vec<Op>,
+    plan: Vec<Single>,
+) -> (Vec<(Answer, Option<String>)>, bool) {
+    let mut statements = Vec::with_capacity(plan.len());
+    let mut binds = Vec::new();
+    for single in &plan {
+        let (sql, these) = single.command();
+        statements.push(sql);
+        binds.extend(these);
+    }
+    let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", statements.join("; "));
+    let result = query_with(&sql, binds).fetch_all(&mut *conn).await;
+    let rows = match result {
+        Ok(rows) if rows.len() == plan.len() => rows,
+        Ok(_) | Err(_) => {
+            match result {
+                Ok(rows) => tracing::error!(rows = rows.len(), "a merged command returned too few rows"),
+                Err(error) => {
+                    tracing::debug!(%error, "a merged command failed; applying its changes one by one")
+                }
+            }
+            let broken = rollback(conn).await;
+            let (answers, broken_too) = apply_group(conn, db, group.drain(..)).await;
+            return (answers, broken || broken_too);
+        }
+    };
+    let mut answers = Vec::with_capacity(group.len());
+    let mut blocked = Vec::new();
+    for ((op, single), row) in group.drain(..).zip(&plan).zip(&rows) {
+        match (op, single) {
+            (Op::Claim(_, reply), _) => answers.push((answer(reply, read_claim(row, db)), None)),
+            (Op::Finish(finishes, now, reply), Single::Finish(_, ids)) => match read_finish(row, ids) {
+                Ok(Some(outcomes)) => answers.push((answer(reply, Ok(outcomes)), None)),
+                Ok(None) => blocked.push(Op::Finish(finishes, now, reply)),
+                Err(error) => answers.push((answer(reply, Err(error)), None)),
+            },
+            (op, _) => answers.push((fail(op, "the change does not match its plan"), None)),
+        }
+    }
+    if blocked.is_empty() {
+        return (answers, false);
+    }
+    let (rest, broken) = apply_group(conn, db, blocked.drain(..)).await;
+    answers.extend(rest);
+    (answers, broken)
+}
+
 /// The answer for an op that could not be run at all.
 fn fail(op: Op, message: &str) -> Answer {
     let error = || Error::backend("sqlite", format!("cannot start the change: {message}"));
@@ -328,26 +413,118 @@ pub async fn setup(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
-async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
-    if request.limit == 0 {
-        return Ok(Vec::new());
+/// A value bound to a command of [`CLAIM`] or [`FINISH_COMPLETED`].
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// What a change made of one command binds: run alone, or beside others in
+/// one command (see [`apply_merged`]).
+enum Single {
+    Claim(Vec<Bind>),
+    /// The finish's binds, and the ids it was given, in order.
+    Finish(Vec<Bind>, Vec<String>),
+}
+
+impl Single {
+    /// The command's text, with numbered parameters (`?1`, `?2`, ...).
+    fn sql(&self) -> String {
+        match self {
+            Single::Claim(_) => CLAIM.replace("TASK_JSON", TASK_JSON),
+            Single::Finish(..) => FINISH_COMPLETED.to_string(),
+        }
     }
-    let now = to_ns(request.now)?;
-    let expires_at = to_ns(request.now + request.lease_for)?;
+
+    fn binds(&self) -> &[Bind] {
+        match self {
+            Single::Claim(binds) | Single::Finish(binds, _) => binds,
+        }
+    }
+
+    /// The command with plain `?` parameters (see [`anonymize`]), and the
+    /// values to bind to them, in order.
+    fn command(&self) -> (String, Vec<&Bind>) {
+        let (sql, order) = anonymize(&self.sql());
+        let binds = self.binds();
+        (sql, order.into_iter().map(|n| &binds[n - 1]).collect())
+    }
+}
+
+/// `sql` with every `?N` parameter turned into a plain `?`, and the `N` of each
+/// in order of appearance. In a command of several statements the driver binds
+/// a statement's unnamed slots (the numbers it skips, say `?1` in a statement
+/// that uses only `?2`) from a running count, and stops binding once that count
+/// passes the values given, leaving later parameters NULL; plain `?`s are
+/// bound strictly in order.
+fn anonymize(sql: &str) -> (String, Vec<usize>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut order = Vec::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find('?') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if let Ok(n) = rest[..digits].parse::<usize>() {
+            order.push(n);
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    (out, order)
+}
+
+fn query_with<'q>(
+    sql: &'q str,
+    binds: impl IntoIterator<Item = &'q Bind>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    binds
+        .into_iter()
+        .fold(sqlx::query(sql), |query, bind| match bind {
+            Bind::Int(n) => query.bind(*n),
+            Bind::Text(text) => query.bind(text.as_str()),
+        })
+}
+
+/// The binds of a claim; `None` when it asks for nothing.
+fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
+    if request.limit == 0 {
+        return Ok(None);
+    }
     let limit = request.limit.min(100_000);
     let tokens: Vec<String> = (0..limit).map(|_| LeaseToken::new().to_string()).collect();
-    let sql = s.final_sql(&CLAIM.replace("TASK_JSON", TASK_JSON));
-    let query = sqlx::query(&sql)
-        .bind(now)
-        .bind(limit as i64)
-        .bind(&request.worker_id)
-        .bind(expires_at)
-        .bind(serde_json::to_string(&tokens)?);
-    let json = rows::fetch_json(s.conn(), query).await?;
-    s.final_ran();
+    Ok(Some(Single::Claim(vec![
+        Bind::Int(to_ns(request.now)?),
+        Bind::Int(limit as i64),
+        Bind::Text(request.worker_id.clone()),
+        Bind::Int(to_ns(request.now + request.lease_for)?),
+        Bind::Text(serde_json::to_string(&tokens)?),
+    ])))
+}
+
+/// The claimed tasks in a claim's row, in claim order.
+fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
+    let json: Option<String> = row.try_get(0).map_err(sql_error)?;
     let mut tasks = rows::tasks_from_json(json.as_deref(), db)?;
     tasks.sort_by_key(|task| (task.eta, task.id));
     Ok(tasks)
+}
+
+async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
+    let Some(single) = prepare_claim(&request)? else {
+        return Ok(Vec::new());
+    };
+    let (sql, binds) = single.command();
+    let sql = s.final_sql(&sql);
+    let rows = query_with(&sql, binds)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
+    s.final_ran();
+    match rows.first() {
+        Some(row) => read_claim(row, db),
+        None => Ok(Vec::new()),
+    }
 }
 
 async fn renew(
@@ -406,21 +583,16 @@ const FINISH_COMPLETED: &str = "DELETE FROM temp.done; \
         EXISTS (SELECT 1 FROM json_each(?1) k CROSS JOIN tasks u ON u.id = k.value->>0 \
                 WHERE u.interval_ns IS NOT NULL AND u.status = 'running')";
 
-/// Finishes a batch of completed tasks with [`FINISH_COMPLETED`]; `None` when
-/// the batch has other outcomes, an id twice, or an interval task, and must
-/// take the general path.
-async fn finish_completed(
-    s: &mut Session<'_>,
-    finishes: &[Finish],
-    now: OffsetDateTime,
-) -> Result<Option<Vec<FinishOutcome>>> {
-    let mut ids = std::collections::HashSet::with_capacity(finishes.len());
+/// The binds of a finish that [`FINISH_COMPLETED`] can do; `None` when the
+/// batch has other outcomes or an id twice, and must take the general path.
+fn prepare_finish(finishes: &[Finish], now: OffsetDateTime) -> Result<Option<Single>> {
+    let mut seen = std::collections::HashSet::with_capacity(finishes.len());
     let mut rows = Vec::with_capacity(finishes.len());
     for finish in finishes {
         let Outcome::Complete { result } = &finish.outcome else {
             return Ok(None);
         };
-        if !ids.insert(finish.id) {
+        if !seen.insert(finish.id) {
             return Ok(None);
         }
         rows.push((
@@ -429,30 +601,62 @@ async fn finish_completed(
             serde_json::to_string(result)?,
         ));
     }
-    let sql = s.final_sql(FINISH_COMPLETED);
-    let answer: Vec<(String, bool)> = sqlx::query_as(&sql)
-        .bind(serde_json::to_string(&rows)?)
-        .bind(to_ns(now)?)
-        .fetch_all(s.conn())
-        .await
-        .map_err(sql_error)?;
-    s.final_ran();
-    let (done, blocked) = answer.into_iter().next().unwrap_or_default();
+    let binds = vec![Bind::Text(serde_json::to_string(&rows)?), Bind::Int(to_ns(now)?)];
+    Ok(Some(Single::Finish(
+        binds,
+        rows.into_iter().map(|(id, _, _)| id).collect(),
+    )))
+}
+
+/// The answers in a finish's row; `None` when it was blocked by an interval
+/// task and wrote nothing.
+fn read_finish(row: &SqliteRow, ids: &[String]) -> Result<Option<Vec<FinishOutcome>>> {
+    let done: Option<String> = row.try_get(0).map_err(sql_error)?;
+    let blocked: bool = row.try_get(1).map_err(sql_error)?;
     if blocked {
-        // Nothing was written; the `COMMIT`, if it rode along, only closed
-        // the changes before this one.
-        s.reopen();
         return Ok(None);
     }
-    let done: std::collections::HashSet<String> = serde_json::from_str(&done)?;
+    let done: std::collections::HashSet<String> = serde_json::from_str(done.as_deref().unwrap_or("[]"))?;
     Ok(Some(
-        rows.iter()
-            .map(|(id, _, _)| match done.contains(id) {
+        ids.iter()
+            .map(|id| match done.contains(id) {
                 true => FinishOutcome::Applied { next: None },
                 false => FinishOutcome::LeaseLost,
             })
             .collect(),
     ))
+}
+
+/// Finishes a batch of completed tasks with [`FINISH_COMPLETED`]; `None` when
+/// it must take the general path.
+async fn finish_completed(
+    s: &mut Session<'_>,
+    finishes: &[Finish],
+    now: OffsetDateTime,
+) -> Result<Option<Vec<FinishOutcome>>> {
+    let Some(single) = prepare_finish(finishes, now)? else {
+        return Ok(None);
+    };
+    let Single::Finish(_, ids) = &single else {
+        unreachable!("prepare_finish makes a finish")
+    };
+    let (sql, binds) = single.command();
+    let sql = s.final_sql(&sql);
+    let rows = query_with(&sql, binds)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
+    s.final_ran();
+    let answers = match rows.first() {
+        Some(row) => read_finish(row, ids)?,
+        None => None,
+    };
+    if answers.is_none() {
+        // Nothing was written; the `COMMIT`, if it rode along, only closed
+        // the changes before this one.
+        s.reopen();
+    }
+    Ok(answers)
 }
 
 async fn finish(

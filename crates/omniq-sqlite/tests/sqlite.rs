@@ -236,3 +236,102 @@ async fn a_damaged_row_is_reported_as_corrupt_and_the_rest_still_work() {
     }
     assert_eq!(store.get(sound).await.unwrap().status, TaskStatus::Pending);
 }
+
+/// Claims and finishes that reach the writer together go to SQLite as one
+/// command; a finish that meets an interval task, or a stale lease, must still
+/// get its own right answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_sent_together_are_each_answered_rightly() {
+    use omniq_core::{ClaimRequest, Finish, FinishOutcome, Outcome};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
+            .await
+            .unwrap(),
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let settings = Settings::default();
+    let mut tasks: Vec<_> = (0..300)
+        .map(|i| {
+            NewTask::new("plain")
+                .args(vec![serde_json::json!(i)])
+                .into_task(&settings, now)
+                .unwrap()
+        })
+        .collect();
+    tasks.push(
+        NewTask::new("tick")
+            .interval(Duration::from_secs(3600))
+            .into_task(&settings, now)
+            .unwrap(),
+    );
+    store.enqueue(tasks).await.unwrap();
+
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut applied = Vec::new();
+                loop {
+                    let claimed = store
+                        .claim(ClaimRequest {
+                            worker_id: format!("w{w}"),
+                            limit: 3,
+                            lease_for: Duration::from_secs(60),
+                            now,
+                        })
+                        .await
+                        .unwrap();
+                    if claimed.is_empty() {
+                        return applied;
+                    }
+                    let mut finishes: Vec<Finish> = claimed
+                        .iter()
+                        .map(|t| Finish {
+                            id: t.id,
+                            token: t.lease.as_ref().unwrap().token,
+                            outcome: Outcome::Complete {
+                                result: t.args.first().cloned().unwrap_or_default(),
+                            },
+                        })
+                        .collect();
+                    // A finish of a task nobody holds is refused, whatever it rides with.
+                    finishes.push(Finish {
+                        id: omniq_core::TaskId::new(),
+                        token: omniq_core::LeaseToken::new(),
+                        outcome: Outcome::Complete {
+                            result: serde_json::json!(null),
+                        },
+                    });
+                    let answers = store.finish(finishes.clone(), now).await.unwrap();
+                    assert_eq!(answers.last(), Some(&FinishOutcome::LeaseLost));
+                    for (finish, answer) in finishes.iter().zip(&answers).take(claimed.len()) {
+                        assert!(matches!(answer, FinishOutcome::Applied { .. }), "{answer:?}");
+                        applied.push((finish.id, answer.clone()));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for worker in workers {
+        applied.extend(worker.await.unwrap());
+    }
+    assert_eq!(applied.len(), 301, "every task once");
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.completed, counts.pending, counts.running), (301, 1, 0));
+    for (id, answer) in applied {
+        let task = store.get(id).await.unwrap();
+        assert_eq!(task.status, TaskStatus::Completed);
+        match task.func_path.as_str() {
+            "tick" => assert!(
+                matches!(answer, FinishOutcome::Applied { next: Some(_) }),
+                "{answer:?}"
+            ),
+            _ => assert_eq!(task.result, task.args.first().cloned()),
+        }
+    }
+}
