@@ -72,7 +72,7 @@ pub async fn run(
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while ops.recv_many(&mut group, MAX_GROUP).await > 0 {
-        if group.len() == 1 {
+        if let [Op::Claim(..) | Op::Finish(..)] = group.as_slice() {
             // A claim and the records of the tasks that freed its slots are
             // sent together from two tasks: one turn lets the other arrive.
             tokio::task::yield_now().await;
