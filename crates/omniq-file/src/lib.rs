@@ -15,7 +15,8 @@
 //! The layout (see `docs/file-backend.md`): `tasks/task-<id>.json` records,
 //! entries in `pending/`, `running/` (holding the lease), `completed/`,
 //! `failed/` and `cancelled/`, plus `series/`, `tmp/`, `quarantine/`, a `lock`
-//! file and, while a change is being applied, `intent.json`.
+//! file and `intent.json`, the journal of the change being applied (empty
+//! between changes).
 
 mod layout;
 mod store;
