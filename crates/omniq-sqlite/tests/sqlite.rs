@@ -335,3 +335,70 @@ async fn changes_sent_together_are_each_answered_rightly() {
         }
     }
 }
+
+/// A change that fails inside a command shared with others (here a finish
+/// refused by a trigger another tool added) is undone with its group; nothing
+/// is lost, and each change can be sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_change_among_others_loses_nothing() {
+    use omniq_core::{ClaimRequest, Finish, FinishOutcome, Outcome};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    let settings = Settings::default();
+    for _ in 0..2 {
+        store.enqueue_one(NewTask::new("t"), &settings).await.unwrap();
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let request = || ClaimRequest {
+        worker_id: "w".into(),
+        limit: 1,
+        lease_for: Duration::from_secs(60),
+        now,
+    };
+    let first = store.claim(request()).await.unwrap().pop().unwrap();
+    let finish = Finish {
+        id: first.id,
+        token: first.lease.as_ref().unwrap().token,
+        outcome: Outcome::Complete {
+            result: serde_json::json!("done"),
+        },
+    };
+
+    let mut conn = raw(&path).await;
+    conn.execute(
+        format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON completed WHEN NEW.id = '{}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END",
+            first.id
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+
+    // Sent together, so the writer may run them as one command.
+    let (finished, claimed) = tokio::join!(store.finish(vec![finish.clone()], now), store.claim(request()));
+    let error = finished.unwrap_err().to_string();
+    assert!(error.contains("refused by a trigger"), "{error}");
+    let counts = store.counts().await.unwrap();
+    match claimed {
+        Ok(tasks) => {
+            assert_eq!(tasks.len(), 1);
+            assert_eq!((counts.pending, counts.running), (0, 2));
+        }
+        // Undone with the group: the second task is still waiting.
+        Err(_) => assert_eq!((counts.pending, counts.running), (1, 1)),
+    }
+    assert_eq!(store.get(first.id).await.unwrap().status, TaskStatus::Running);
+
+    conn.execute("DROP TRIGGER refuse").await.unwrap();
+    let answers = store.finish(vec![finish], now).await.unwrap();
+    assert!(matches!(answers[0], FinishOutcome::Applied { .. }), "{answers:?}");
+    assert_eq!(
+        store.get(first.id).await.unwrap().result,
+        Some(serde_json::json!("done"))
+    );
+}
