@@ -278,9 +278,9 @@ fn merged(group: &[Op]) -> Option<Vec<Single>> {
 
 /// Applies a group that [`merged`] planned as one command: `BEGIN IMMEDIATE`,
 /// each change's statements, `COMMIT`, in one round trip. If the command fails
-/// it is rolled back and the group goes the change-by-change way, which gives
-/// each change its own answer. A finish that met an interval task wrote
-/// nothing, and goes that way afterwards, alone.
+/// it is rolled back and the group goes the change-by-change way of
+/// [`apply_group`], which gives each change its own answer. A finish that met
+/// an interval task wrote nothing, and goes that way afterwards, alone.
 async fn apply_merged(
     conn: &mut SqliteConnection,
     db: &Path,
@@ -302,7 +302,7 @@ async fn apply_merged(
             match result {
                 Ok(rows) => tracing::error!(rows = rows.len(), "a merged command returned too few rows"),
                 Err(error) => {
-                    tracing::debug!(%error, "a merged command failed; applying its changes one by one")
+                    tracing::debug!(%error, "a merged command failed; applying its changes change by change")
                 }
             }
             let broken = rollback(conn).await;
