@@ -253,16 +253,10 @@ impl Disk {
     /// Creates the empty file `path` if it is missing, its folder flushed under
     /// `Full`, so a later in-place write cannot lose its directory entry.
     pub fn ensure_file(&self, path: &Path) -> Result<()> {
-        if path.exists() {
-            return Ok(());
+        match path.exists() {
+            true => Ok(()),
+            false => self.create_empty(path),
         }
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        self.sync_dir(parent(path))
     }
 
     /// Writes `bytes` over the content of `path` in place (creating it if

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use omniq_core::{
@@ -428,14 +429,6 @@ enum Single {
 }
 
 impl Single {
-    /// The command's text, with numbered parameters (`?1`, `?2`, ...).
-    fn sql(&self) -> String {
-        match self {
-            Single::Claim(_) => CLAIM.replace("TASK_JSON", TASK_JSON),
-            Single::Finish(..) => FINISH_COMPLETED.to_string(),
-        }
-    }
-
     fn binds(&self) -> &[Bind] {
         match self {
             Single::Claim(binds) | Single::Finish(binds, _) => binds,
@@ -444,10 +437,18 @@ impl Single {
 
     /// The command with plain `?` parameters (see [`anonymize`]), and the
     /// values to bind to them, in order.
-    fn command(&self) -> (String, Vec<&Bind>) {
-        let (sql, order) = anonymize(&self.sql());
+    fn command(&self) -> (&'static str, Vec<&Bind>) {
+        // Worked out once: this runs on every claim and finish.
+        static CLAIM_COMMAND: OnceLock<(String, Vec<usize>)> = OnceLock::new();
+        static FINISH_COMMAND: OnceLock<(String, Vec<usize>)> = OnceLock::new();
+        let (sql, order) = match self {
+            Single::Claim(_) => {
+                CLAIM_COMMAND.get_or_init(|| anonymize(&CLAIM.replace("TASK_JSON", TASK_JSON)))
+            }
+            Single::Finish(..) => FINISH_COMMAND.get_or_init(|| anonymize(FINISH_COMPLETED)),
+        };
         let binds = self.binds();
-        (sql, order.into_iter().map(|n| &binds[n - 1]).collect())
+        (sql, order.iter().map(|n| &binds[n - 1]).collect())
     }
 }
 
@@ -510,18 +511,23 @@ fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
     Ok(tasks)
 }
 
-async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
-    let Some(single) = prepare_claim(&request)? else {
-        return Ok(Vec::new());
-    };
+/// Runs a change made of one command as the session's final write; its row.
+async fn run_single(s: &mut Session<'_>, single: &Single) -> Result<Option<SqliteRow>> {
     let (sql, binds) = single.command();
-    let sql = s.final_sql(&sql);
-    let rows = query_with(&sql, binds)
+    let sql = s.final_sql(sql);
+    let mut rows = query_with(&sql, binds)
         .fetch_all(s.conn())
         .await
         .map_err(sql_error)?;
     s.final_ran();
-    match rows.first() {
+    Ok((!rows.is_empty()).then(|| rows.swap_remove(0)))
+}
+
+async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
+    let Some(single) = prepare_claim(&request)? else {
+        return Ok(Vec::new());
+    };
+    match run_single(s, &single).await?.as_ref() {
         Some(row) => read_claim(row, db),
         None => Ok(Vec::new()),
     }
@@ -640,14 +646,7 @@ async fn finish_completed(
     let Single::Finish(_, ids) = &single else {
         unreachable!("prepare_finish makes a finish")
     };
-    let (sql, binds) = single.command();
-    let sql = s.final_sql(&sql);
-    let rows = query_with(&sql, binds)
-        .fetch_all(s.conn())
-        .await
-        .map_err(sql_error)?;
-    s.final_ran();
-    let answers = match rows.first() {
+    let answers = match run_single(s, &single).await?.as_ref() {
         Some(row) => read_finish(row, ids)?,
         None => None,
     };
