@@ -47,7 +47,6 @@ fn duration_ns(duration: Duration) -> i64 {
 }
 
 /// A value bound to a statement of a save.
-#[derive(Clone)]
 enum Value {
     Text(String),
     Int(i64),
@@ -152,18 +151,18 @@ impl Command {
         &mut self,
         head: &str,
         width: usize,
-        rows: &[R],
-        mut values: impl FnMut(&R, &mut Vec<Value>),
+        rows: Vec<R>,
+        mut values: impl FnMut(R, &mut Vec<Value>),
     ) {
         let row = format!("({})", vec!["?"; width].join(", "));
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            self.statements.push(format!(
-                "{head} VALUES {}",
-                vec![row.as_str(); chunk.len()].join(", ")
-            ));
-            for r in chunk {
-                values(r, &mut self.values);
+        let total = rows.len();
+        for (i, r) in rows.into_iter().enumerate() {
+            if i % ROWS_PER_STATEMENT == 0 {
+                let count = (total - i).min(ROWS_PER_STATEMENT);
+                self.statements
+                    .push(format!("{head} VALUES {}", vec![row.as_str(); count].join(", ")));
             }
+            values(r, &mut self.values);
         }
     }
 }
@@ -171,14 +170,19 @@ impl Command {
 /// The command that writes `tasks`: new ones only (`is_new`), or a mix of
 /// changed and new ones, each task's index rows replaced by those of its status.
 fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
-    let rows = tasks.iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
+    let mut rows = tasks.iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
     let mut command = Command::default();
     let verb = if is_new { "INSERT" } else { "REPLACE" };
+    // The records move into the command; the rest of each row is still needed.
+    let records: Vec<[Value; 15]> = rows
+        .iter_mut()
+        .map(|r| std::mem::replace(&mut r.record, std::array::from_fn(|_| Value::Null)))
+        .collect();
     command.insert(
         &format!("{verb} INTO tasks ({TASKS_COLUMNS})"),
         15,
-        &rows,
-        |r, v| v.extend(r.record.iter().cloned()),
+        records,
+        |record, v| v.extend(record),
     );
     if !is_new {
         let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
@@ -190,7 +194,7 @@ fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
         }
     }
     let pending: Vec<&RowOut> = rows.iter().filter(|r| r.status == TaskStatus::Pending).collect();
-    command.insert("INSERT INTO pending (id, eta)", 2, &pending, |r, v| {
+    command.insert("INSERT INTO pending (id, eta)", 2, pending, |r, v| {
         v.extend([r.id.clone().into(), r.eta.into()])
     });
     let running: Vec<(&RowOut, &(String, String, i64))> = rows
@@ -201,7 +205,7 @@ fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
     command.insert(
         "INSERT INTO running (id, worker_id, token, expires_at)",
         4,
-        &running,
+        running,
         |(r, (worker, token, expires)), v| {
             v.extend([
                 r.id.clone().into(),
@@ -215,7 +219,7 @@ fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
     command.insert(
         "INSERT INTO completed (id, status, finished_at)",
         3,
-        &finished,
+        finished,
         |r, v| {
             v.extend([
                 r.id.clone().into(),
@@ -228,7 +232,7 @@ fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
         .iter()
         .filter(|r| r.value.is_some() || r.error.is_some())
         .collect();
-    command.insert("INSERT INTO results (id, value, error)", 3, &results, |r, v| {
+    command.insert("INSERT INTO results (id, value, error)", 3, results, |r, v| {
         v.extend([
             r.id.clone().into(),
             r.value.clone().into(),

@@ -264,7 +264,12 @@ async fn apply_group(
 /// The commands of a group that can run as one: two or more claims and
 /// finishes of completed tasks, nothing else.
 fn merged(group: &[Op]) -> Option<Vec<Single>> {
-    if group.len() < 2 {
+    // Look at the kinds first, so a mixed group prepares nothing it would drop.
+    if group.len() < 2
+        || !group
+            .iter()
+            .all(|op| matches!(op, Op::Claim(..) | Op::Finish(..)))
+    {
         return None;
     }
     group
@@ -296,7 +301,12 @@ async fn apply_merged(
         binds.extend(these);
     }
     let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", statements.join("; "));
-    let result = query_with(&sql, binds).fetch_all(&mut *conn).await;
+    // The usual pairs keep their prepared statements; a rare big group would
+    // only crowd the driver's statement cache.
+    let result = query_with(&sql, binds)
+        .persistent(plan.len() <= 4)
+        .fetch_all(&mut *conn)
+        .await;
     let rows = match result {
         Ok(rows) if rows.len() == plan.len() => rows,
         Ok(_) | Err(_) => {
