@@ -1,0 +1,153 @@
+"""What SQLite itself costs for OmniQ's writes on this machine, with no Rust and no
+driver thread in between: Python's sqlite3 module runs the statements in the
+calling thread, one C call each.
+
+It builds the schema from crates/omniq-sqlite/src/schema.rs and runs the claim
+and finish commands of crates/omniq-sqlite/src/writer.rs word for word, with the
+pragmas the backend sets for Durability::Normal (WAL, synchronous=NORMAL), in a
+fresh database under target/omniq-bench. Ids are sequential, as UUID v7 ids are.
+
+    python3 benches/floor/sqlite_floor.py [N]
+
+prints, for N tasks (default 10,000): the cost of an empty transaction, of one
+enqueue transaction, of a
+batch enqueue, and of processing when each transaction finishes the previous k
+tasks and claims the next k (a worker pool of concurrency 4 makes groups of
+about 2).
+"""
+
+import json
+import os
+import re
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+SRC = os.path.join(ROOT, "crates", "omniq-sqlite", "src")
+SCRATCH = os.path.join(ROOT, "target", "omniq-bench")
+
+
+def rust_const(text, name):
+    """The value of a `const NAME: &str = "...";` with its line continuations joined."""
+    match = re.search(r"const " + name + r': &str =\s*"(.*?)";', text, re.S)
+    return re.sub(r"\\\n\s*", "", match.group(1))
+
+
+def source(name):
+    with open(os.path.join(SRC, name)) as f:
+        return f.read()
+
+
+SCHEMA = re.findall(r'r#"(.*?)"#', source("schema.rs"), re.S)
+TASK_JSON = rust_const(source("rows.rs"), "TASK_JSON")
+CLAIM = rust_const(source("writer.rs"), "CLAIM").replace("TASK_JSON", TASK_JSON)
+FINISH = rust_const(source("writer.rs"), "FINISH_COMPLETED")
+
+
+def statements(command):
+    """A command's statements, with `?N` turned into named parameters."""
+    return [re.sub(r"\?(\d+)", r":p\1", s.strip()) for s in command.split(";") if s.strip()]
+
+
+def bind(statement, values):
+    return {f"p{i + 1}": v for i, v in enumerate(values) if f":p{i + 1}" in statement}
+
+
+class Store:
+    def __init__(self, folder):
+        self.db = sqlite3.connect(os.path.join(folder, "omniq.db"), isolation_level=None)
+        for pragma in ["journal_mode = WAL", "synchronous = NORMAL", "temp_store = MEMORY"]:
+            self.db.execute("PRAGMA " + pragma)
+        for migration in SCHEMA:
+            self.db.executescript(migration)
+        self.db.execute("CREATE TEMP TABLE claimed (n INTEGER PRIMARY KEY, id TEXT NOT NULL)")
+        self.db.execute("CREATE TEMP TABLE done (id TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID")
+        self.next_id = 0
+
+    def task_id(self):
+        self.next_id += 1
+        return "%012x-7000-8000-%012x" % (int(time.time() * 1000), self.next_id)
+
+    def insert(self, i):
+        task_id = self.task_id()
+        self.db.execute(
+            "INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (task_id, "noop", "[%d]" % i, "{}", "pending", i, None, 3, None, 0, i, i, None, None, None),
+        )
+        self.db.execute("INSERT INTO pending (id, eta) VALUES (?, ?)", (task_id, i))
+
+    def empty(self, n):
+        for _ in range(n):
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("COMMIT")
+
+    def enqueue_each(self, n):
+        for i in range(n):
+            self.db.execute("BEGIN IMMEDIATE")
+            self.insert(i)
+            self.db.execute("COMMIT")
+
+    def enqueue_batch(self, n):
+        self.db.execute("BEGIN IMMEDIATE")
+        for i in range(n):
+            self.insert(i)
+        self.db.execute("COMMIT")
+
+    def process(self, k):
+        """Claims k tasks per transaction, finishing the k claimed before in the same
+        transaction, until none is left; returns the number of transactions."""
+        claim, finish = statements(CLAIM), statements(FINISH)
+        now, held, transactions = 10**15, [], 0
+        while True:
+            self.db.execute("BEGIN IMMEDIATE")
+            transactions += 1
+            if held:
+                rows = json.dumps([[task_id, token, "null"] for task_id, token in held])
+                for s in finish:
+                    self.db.execute(s, bind(s, [rows, now])).fetchall()
+            tokens = json.dumps([str(uuid.uuid4()) for _ in range(k)])
+            for s in claim:
+                out = self.db.execute(s, bind(s, [now, k, "floor", now + 60 * 10**9, tokens])).fetchall()
+            self.db.execute("COMMIT")
+            held = [(row[0], row[18]) for row in json.loads(out[0][0])]
+            if not held:
+                return transactions
+
+
+def timed(f):
+    start = time.perf_counter()
+    result = f()
+    return time.perf_counter() - start, result
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    os.makedirs(SCRATCH, exist_ok=True)
+    print(f"SQLite {sqlite3.sqlite_version} in the calling thread, {n} tasks, under {SCRATCH}")
+    print("| Step | Seconds | Per transaction (µs) |")
+    print("|------|--------:|---------------------:|")
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
+        took, _ = timed(lambda: Store(folder).empty(n))
+        print(f"| empty transaction, {n} times | {took:.3f} | {took / n * 1e6:.1f} |")
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
+        took, _ = timed(lambda: Store(folder).enqueue_each(n))
+        print(f"| enqueue, one transaction per task | {took:.3f} | {took / n * 1e6:.1f} |")
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
+        took, _ = timed(lambda: Store(folder).enqueue_batch(n))
+        print(f"| enqueue, one transaction | {took:.3f} | {took * 1e6:.0f} |")
+    for k in [1, 2, 4, 16, 64]:
+        with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
+            store = Store(folder)
+            store.enqueue_batch(n)
+            took, transactions = timed(lambda: store.process(k))
+            done = store.db.execute("SELECT count(*) FROM completed").fetchone()[0]
+            assert done == n, f"{done} of {n} tasks completed"
+            print(f"| process, {k} claimed and {k} finished per transaction | {took:.3f} "
+                  f"| {took / transactions * 1e6:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
