@@ -5,10 +5,11 @@
 //!
 //! Prints the table, or with `--json` one JSON array of rows
 //! `{"backend","n","mode","enqueue_s","process_s","total_s"}` on stdout. The
-//! table is followed by two more measurements per backend: single-task latency
+//! table is followed by three more measurements per backend: single-task latency
 //! (enqueue to result stored, idle pool in the same process, p50/p99 over 1,000
-//! tasks) and the cost of a claim and its finish with 100 and with 100,000
-//! tasks pending (median of 200).
+//! tasks), the cost of a claim and its finish with 100 and with 100,000
+//! tasks pending (median of 200), and the time to enqueue 10,000 tasks one call
+//! each from one caller and from 16 callers at once.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,13 +99,52 @@ fn main() {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        for backend in backends {
+        for backend in &backends {
             let (p50, p99) = runtime.block_on(latency(backend, 1_000));
             let (small, large) = runtime.block_on(claim_costs(backend));
             eprintln!("  {backend:6} latency p50 {p50:.3} ms p99 {p99:.3} ms; claim {small:.0} µs at 100, {large:.0} µs at 100,000");
             println!("| {backend} | {p50:.3} | {p99:.3} | {small:.0} | {large:.0} |");
         }
+        println!();
+        println!("| Backend | Enqueue 10,000, one call each from 1 caller (s) | from {CALLERS} concurrent callers (s) |");
+        println!("|---------|------------------------------------------------:|-----------------------------------:|");
+        for backend in &backends {
+            let one = runtime.block_on(concurrent_enqueue(backend, 10_000, 1));
+            let many = runtime.block_on(concurrent_enqueue(backend, 10_000, CALLERS));
+            eprintln!("  {backend:6} enqueue 10,000 one call each: {one:.3} s from 1 caller, {many:.3} s from {CALLERS}");
+            println!("| {backend} | {one:.3} | {many:.3} |");
+        }
     }
+}
+
+/// How many callers enqueue at once in the concurrent-enqueue measurement, as
+/// the request handlers of a busy web server would.
+const CALLERS: usize = 16;
+
+/// Seconds to enqueue `n` tasks one call each, spread over `callers` tasks of
+/// the runtime calling at the same time.
+async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize) -> f64 {
+    let store = open(backend).await;
+    let start = Instant::now();
+    let calls = (0..callers).map(|c| {
+        let storage = store.store.clone();
+        let mine = (c..n).step_by(callers).collect::<Vec<_>>();
+        tokio::spawn(async move {
+            for i in mine {
+                storage
+                    .enqueue(vec![omniq_benches::task(i)])
+                    .await
+                    .expect("enqueue");
+            }
+        })
+    });
+    for call in calls.collect::<Vec<_>>() {
+        call.await.expect("an enqueuing task panicked");
+    }
+    let took = start.elapsed().as_secs_f64();
+    let pending = store.store.counts().await.expect("counts").pending as usize;
+    assert_eq!(pending, n, "every task is stored");
+    took
 }
 
 /// Enqueue-to-result latency of `n` tasks one after another, with an idle pool

@@ -14,7 +14,7 @@ use std::time::Duration;
 use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
 use serde::Deserialize;
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{Row, Sqlite};
+use sqlx::{Row, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
 use crate::sql_error;
@@ -169,8 +169,8 @@ impl Command {
 
 /// The command that writes `tasks`: new ones only (`is_new`), or a mix of
 /// changed and new ones, each task's index rows replaced by those of its status.
-fn save_command(tasks: &[Task], is_new: bool) -> Result<Command> {
-    let mut rows = tasks.iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
+fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> Result<Command> {
+    let mut rows = tasks.into_iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
     let mut command = Command::default();
     let verb = if is_new { "INSERT" } else { "REPLACE" };
     // The records move into the command; the rest of each row is still needed.
@@ -391,15 +391,43 @@ async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx:
     }
     let command = save_command(tasks, is_new).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     let sql = session.final_sql(&command.statements.join("; "));
-    let mut query = sqlx::query(&sql).persistent(tasks.len() <= CACHED_UP_TO);
-    for value in command.values {
-        query = match value {
+    bound(&sql, command.values, tasks.len() <= CACHED_UP_TO)
+        .execute(session.conn())
+        .await?;
+    session.final_ran();
+    Ok(())
+}
+
+/// Inserts the new tasks of several enqueues with one command that opens and
+/// commits its own transaction, so concurrent callers share one round trip and
+/// one commit. On an error the transaction may still be open: the caller rolls
+/// it back.
+pub async fn insert_committed<'t>(
+    conn: &mut SqliteConnection,
+    tasks: impl IntoIterator<Item = &'t Task>,
+) -> sqlx::Result<()> {
+    let tasks: Vec<&Task> = tasks.into_iter().collect();
+    let command =
+        save_command(tasks.iter().copied(), true).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", command.statements.join("; "));
+    bound(&sql, command.values, tasks.len() <= CACHED_UP_TO)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `sql` with `values` bound in order.
+fn bound(
+    sql: &str,
+    values: Vec<Value>,
+    persistent: bool,
+) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
+    values.into_iter().fold(
+        sqlx::query(sql).persistent(persistent),
+        |query, value| match value {
             Value::Text(text) => query.bind(text),
             Value::Int(n) => query.bind(n),
             Value::Null => query.bind(None::<i64>),
-        };
-    }
-    query.execute(session.conn()).await?;
-    session.final_ran();
-    Ok(())
+        },
+    )
 }

@@ -10,8 +10,9 @@
 //! small machine those hops cost more than SQLite's own work. So the writer
 //! opens and commits transactions itself (`BEGIN IMMEDIATE` rides in front of a
 //! group's first command, `COMMIT` behind its last write), a claim and a finish
-//! of completed tasks are one command each, and reads return a whole batch as
-//! one JSON value.
+//! of completed tasks are one command each, changes of those kinds that arrive
+//! together share one command, as do enqueues that arrive together, and reads
+//! return a whole batch as one JSON value.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -84,9 +85,13 @@ pub async fn run(
                 }
             }
         }
-        let (answers, broken) = match merged(&group) {
-            Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
-            None => apply_group(&mut conn, &db, group.drain(..)).await,
+        let (answers, broken) = if enqueues_only(&group) {
+            apply_enqueues(&mut conn, &db, &mut group).await
+        } else {
+            match merged(&group) {
+                Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
+                None => apply_group(&mut conn, &db, group.drain(..)).await,
+            }
         };
         for (answer, error) in answers {
             answer(error.as_deref());
@@ -342,6 +347,50 @@ async fn apply_merged(
     (answers, broken)
 }
 
+/// Whether a group is two or more enqueues, each valid on its own, that
+/// [`apply_enqueues`] can store with one command.
+fn enqueues_only(group: &[Op]) -> bool {
+    group.len() >= 2
+        && group.iter().all(|op| match op {
+            Op::Enqueue(tasks, _) => check_new(tasks).is_ok(),
+            _ => false,
+        })
+}
+
+/// Applies a group of enqueues as one command that inserts every task and
+/// commits, so callers enqueueing at the same time share one round trip to
+/// the driver's thread. If it fails (two calls gave one id, say, or an id is
+/// stored already) it is rolled back and the group goes change by change
+/// through [`apply_group`], which gives each caller its own answer.
+async fn apply_enqueues(
+    conn: &mut SqliteConnection,
+    db: &Path,
+    group: &mut Vec<Op>,
+) -> (Vec<(Answer, Option<String>)>, bool) {
+    let tasks = group.iter().flat_map(|op| match op {
+        Op::Enqueue(tasks, _) => tasks.as_slice(),
+        _ => &[],
+    });
+    match rows::insert_committed(conn, tasks).await {
+        Ok(()) => (
+            group
+                .drain(..)
+                .map(|op| match op {
+                    Op::Enqueue(_, reply) => (answer(reply, Ok(())), None),
+                    op => (fail(op, "the change does not match its plan"), None),
+                })
+                .collect(),
+            false,
+        ),
+        Err(error) => {
+            tracing::debug!(%error, "a merged enqueue failed; applying its changes change by change");
+            let broken = rollback(conn).await;
+            let (answers, broken_too) = apply_group(conn, db, group.drain(..)).await;
+            (answers, broken || broken_too)
+        }
+    }
+}
+
 /// The answer for an op that could not be run at all.
 fn fail(op: Op, message: &str) -> Answer {
     let error = || Error::backend("sqlite", format!("cannot start the change: {message}"));
@@ -382,9 +431,10 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
     }
 }
 
-async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
+/// Refuses what no enqueue may store: a running task, or one id twice in a call.
+fn check_new(tasks: &[Task]) -> Result<()> {
     let mut seen = std::collections::HashSet::with_capacity(tasks.len());
-    for task in &tasks {
+    for task in tasks {
         if task.status == TaskStatus::Running {
             return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
         }
@@ -392,6 +442,11 @@ async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
             return Err(Error::conflict(task.id, "the id is given twice"));
         }
     }
+    Ok(())
+}
+
+async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
+    check_new(&tasks)?;
     rows::insert(s, &tasks).await
 }
 

@@ -29,6 +29,7 @@ scenarios![
     unknown_ids_are_not_found,
     duplicate_ids_are_refused_and_nothing_is_stored,
     running_records_cannot_be_enqueued,
+    concurrent_enqueues_are_each_answered_rightly,
     finished_records_are_stored_as_they_are,
     payloads_are_stored_exactly,
     claim_respects_eta,
@@ -211,6 +212,81 @@ async fn running_records_cannot_be_enqueued(store: &dyn Storage) {
         Err(Error::Conflict { .. })
     ));
     assert_eq!(store.counts().await.unwrap().total(), 0);
+}
+
+/// Enqueue calls made at the same time may be stored together (the SQLite
+/// writer inserts them with one command); each must still get its own answer,
+/// and a refused call must store nothing while the others are stored.
+async fn concurrent_enqueues_are_each_answered_rightly(store: &dyn Storage) {
+    let stored = enqueue_one(store, new("stored")).await;
+    let plain: Vec<Task> = (0..40)
+        .map(|i| make(new("plain").args(vec![json!(i)]), T0))
+        .collect();
+    let one_call = |task: &Task| (vec![task.clone()], "ok");
+    let shared = make(new("shared"), T0);
+    let beside_a_stored_id = make(new("beside"), T0);
+    let mut running = make(new("running"), T0);
+    running.claim("elsewhere", LEASE, T0).unwrap();
+    let twice = make(new("twice"), T0);
+
+    // Calls that all succeed; then calls each valid alone, some clashing with
+    // a stored id or with each other; then calls invalid in themselves.
+    let rounds: [Vec<(Vec<Task>, &str)>; 3] = [
+        plain[..20].iter().map(one_call).collect(),
+        plain[20..30]
+            .iter()
+            .map(one_call)
+            .chain([
+                (vec![make(new("again").id(stored), T0)], "refused"),
+                (vec![shared.clone()], "race"),
+                (
+                    vec![beside_a_stored_id.clone(), make(new("again").id(stored), T0)],
+                    "refused",
+                ),
+                (vec![shared.clone()], "race"),
+            ])
+            .collect(),
+        plain[30..]
+            .iter()
+            .map(one_call)
+            .chain([
+                (vec![running], "refused"),
+                (vec![twice.clone(), twice.clone()], "refused"),
+            ])
+            .collect(),
+    ];
+    let mut race_won = 0;
+    for mut calls in rounds {
+        // Spread the odd calls among the others.
+        calls.rotate_right(3);
+        let answers =
+            futures::future::join_all(calls.iter().map(|(tasks, _)| store.enqueue(tasks.clone()))).await;
+        for ((tasks, expect), answer) in calls.iter().zip(answers) {
+            match (*expect, answer) {
+                ("ok", Ok(())) => {}
+                ("race", Ok(())) => race_won += 1,
+                ("refused" | "race", Err(Error::Conflict { .. })) => {}
+                (expect, answer) => panic!(
+                    "a call of {} task(s) ({}): expected {expect}, got {answer:?}",
+                    tasks.len(),
+                    tasks[0].func_path
+                ),
+            }
+        }
+    }
+    assert_eq!(race_won, 1, "exactly one of two calls with one id is stored");
+    for task in &plain {
+        let got = get(store, task.id).await;
+        assert_eq!((got.status, &got.args), (TaskStatus::Pending, &task.args));
+    }
+    for id in [twice.id, beside_a_stored_id.id] {
+        assert!(
+            matches!(store.get(id).await, Err(Error::NotFound { .. })),
+            "a refused call stored {id}"
+        );
+    }
+    assert_eq!(get(store, stored).await.func_path, "stored");
+    assert_eq!(store.counts().await.unwrap().total(), 1 + 40 + 1);
 }
 
 async fn finished_records_are_stored_as_they_are(store: &dyn Storage) {
