@@ -14,7 +14,7 @@ use std::time::Duration;
 use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
 use serde::Deserialize;
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{Row, Sqlite, SqliteConnection};
+use sqlx::{Row, Sqlite};
 use time::OffsetDateTime;
 
 use crate::sql_error;
@@ -46,11 +46,30 @@ fn duration_ns(duration: Duration) -> i64 {
     i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// A value bound to a statement of a save.
-enum Value {
+/// A value bound to a statement.
+#[derive(Clone)]
+pub enum Value {
+    /// Text.
     Text(String),
+    /// An integer.
     Int(i64),
+    /// NULL.
     Null,
+}
+
+/// `sql` with `values` bound in order. They move into the query: the driver
+/// would copy borrowed ones to send them to its thread.
+pub fn query_with(
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
+    values
+        .into_iter()
+        .fold(sqlx::query(sql), |query, value| match value {
+            Value::Text(text) => query.bind(text),
+            Value::Int(n) => query.bind(n),
+            Value::Null => query.bind(None::<i64>),
+        })
 }
 
 impl From<String> for Value {
@@ -135,7 +154,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 
 /// Batches at most this big keep their statements prepared between calls;
 /// bigger ones are rare and would crowd the driver's statement cache.
-const CACHED_UP_TO: usize = 16;
+pub const CACHED_UP_TO: usize = 16;
 
 /// A command of several statements and the values they bind, in order.
 #[derive(Default)]
@@ -391,43 +410,18 @@ async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx:
     }
     let command = save_command(tasks, is_new).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     let sql = session.final_sql(&command.statements.join("; "));
-    bound(&sql, command.values, tasks.len() <= CACHED_UP_TO)
+    query_with(&sql, command.values)
+        .persistent(tasks.len() <= CACHED_UP_TO)
         .execute(session.conn())
         .await?;
     session.final_ran();
     Ok(())
 }
 
-/// Inserts the new tasks of several enqueues with one command that opens and
-/// commits its own transaction, so concurrent callers share one round trip and
-/// one commit. On an error the transaction may still be open: the caller rolls
-/// it back.
-pub async fn insert_committed<'t>(
-    conn: &mut SqliteConnection,
-    tasks: impl IntoIterator<Item = &'t Task>,
-) -> sqlx::Result<()> {
-    let tasks: Vec<&Task> = tasks.into_iter().collect();
-    let command =
-        save_command(tasks.iter().copied(), true).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", command.statements.join("; "));
-    bound(&sql, command.values, tasks.len() <= CACHED_UP_TO)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// `sql` with `values` bound in order.
-fn bound(
-    sql: &str,
-    values: Vec<Value>,
-    persistent: bool,
-) -> sqlx::query::Query<'_, Sqlite, SqliteArguments<'_>> {
-    values.into_iter().fold(
-        sqlx::query(sql).persistent(persistent),
-        |query, value| match value {
-            Value::Text(text) => query.bind(text),
-            Value::Int(n) => query.bind(n),
-            Value::Null => query.bind(None::<i64>),
-        },
-    )
+/// The command that inserts new tasks, with plain `?` parameters, and the
+/// values to bind to them in order: a part of a command that several changes
+/// share (see the writer's merged commands).
+pub fn insert_command<'t>(tasks: impl IntoIterator<Item = &'t Task>) -> Result<(String, Vec<Value>)> {
+    let command = save_command(tasks, true)?;
+    Ok((command.statements.join("; "), command.values))
 }

@@ -10,10 +10,11 @@
 //! small machine those hops cost more than SQLite's own work. So the writer
 //! opens and commits transactions itself (`BEGIN IMMEDIATE` rides in front of a
 //! group's first command, `COMMIT` behind its last write), a claim and a finish
-//! of completed tasks are one command each, changes of those kinds that arrive
+//! of completed tasks are one command each, claims and finishes that arrive
 //! together share one command, as do enqueues that arrive together, and reads
 //! return a whole batch as one JSON value.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -28,7 +29,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::rows::{self, to_ns, TASK_FROM, TASK_JSON};
+use crate::rows::{self, query_with, to_ns, Value, TASK_FROM, TASK_JSON};
 use crate::sql_error;
 
 /// The most changes one transaction takes, so a flood of callers still gets
@@ -85,13 +86,9 @@ pub async fn run(
                 }
             }
         }
-        let (answers, broken) = if enqueues_only(&group) {
-            apply_enqueues(&mut conn, &db, &mut group).await
-        } else {
-            match merged(&group) {
-                Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
-                None => apply_group(&mut conn, &db, group.drain(..)).await,
-            }
+        let (answers, broken) = match merged(&group) {
+            Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
+            None => apply_group(&mut conn, &db, group.drain(..)).await,
         };
         for (answer, error) in answers {
             answer(error.as_deref());
@@ -266,14 +263,34 @@ async fn apply_group(
     }
 }
 
-/// The commands of a group that can run as one: two or more claims and
-/// finishes of completed tasks, nothing else.
+/// The commands of a group that can run as one: two or more enqueues valid in
+/// themselves, or two or more claims and finishes of completed tasks.
+///
+/// The kinds are not mixed: the driver prepares a command anew for every new
+/// text, and mixing would make the texts too many to keep prepared (measured:
+/// producers enqueueing beside a pool gained nothing). For the same reason the
+/// tasks of all the enqueues go into one insert, whose text depends only on
+/// how many tasks there are.
 fn merged(group: &[Op]) -> Option<Vec<Single>> {
+    if group.len() < 2 {
+        return None;
+    }
+    if group.iter().all(|op| matches!(op, Op::Enqueue(..))) {
+        let mut tasks = Vec::new();
+        for op in group {
+            let Op::Enqueue(these, _) = op else { return None };
+            check_new(these).ok()?;
+            tasks.extend(these);
+        }
+        let (sql, values) = rows::insert_command(tasks.iter().copied()).ok()?;
+        let mut plan = vec![Single::Enqueue(sql, values, tasks.len())];
+        plan.resize_with(group.len(), || Single::Joined);
+        return Some(plan);
+    }
     // Look at the kinds first, so a mixed group prepares nothing it would drop.
-    if group.len() < 2
-        || !group
-            .iter()
-            .all(|op| matches!(op, Op::Claim(..) | Op::Finish(..)))
+    if !group
+        .iter()
+        .all(|op| matches!(op, Op::Claim(..) | Op::Finish(..)))
     {
         return None;
     }
@@ -296,24 +313,29 @@ async fn apply_merged(
     conn: &mut SqliteConnection,
     db: &Path,
     group: &mut Vec<Op>,
-    plan: Vec<Single>,
+    mut plan: Vec<Single>,
 ) -> (Vec<(Answer, Option<String>)>, bool) {
     let mut statements = Vec::with_capacity(plan.len());
     let mut binds = Vec::new();
-    for single in &plan {
+    for single in &mut plan {
         let (sql, these) = single.command();
-        statements.push(sql);
-        binds.extend(these);
+        if !sql.is_empty() {
+            statements.push(sql);
+            binds.extend(these);
+        }
     }
     let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", statements.join("; "));
     // The usual pairs keep their prepared statements; a rare big group would
     // only crowd the driver's statement cache.
+    let enqueued: usize = plan.iter().map(Single::enqueued).sum();
     let result = query_with(&sql, binds)
-        .persistent(plan.len() <= 4)
+        .persistent(plan.len() <= 4 && enqueued <= rows::CACHED_UP_TO)
         .fetch_all(&mut *conn)
         .await;
+    // Claims and finishes answer with one row each; enqueues with none.
+    let expected = plan.iter().filter(|single| single.answers_with_a_row()).count();
     let rows = match result {
-        Ok(rows) if rows.len() == plan.len() => rows,
+        Ok(rows) if rows.len() == expected => rows,
         Ok(_) | Err(_) => {
             match result {
                 Ok(rows) => tracing::error!(rows = rows.len(), "a merged command returned too few rows"),
@@ -328,15 +350,27 @@ async fn apply_merged(
     };
     let mut answers = Vec::with_capacity(group.len());
     let mut blocked = Vec::new();
-    for ((op, single), row) in group.drain(..).zip(&plan).zip(&rows) {
-        match (op, single) {
-            (Op::Claim(_, reply), _) => answers.push((answer(reply, read_claim(row, db)), None)),
-            (Op::Finish(finishes, now, reply), Single::Finish(_, ids)) => match read_finish(row, ids) {
-                Ok(Some(outcomes)) => answers.push((answer(reply, Ok(outcomes)), None)),
-                Ok(None) => blocked.push(Op::Finish(finishes, now, reply)),
-                Err(error) => answers.push((answer(reply, Err(error)), None)),
-            },
-            (op, _) => answers.push((fail(op, "the change does not match its plan"), None)),
+    let mut rows = rows.iter();
+    for (op, single) in group.drain(..).zip(&plan) {
+        let row = match single.answers_with_a_row() {
+            true => rows.next(),
+            false => None,
+        };
+        match (op, single, row) {
+            (Op::Enqueue(_, reply), Single::Enqueue(..) | Single::Joined, _) => {
+                answers.push((answer(reply, Ok(())), None))
+            }
+            (Op::Claim(_, reply), Single::Claim(_), Some(row)) => {
+                answers.push((answer(reply, read_claim(row, db)), None))
+            }
+            (Op::Finish(finishes, now, reply), Single::Finish(_, ids), Some(row)) => {
+                match read_finish(row, ids) {
+                    Ok(Some(outcomes)) => answers.push((answer(reply, Ok(outcomes)), None)),
+                    Ok(None) => blocked.push(Op::Finish(finishes, now, reply)),
+                    Err(error) => answers.push((answer(reply, Err(error)), None)),
+                }
+            }
+            (op, _, _) => answers.push((fail(op, "the change does not match its plan"), None)),
         }
     }
     if blocked.is_empty() {
@@ -345,50 +379,6 @@ async fn apply_merged(
     let (rest, broken) = apply_group(conn, db, blocked.drain(..)).await;
     answers.extend(rest);
     (answers, broken)
-}
-
-/// Whether a group is two or more enqueues, each valid on its own, that
-/// [`apply_enqueues`] can store with one command.
-fn enqueues_only(group: &[Op]) -> bool {
-    group.len() >= 2
-        && group.iter().all(|op| match op {
-            Op::Enqueue(tasks, _) => check_new(tasks).is_ok(),
-            _ => false,
-        })
-}
-
-/// Applies a group of enqueues as one command that inserts every task and
-/// commits, so callers enqueueing at the same time share one round trip to
-/// the driver's thread. If it fails (two calls gave one id, say, or an id is
-/// stored already) it is rolled back and the group goes change by change
-/// through [`apply_group`], which gives each caller its own answer.
-async fn apply_enqueues(
-    conn: &mut SqliteConnection,
-    db: &Path,
-    group: &mut Vec<Op>,
-) -> (Vec<(Answer, Option<String>)>, bool) {
-    let tasks = group.iter().flat_map(|op| match op {
-        Op::Enqueue(tasks, _) => tasks.as_slice(),
-        _ => &[],
-    });
-    match rows::insert_committed(conn, tasks).await {
-        Ok(()) => (
-            group
-                .drain(..)
-                .map(|op| match op {
-                    Op::Enqueue(_, reply) => (answer(reply, Ok(())), None),
-                    op => (fail(op, "the change does not match its plan"), None),
-                })
-                .collect(),
-            false,
-        ),
-        Err(error) => {
-            tracing::debug!(%error, "a merged enqueue failed; applying its changes change by change");
-            let broken = rollback(conn).await;
-            let (answers, broken_too) = apply_group(conn, db, group.drain(..)).await;
-            (answers, broken || broken_too)
-        }
-    }
 }
 
 /// The answer for an op that could not be run at all.
@@ -479,41 +469,56 @@ pub async fn setup(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
-/// A value bound to a command of [`CLAIM`] or [`FINISH_COMPLETED`].
-enum Bind {
-    Int(i64),
-    Text(String),
-}
-
 /// What a change made of one command binds: run alone, or beside others in
 /// one command (see [`apply_merged`]).
 enum Single {
-    Claim(Vec<Bind>),
-    /// The finish's binds, and the ids it was given, in order.
-    Finish(Vec<Bind>, Vec<String>),
+    /// The binds of [`CLAIM`], by number.
+    Claim(Vec<Value>),
+    /// The binds of [`FINISH_COMPLETED`], by number, and the ids it was given,
+    /// in order.
+    Finish(Vec<Value>, Vec<String>),
+    /// The insert of the tasks of every enqueue in the group (the first
+    /// enqueue's entry), its values in order, and how many tasks.
+    Enqueue(String, Vec<Value>, usize),
+    /// An enqueue whose tasks the group's first enqueue inserts.
+    Joined,
 }
 
 impl Single {
-    fn binds(&self) -> &[Bind] {
-        match self {
-            Single::Claim(binds) | Single::Finish(binds, _) => binds,
-        }
-    }
-
     /// The command with plain `?` parameters (see [`anonymize`]), and the
-    /// values to bind to them, in order.
-    fn command(&self) -> (&'static str, Vec<&Bind>) {
+    /// values to bind to them, in order (an enqueue's move out of it).
+    fn command(&mut self) -> (Cow<'static, str>, Vec<Value>) {
         // Worked out once: this runs on every claim and finish.
         static CLAIM_COMMAND: OnceLock<(String, Vec<usize>)> = OnceLock::new();
         static FINISH_COMMAND: OnceLock<(String, Vec<usize>)> = OnceLock::new();
-        let (sql, order) = match self {
-            Single::Claim(_) => {
-                CLAIM_COMMAND.get_or_init(|| anonymize(&CLAIM.replace("TASK_JSON", TASK_JSON)))
+        let ((sql, order), binds) = match self {
+            Single::Claim(binds) => (
+                CLAIM_COMMAND.get_or_init(|| anonymize(&CLAIM.replace("TASK_JSON", TASK_JSON))),
+                binds,
+            ),
+            Single::Finish(binds, _) => (FINISH_COMMAND.get_or_init(|| anonymize(FINISH_COMPLETED)), binds),
+            Single::Enqueue(sql, values, _) => {
+                return (Cow::Owned(std::mem::take(sql)), std::mem::take(values))
             }
-            Single::Finish(..) => FINISH_COMMAND.get_or_init(|| anonymize(FINISH_COMPLETED)),
+            Single::Joined => return (Cow::Borrowed(""), Vec::new()),
         };
-        let binds = self.binds();
-        (sql, order.iter().map(|n| &binds[n - 1]).collect())
+        (
+            Cow::Borrowed(sql.as_str()),
+            order.iter().map(|n| binds[n - 1].clone()).collect(),
+        )
+    }
+
+    /// How many tasks it inserts (none unless an enqueue).
+    fn enqueued(&self) -> usize {
+        match self {
+            Single::Enqueue(_, _, tasks) => *tasks,
+            _ => 0,
+        }
+    }
+
+    /// Whether its command returns a row (a claim's tasks, a finish's answers).
+    fn answers_with_a_row(&self) -> bool {
+        matches!(self, Single::Claim(_) | Single::Finish(..))
     }
 }
 
@@ -540,18 +545,6 @@ fn anonymize(sql: &str) -> (String, Vec<usize>) {
     (out, order)
 }
 
-fn query_with<'q>(
-    sql: &'q str,
-    binds: impl IntoIterator<Item = &'q Bind>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    binds
-        .into_iter()
-        .fold(sqlx::query(sql), |query, bind| match bind {
-            Bind::Int(n) => query.bind(*n),
-            Bind::Text(text) => query.bind(text.as_str()),
-        })
-}
-
 /// The binds of a claim; `None` when it asks for nothing.
 fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
     if request.limit == 0 {
@@ -560,11 +553,11 @@ fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
     let limit = request.limit.min(100_000);
     let tokens: Vec<String> = (0..limit).map(|_| LeaseToken::new().to_string()).collect();
     Ok(Some(Single::Claim(vec![
-        Bind::Int(to_ns(request.now)?),
-        Bind::Int(limit as i64),
-        Bind::Text(request.worker_id.clone()),
-        Bind::Int(to_ns(request.now + request.lease_for)?),
-        Bind::Text(serde_json::to_string(&tokens)?),
+        Value::Int(to_ns(request.now)?),
+        Value::Int(limit as i64),
+        Value::Text(request.worker_id.clone()),
+        Value::Int(to_ns(request.now + request.lease_for)?),
+        Value::Text(serde_json::to_string(&tokens)?),
     ])))
 }
 
@@ -577,9 +570,9 @@ fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
 }
 
 /// Runs a change made of one command as the session's final write; its row.
-async fn run_single(s: &mut Session<'_>, single: &Single) -> Result<Option<SqliteRow>> {
+async fn run_single(s: &mut Session<'_>, single: &mut Single) -> Result<Option<SqliteRow>> {
     let (sql, binds) = single.command();
-    let sql = s.final_sql(sql);
+    let sql = s.final_sql(&sql);
     let mut rows = query_with(&sql, binds)
         .fetch_all(s.conn())
         .await
@@ -589,10 +582,10 @@ async fn run_single(s: &mut Session<'_>, single: &Single) -> Result<Option<Sqlit
 }
 
 async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
-    let Some(single) = prepare_claim(&request)? else {
+    let Some(mut single) = prepare_claim(&request)? else {
         return Ok(Vec::new());
     };
-    match run_single(s, &single).await?.as_ref() {
+    match run_single(s, &mut single).await?.as_ref() {
         Some(row) => read_claim(row, db),
         None => Ok(Vec::new()),
     }
@@ -672,7 +665,10 @@ fn prepare_finish(finishes: &[Finish], now: OffsetDateTime) -> Result<Option<Sin
             serde_json::to_string(result)?,
         ));
     }
-    let binds = vec![Bind::Text(serde_json::to_string(&rows)?), Bind::Int(to_ns(now)?)];
+    let binds = vec![
+        Value::Text(serde_json::to_string(&rows)?),
+        Value::Int(to_ns(now)?),
+    ];
     Ok(Some(Single::Finish(
         binds,
         rows.into_iter().map(|(id, _, _)| id).collect(),
@@ -705,13 +701,14 @@ async fn finish_completed(
     finishes: &[Finish],
     now: OffsetDateTime,
 ) -> Result<Option<Vec<FinishOutcome>>> {
-    let Some(single) = prepare_finish(finishes, now)? else {
+    let Some(mut single) = prepare_finish(finishes, now)? else {
         return Ok(None);
     };
+    let row = run_single(s, &mut single).await?;
     let Single::Finish(_, ids) = &single else {
         unreachable!("prepare_finish makes a finish")
     };
-    let answers = match run_single(s, &single).await?.as_ref() {
+    let answers = match row.as_ref() {
         Some(row) => read_finish(row, ids)?,
         None => None,
     };

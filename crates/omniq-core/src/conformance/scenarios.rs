@@ -39,6 +39,7 @@ scenarios![
     claim_sets_lease_attempt_and_start,
     claimed_tasks_are_not_claimed_again,
     concurrent_claimers_never_get_the_same_task,
+    enqueues_claims_and_finishes_at_once_run_every_task_once,
     complete_stores_the_result,
     finish_with_a_stale_token_is_refused,
     finish_of_an_unknown_task_is_refused,
@@ -438,6 +439,75 @@ async fn concurrent_claimers_never_get_the_same_task(store: &dyn Storage) {
         assert!(seen.insert(id), "task {id} claimed twice");
     }
     assert_eq!(seen, ids.into_iter().collect::<HashSet<_>>());
+}
+
+/// Producers enqueueing one call each while workers claim and finish: the
+/// SQLite writer groups such changes into shared transactions and commands,
+/// and every task must still run once and end with its own result.
+async fn enqueues_claims_and_finishes_at_once_run_every_task_once(store: &dyn Storage) {
+    let producing = std::sync::atomic::AtomicUsize::new(4);
+    let producing = &producing;
+    let producers = (0..4).map(|p| async move {
+        let mut ids = Vec::new();
+        for i in 0..50 {
+            ids.push(enqueue_one(store, new("t").args(vec![json!(p * 100 + i)])).await);
+        }
+        producing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        ids
+    });
+    let workers = (0..6).map(|w| async move {
+        let mut done = Vec::new();
+        loop {
+            let last_look = producing.load(std::sync::atomic::Ordering::SeqCst) == 0;
+            let claimed = claim(store, &format!("w{w}"), 3, T0).await;
+            if claimed.is_empty() {
+                if last_look {
+                    return done;
+                }
+                // Let the producers go on when the store answers at once.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let finishes = claimed
+                .iter()
+                .map(|t| Finish {
+                    id: t.id,
+                    token: t.lease.as_ref().expect("a claimed task has a lease").token,
+                    outcome: Outcome::Complete {
+                        result: t.args[0].clone(),
+                    },
+                })
+                .collect();
+            let answers = store.finish(finishes, T0).await.expect("finish");
+            assert!(
+                answers
+                    .iter()
+                    .all(|a| matches!(a, FinishOutcome::Applied { next: None })),
+                "{answers:?}"
+            );
+            done.extend(claimed.into_iter().map(|t| t.id));
+        }
+    });
+    let (enqueued, finished) = futures::future::join(
+        futures::future::join_all(producers),
+        futures::future::join_all(workers),
+    )
+    .await;
+    let enqueued: Vec<TaskId> = enqueued.into_iter().flatten().collect();
+    let mut seen = HashSet::new();
+    for id in finished.into_iter().flatten() {
+        assert!(seen.insert(id), "task {id} ran twice");
+    }
+    assert_eq!(
+        seen,
+        enqueued.iter().copied().collect::<HashSet<_>>(),
+        "every task ran"
+    );
+    for id in enqueued {
+        let task = get(store, id).await;
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.result.as_ref(), task.args.first());
+    }
 }
 
 async fn complete_stores_the_result(store: &dyn Storage) {
