@@ -9,7 +9,8 @@
 //! (enqueue to result stored, idle pool in the same process, p50/p99 over 1,000
 //! tasks), the cost of a claim and its finish with 100 and with 100,000
 //! tasks pending (median of 200), and the time to enqueue 10,000 tasks one call
-//! each from one caller and from 16 callers at once.
+//! each from one caller, from 16 callers at once, and from 16 callers beside a
+//! pool that runs the tasks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,13 +107,17 @@ fn main() {
             println!("| {backend} | {p50:.3} | {p99:.3} | {small:.0} | {large:.0} |");
         }
         println!();
-        println!("| Backend | Enqueue 10,000, one call each from 1 caller (s) | from {CALLERS} concurrent callers (s) |");
-        println!("|---------|------------------------------------------------:|-----------------------------------:|");
+        println!("| Backend | Enqueue 10,000, one call each from 1 caller (s) | from {CALLERS} concurrent callers (s) | from {CALLERS} callers beside a pool of 4, until all ran (s) |");
+        println!("|---------|------------------------------------------------:|-----------------------------------:|----------------------------------------------------------:|");
         for backend in &backends {
-            let one = runtime.block_on(concurrent_enqueue(backend, 10_000, 1));
-            let many = runtime.block_on(concurrent_enqueue(backend, 10_000, CALLERS));
-            eprintln!("  {backend:6} enqueue 10,000 one call each: {one:.3} s from 1 caller, {many:.3} s from {CALLERS}");
-            println!("| {backend} | {one:.3} | {many:.3} |");
+            let one = runtime.block_on(concurrent_enqueue(backend, 10_000, 1, false));
+            let many = runtime.block_on(concurrent_enqueue(backend, 10_000, CALLERS, false));
+            let beside = runtime.block_on(concurrent_enqueue(backend, 10_000, CALLERS, true));
+            eprintln!(
+                "  {backend:6} enqueue 10,000 one call each: {one:.3} s from 1 caller, {many:.3} s from {CALLERS}, \
+                 {beside:.3} s from {CALLERS} beside a pool"
+            );
+            println!("| {backend} | {one:.3} | {many:.3} | {beside:.3} |");
         }
     }
 }
@@ -122,12 +127,24 @@ fn main() {
 const CALLERS: usize = 16;
 
 /// Seconds to enqueue `n` tasks one call each, spread over `callers` tasks of
-/// the runtime calling at the same time.
-async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize) -> f64 {
+/// the runtime calling at the same time; with `pool`, seconds until a pool of
+/// 4 started beside them has also run every task, as in a program that both
+/// enqueues and works.
+async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize, pool: bool) -> f64 {
     let store = open(backend).await;
+    let signals = Signals::new();
+    let pool = pool.then(|| {
+        let mut registry = Registry::new();
+        registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
+        WorkerPool::new(store.store.clone(), registry)
+            .concurrency(4)
+            .signals(signals.clone())
+            .start()
+    });
     let start = Instant::now();
     let calls = (0..callers).map(|c| {
         let storage = store.store.clone();
+        let signals = signals.clone();
         let mine = (c..n).step_by(callers).collect::<Vec<_>>();
         tokio::spawn(async move {
             for i in mine {
@@ -135,15 +152,30 @@ async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize) -> 
                     .enqueue(vec![omniq_benches::task(i)])
                     .await
                     .expect("enqueue");
+                signals.task_enqueued();
             }
         })
     });
     for call in calls.collect::<Vec<_>>() {
         call.await.expect("an enqueuing task panicked");
     }
+    let Some(pool) = pool else {
+        let took = start.elapsed().as_secs_f64();
+        let pending = store.store.counts().await.expect("counts").pending as usize;
+        assert_eq!(pending, n, "every task is stored");
+        return took;
+    };
+    loop {
+        let finished = signals.finished();
+        if pool.stats().succeeded as usize >= n {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
+    }
     let took = start.elapsed().as_secs_f64();
-    let pending = store.store.counts().await.expect("counts").pending as usize;
-    assert_eq!(pending, n, "every task is stored");
+    pool.shutdown(Duration::from_secs(10)).await;
+    let completed = store.store.counts().await.expect("counts").completed as usize;
+    assert_eq!(completed, n, "every result is stored");
     took
 }
 

@@ -11,8 +11,8 @@
 //! opens and commits transactions itself (`BEGIN IMMEDIATE` rides in front of a
 //! group's first command, `COMMIT` behind its last write), a claim and a finish
 //! of completed tasks are one command each, claims and finishes that arrive
-//! together share one command, as do enqueues that arrive together, and reads
-//! return a whole batch as one JSON value.
+//! together share one command, the tasks of enqueues that arrive together go
+//! into one insert, and reads return a whole batch as one JSON value.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -263,77 +263,93 @@ async fn apply_group(
     }
 }
 
-/// The commands of a group that can run as one: two or more enqueues valid in
-/// themselves, or two or more claims and finishes of completed tasks.
+/// The plan of a group whose changes can share commands: two or more
+/// enqueues valid in themselves, claims and finishes of completed tasks,
+/// nothing else.
 ///
-/// The kinds are not mixed: the driver prepares a command anew for every new
-/// text, and mixing would make the texts too many to keep prepared (measured:
-/// producers enqueueing beside a pool gained nothing). For the same reason the
-/// tasks of all the enqueues go into one insert, whose text depends only on
-/// how many tasks there are.
+/// The driver prepares a command anew for every new text, so the plan keeps
+/// the texts few: the tasks of all the enqueues go into one insert, whose text
+/// depends only on how many tasks there are, and the claims and finishes share
+/// a second command, whose text depends only on their order.
 fn merged(group: &[Op]) -> Option<Vec<Single>> {
-    if group.len() < 2 {
-        return None;
-    }
-    if group.iter().all(|op| matches!(op, Op::Enqueue(..))) {
-        let mut tasks = Vec::new();
-        for op in group {
-            let Op::Enqueue(these, _) = op else { return None };
-            check_new(these).ok()?;
-            tasks.extend(these);
-        }
-        let (sql, values) = rows::insert_command(tasks.iter().copied()).ok()?;
-        let mut plan = vec![Single::Enqueue(sql, values, tasks.len())];
-        plan.resize_with(group.len(), || Single::Joined);
-        return Some(plan);
-    }
-    // Look at the kinds first, so a mixed group prepares nothing it would drop.
-    if !group
-        .iter()
-        .all(|op| matches!(op, Op::Claim(..) | Op::Finish(..)))
+    // Look at the kinds first, so a group that cannot be merged prepares
+    // nothing it would drop.
+    if group.len() < 2
+        || !group
+            .iter()
+            .all(|op| matches!(op, Op::Claim(..) | Op::Finish(..) | Op::Enqueue(..)))
     {
         return None;
     }
-    group
-        .iter()
-        .map(|op| match op {
-            Op::Claim(request, _) => prepare_claim(request).ok().flatten(),
-            Op::Finish(finishes, now, _) => prepare_finish(finishes, *now).ok().flatten(),
-            _ => None,
-        })
-        .collect()
+    let mut tasks = Vec::new();
+    let mut plan = Vec::with_capacity(group.len());
+    for op in group {
+        plan.push(match op {
+            Op::Claim(request, _) => prepare_claim(request).ok().flatten()?,
+            Op::Finish(finishes, now, _) => prepare_finish(finishes, *now).ok().flatten()?,
+            Op::Enqueue(these, _) => {
+                check_new(these).ok()?;
+                tasks.extend(these);
+                Single::Joined
+            }
+            _ => return None,
+        });
+    }
+    if let Some(first) = plan.iter_mut().find(|single| matches!(single, Single::Joined)) {
+        let (sql, values) = rows::insert_command(tasks.iter().copied()).ok()?;
+        *first = Single::Enqueue(sql, values, tasks.len());
+    }
+    Some(plan)
 }
 
-/// Applies a group that [`merged`] planned as one command: `BEGIN IMMEDIATE`,
-/// each change's statements, `COMMIT`, in one round trip. If the command fails
-/// it is rolled back and the group goes the change-by-change way of
-/// [`apply_group`], which gives each change its own answer. A finish that met
-/// an interval task wrote nothing, and goes that way afterwards, alone.
+/// Applies a group that [`merged`] planned: `BEGIN IMMEDIATE`, the insert of
+/// every enqueued task, the claims' and finishes' statements, `COMMIT`, in one
+/// round trip, or two when the group mixes enqueues with claims and finishes.
+/// If a command fails the transaction is rolled back and the group goes the
+/// change-by-change way of [`apply_group`], which gives each change its own
+/// answer. A finish that met an interval task wrote nothing, and goes that way
+/// afterwards, alone.
 async fn apply_merged(
     conn: &mut SqliteConnection,
     db: &Path,
     group: &mut Vec<Op>,
     mut plan: Vec<Single>,
 ) -> (Vec<(Answer, Option<String>)>, bool) {
+    let mut insert = None;
     let mut statements = Vec::with_capacity(plan.len());
     let mut binds = Vec::new();
     for single in &mut plan {
         let (sql, these) = single.command();
-        if !sql.is_empty() {
-            statements.push(sql);
-            binds.extend(these);
+        match single {
+            Single::Enqueue(_, _, tasks) => insert = Some((sql, these, *tasks)),
+            Single::Joined => {}
+            _ => {
+                statements.push(sql);
+                binds.extend(these);
+            }
         }
     }
-    let sql = format!("BEGIN IMMEDIATE; {}; COMMIT", statements.join("; "));
-    // The usual pairs keep their prepared statements; a rare big group would
-    // only crowd the driver's statement cache.
-    let enqueued: usize = plan.iter().map(Single::enqueued).sum();
-    let result = query_with(&sql, binds)
-        .persistent(plan.len() <= 4 && enqueued <= rows::CACHED_UP_TO)
-        .fetch_all(&mut *conn)
-        .await;
     // Claims and finishes answer with one row each; enqueues with none.
-    let expected = plan.iter().filter(|single| single.answers_with_a_row()).count();
+    let expected = statements.len();
+    let mut begin = "BEGIN IMMEDIATE; ";
+    let mut result = Ok(Vec::new());
+    if let Some((sql, values, tasks)) = insert {
+        let commit = if statements.is_empty() { "; COMMIT" } else { "" };
+        result = query_with(&format!("{begin}{sql}{commit}"), values)
+            .persistent(tasks <= rows::CACHED_UP_TO)
+            .execute(&mut *conn)
+            .await
+            .map(|_| Vec::new());
+        begin = "";
+    }
+    if result.is_ok() && !statements.is_empty() {
+        // The usual pairs keep their prepared statements; a rare big group
+        // would only crowd the driver's statement cache.
+        result = query_with(&format!("{begin}{}; COMMIT", statements.join("; ")), binds)
+            .persistent(statements.len() <= 4)
+            .fetch_all(&mut *conn)
+            .await;
+    }
     let rows = match result {
         Ok(rows) if rows.len() == expected => rows,
         Ok(_) | Err(_) => {
@@ -506,14 +522,6 @@ impl Single {
             Cow::Borrowed(sql.as_str()),
             order.iter().map(|n| binds[n - 1].clone()).collect(),
         )
-    }
-
-    /// How many tasks it inserts (none unless an enqueue).
-    fn enqueued(&self) -> usize {
-        match self {
-            Single::Enqueue(_, _, tasks) => *tasks,
-            _ => 0,
-        }
     }
 
     /// Whether its command returns a row (a claim's tasks, a finish's answers).

@@ -451,6 +451,12 @@ async fn enqueues_claims_and_finishes_at_once_run_every_task_once(store: &dyn St
         let mut ids = Vec::new();
         for i in 0..50 {
             ids.push(enqueue_one(store, new("t").args(vec![json!(p * 100 + i)])).await);
+            if i % 10 == 5 {
+                // An id already stored is refused, whatever the call rides with.
+                let again = make(new("again").id(ids[0]), T0);
+                let refused = store.enqueue(vec![again]).await;
+                assert!(matches!(refused, Err(Error::Conflict { .. })), "{refused:?}");
+            }
         }
         producing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         ids
