@@ -295,7 +295,12 @@ fn merged(group: &[Op]) -> Option<Vec<Single>> {
             _ => return None,
         });
     }
-    if let Some(first) = plan.iter_mut().find(|single| matches!(single, Single::Joined)) {
+    // Enqueues of no task (the storage answers those itself) insert nothing.
+    if let Some(first) = plan
+        .iter_mut()
+        .find(|single| matches!(single, Single::Joined))
+        .filter(|_| !tasks.is_empty())
+    {
         let (sql, values) = rows::insert_command(tasks.iter().copied()).ok()?;
         *first = Single::Enqueue(sql, values, tasks.len());
     }
