@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use omniq_benches::{enqueue_batch, enqueue_each, open, scratch, BACKENDS};
 use omniq_core::Storage;
-use omniq_worker::{HandlerError, Registry, Signals, WorkerPool};
+use omniq_worker::{HandlerError, Pool, Registry, Signals, WorkerPool};
 use serde_json::json;
 
 const SIZES: [usize; 3] = [100, 1_000, 10_000];
@@ -122,6 +122,41 @@ fn main() {
     }
 }
 
+/// Starts a pool of `concurrency` workers running the no-op handler, woken by
+/// `signals`.
+fn noop_pool(storage: Arc<dyn Storage>, concurrency: usize, signals: &Arc<Signals>) -> Pool {
+    let mut registry = Registry::new();
+    registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
+    WorkerPool::new(storage, registry)
+        .concurrency(concurrency)
+        .signals(signals.clone())
+        .start()
+}
+
+/// Waits until `pool` has run `n` tasks and returns the time since `start`;
+/// then shuts the pool down, untimed, and checks that all `n` results are
+/// stored.
+async fn finish_run(
+    pool: Pool,
+    signals: &Signals,
+    storage: &dyn Storage,
+    n: usize,
+    start: Instant,
+) -> Duration {
+    loop {
+        let finished = signals.finished();
+        if pool.stats().succeeded as usize >= n {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
+    }
+    let took = start.elapsed();
+    pool.shutdown(Duration::from_secs(10)).await;
+    let completed = storage.counts().await.expect("counts").completed as usize;
+    assert_eq!(completed, n, "every result is stored");
+    took
+}
+
 /// How many callers enqueue at once in the concurrent-enqueue measurement, as
 /// the request handlers of a busy web server would.
 const CALLERS: usize = 16;
@@ -133,14 +168,7 @@ const CALLERS: usize = 16;
 async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize, pool: bool) -> f64 {
     let store = open(backend).await;
     let signals = Signals::new();
-    let pool = pool.then(|| {
-        let mut registry = Registry::new();
-        registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
-        WorkerPool::new(store.store.clone(), registry)
-            .concurrency(4)
-            .signals(signals.clone())
-            .start()
-    });
+    let pool = pool.then(|| noop_pool(store.store.clone(), 4, &signals));
     let start = Instant::now();
     let calls = (0..callers).map(|c| {
         let storage = store.store.clone();
@@ -165,18 +193,9 @@ async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize, poo
         assert_eq!(pending, n, "every task is stored");
         return took;
     };
-    loop {
-        let finished = signals.finished();
-        if pool.stats().succeeded as usize >= n {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
-    }
-    let took = start.elapsed().as_secs_f64();
-    pool.shutdown(Duration::from_secs(10)).await;
-    let completed = store.store.counts().await.expect("counts").completed as usize;
-    assert_eq!(completed, n, "every result is stored");
-    took
+    finish_run(pool, &signals, &*store.store, n, start)
+        .await
+        .as_secs_f64()
 }
 
 /// Enqueue-to-result latency of `n` tasks one after another, with an idle pool
@@ -184,13 +203,8 @@ async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize, poo
 async fn latency(backend: &'static str, n: usize) -> (f64, f64) {
     let store = open(backend).await;
     let storage: Arc<dyn Storage> = store.store.clone();
-    let mut registry = Registry::new();
-    registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
     let signals = Signals::new();
-    let pool = WorkerPool::new(storage.clone(), registry)
-        .concurrency(4)
-        .signals(signals.clone())
-        .start();
+    let pool = noop_pool(storage.clone(), 4, &signals);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n {
@@ -262,25 +276,10 @@ async fn measure(backend: &'static str, n: usize, mode: &'static str, concurrenc
     }
     let enqueue = start.elapsed();
 
-    let mut registry = Registry::new();
-    registry.register("noop", |_: u64| async { Ok::<_, HandlerError>(()) });
     let signals = Signals::new();
     let start = Instant::now();
-    let pool = WorkerPool::new(storage.clone(), registry)
-        .concurrency(concurrency)
-        .signals(signals.clone())
-        .start();
-    loop {
-        let finished = signals.finished();
-        if pool.stats().succeeded as usize >= n {
-            break;
-        }
-        let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
-    }
-    let process = start.elapsed();
-    pool.shutdown(Duration::from_secs(10)).await;
-    let completed = storage.counts().await.expect("counts").completed as usize;
-    assert_eq!(completed, n, "every result is stored");
+    let pool = noop_pool(storage.clone(), concurrency, &signals);
+    let process = finish_run(pool, &signals, &*storage, n, start).await;
     Row {
         backend,
         n,
