@@ -268,7 +268,7 @@ async fn run(cli: Cli) -> Outcome {
         Command::Retry(args) => retry(&*store, args, now).await,
         Command::Purge(args) => {
             let age = args.older_than.unwrap_or(settings.result_ttl);
-            let removed = store.purge(now - age).await?;
+            let removed = store.purge(omniq::earlier(now, age)).await?;
             let noun = if removed == 1 { "task" } else { "tasks" };
             println!(
                 "removed {removed} finished {noun} older than {}",

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod error;
+pub mod limits;
 mod memory;
 pub mod payload;
 pub mod settings;
@@ -32,6 +33,7 @@ pub mod conformance;
 /// Re-exported so backends implement [`Storage`] with the same macro version.
 pub use async_trait::async_trait;
 pub use error::{Error, Result};
+pub use limits::{check_new_records, earlier, later};
 pub use memory::MemoryStorage;
 pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};
 pub use storage::{

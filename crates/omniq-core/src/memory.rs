@@ -71,15 +71,10 @@ impl Storage for MemoryStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+        crate::limits::check_new_records(&tasks)?;
         let mut inner = self.lock();
-        let mut seen = BTreeSet::new();
-        for task in &tasks {
-            if task.status == TaskStatus::Running {
-                return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
-            }
-            if inner.tasks.contains_key(&task.id) || !seen.insert(task.id) {
-                return Err(Error::conflict(task.id, "a task with this id already exists"));
-            }
+        if let Some(task) = tasks.iter().find(|task| inner.tasks.contains_key(&task.id)) {
+            return Err(Error::conflict(task.id, "a task with this id already exists"));
         }
         for task in tasks {
             inner.put(task);
@@ -200,13 +195,9 @@ impl Storage for MemoryStorage {
 
     async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         let mut inner = self.lock();
-        let target = inner
-            .tasks
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| Error::not_found(id))?;
-        let scope: Vec<Task> = match target.cancel_scope() {
-            CancelScope::Task(_) => vec![target.clone()],
+        let target = inner.tasks.get(&id).cloned();
+        let scope: Vec<Task> = match CancelScope::of(id, target.as_ref()) {
+            CancelScope::Task(_) => target.iter().cloned().collect(),
             CancelScope::Series(series) => inner
                 .tasks
                 .values()
@@ -214,7 +205,7 @@ impl Storage for MemoryStorage {
                 .cloned()
                 .collect(),
         };
-        let cancelled = cancel_in_scope(&target, scope, now)?;
+        let cancelled = cancel_in_scope(id, target.as_ref(), scope, now)?;
         let ids = cancelled.iter().map(|t| t.id).collect();
         for task in cancelled {
             inner.put(task);

@@ -221,7 +221,17 @@ fn parse_seconds(name: &str, text: &str, zero_ok: bool) -> Result<Duration> {
     if !secs.is_finite() || secs < 0.0 || (!zero_ok && secs == 0.0) {
         return Err(bad());
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| bad())
+    let duration = Duration::try_from_secs_f64(secs).map_err(|_| bad())?;
+    crate::limits::check_duration(name, duration).map_err(|_| {
+        Error::invalid_config(
+            name,
+            format!(
+                "{text:?} is longer than 100 years ({} seconds), the most a store can hold",
+                crate::limits::MAX_DURATION.as_secs()
+            ),
+        )
+    })?;
+    Ok(duration)
 }
 
 /// Builds [`Settings`], checking them in [`SettingsBuilder::build`].
@@ -297,6 +307,10 @@ impl SettingsBuilder {
                 "must be greater than zero (use None for no limit)",
             ));
         }
+        if let Some(timeout) = settings.default_timeout {
+            crate::limits::check_duration("default_timeout", timeout)?;
+        }
+        crate::limits::check_duration("result_ttl", settings.result_ttl)?;
         Ok(settings)
     }
 }
@@ -385,6 +399,8 @@ mod tests {
             ("OMNIQ_RESULT_TTL", "-5", "0 or more"),
             ("OMNIQ_RESULT_TTL", "NaN", "0 or more"),
             ("OMNIQ_RESULT_TTL", "1e30", "0 or more"),
+            ("OMNIQ_RESULT_TTL", "1e15", "100 years"),
+            ("OMNIQ_DEFAULT_TIMEOUT", "1e12", "100 years"),
         ];
         for (var, value, allowed) in cases {
             let (name, reason) = config_error(from(&[(var, value)]));

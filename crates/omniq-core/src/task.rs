@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::limits::{self, later};
 
 /// A task's id: a UUID v7, so ids sort by creation time.
 ///
@@ -354,6 +355,33 @@ pub enum Outcome {
     HandBack,
 }
 
+impl Outcome {
+    /// This outcome, or a non-retryable `bad_result` failure of `attempt` when
+    /// its result nests deeper than a store can read back
+    /// ([`limits::MAX_JSON_DEPTH`]). Backends that finish in their own code
+    /// (not through [`Task::finish`]) call [`Outcome::result_fits`] first.
+    pub fn checked(self, attempt: u32) -> Outcome {
+        match self {
+            Outcome::Complete { result } => match limits::check_depth("result", [&result]) {
+                Ok(()) => Outcome::Complete { result },
+                Err(error) => Outcome::Fail {
+                    error: TaskError::new("bad_result", error.to_string(), attempt, false),
+                },
+            },
+            other => other,
+        }
+    }
+
+    /// Whether this outcome is stored as it is by [`Task::finish`]: anything
+    /// but a result nested too deeply.
+    pub fn result_fits(&self) -> bool {
+        match self {
+            Outcome::Complete { result } => limits::check_depth("result", [result]).is_ok(),
+            _ => true,
+        }
+    }
+}
+
 impl Task {
     /// Whether the task may be claimed at `now`.
     pub fn is_due(&self, now: OffsetDateTime) -> bool {
@@ -410,7 +438,7 @@ impl Task {
         self.lease = Some(Lease {
             worker_id: worker_id.to_string(),
             token: LeaseToken::new(),
-            expires_at: now + lease_for,
+            expires_at: later(now, lease_for),
         });
         Ok(())
     }
@@ -421,15 +449,19 @@ impl Task {
             .lease
             .as_mut()
             .filter(|_| self.status == TaskStatus::Running)?;
-        lease.expires_at = now + lease_for;
+        lease.expires_at = later(now, lease_for);
         Some(lease.expires_at)
     }
 
     /// Applies a worker's outcome to this running task, whose lease the caller
     /// has checked. Returns the next occurrence of an interval task, which the
     /// caller must store in the same atomic step.
+    ///
+    /// A result nested deeper than a store can read back fails the attempt for
+    /// good (`bad_result`) instead of being stored, and a retry time past what a
+    /// store holds waits until the latest time it does.
     pub fn finish(&mut self, outcome: Outcome, now: OffsetDateTime) -> Result<Option<Task>> {
-        let outcome = match outcome {
+        let outcome = match outcome.checked(self.attempts) {
             // max_retries = N allows N + 1 attempts; past that a retry is a final failure.
             Outcome::Retry { error, .. } if self.attempts > self.max_retries => Outcome::Fail { error },
             other => other,
@@ -451,7 +483,7 @@ impl Task {
             Outcome::Retry { error, at } => {
                 self.set_status(TaskStatus::Pending, now)?;
                 self.error = Some(error);
-                self.eta = at;
+                self.eta = at.clamp(limits::MIN_TIME, limits::MAX_TIME);
                 self.lease = None;
                 Ok(None)
             }
@@ -519,7 +551,7 @@ impl Task {
             args: self.args.clone(),
             kwargs: self.kwargs.clone(),
             status: TaskStatus::Pending,
-            eta: now + interval,
+            eta: later(now, interval),
             interval: self.interval,
             max_retries: self.max_retries,
             timeout: self.timeout,
@@ -555,11 +587,30 @@ impl Task {
     }
 }
 
-/// Applies [`crate::Storage::cancel`] of `target`: cancels each task of `scope`
+impl CancelScope {
+    /// What [`crate::Storage::cancel`] of `id` must cancel, given the task
+    /// stored under `id`, if any. With none stored, `id` may still name a
+    /// series whose first occurrence was purged: the series' id is its first
+    /// occurrence's, so the live occurrences sharing it are the scope.
+    pub fn of(id: TaskId, target: Option<&Task>) -> CancelScope {
+        match target {
+            Some(task) => task.cancel_scope(),
+            None => CancelScope::Series(id),
+        }
+    }
+}
+
+/// Applies [`crate::Storage::cancel`] of `id`: cancels each task of `scope`
 /// that is still pending or running (the backend gives every task of the scope,
-/// or only those) and returns them changed, for the backend to write. Nothing left
-/// to cancel is an [`Error::Conflict`].
-pub fn cancel_in_scope(target: &Task, scope: Vec<Task>, now: OffsetDateTime) -> Result<Vec<Task>> {
+/// or only those) and returns them changed, for the backend to write. Nothing
+/// left to cancel is an [`Error::Conflict`] when `target` (the task stored
+/// under `id`) exists, else [`Error::NotFound`].
+pub fn cancel_in_scope(
+    id: TaskId,
+    target: Option<&Task>,
+    scope: Vec<Task>,
+    now: OffsetDateTime,
+) -> Result<Vec<Task>> {
     let mut cancelled = Vec::new();
     for mut task in scope {
         if !task.status.is_finished() {
@@ -567,11 +618,15 @@ pub fn cancel_in_scope(target: &Task, scope: Vec<Task>, now: OffsetDateTime) -> 
             cancelled.push(task);
         }
     }
-    if cancelled.is_empty() {
-        return Err(Error::conflict(
-            target.id,
-            format!("nothing to cancel: the task is {}", target.status),
-        ));
+    match target {
+        _ if !cancelled.is_empty() => {}
+        Some(target) => {
+            return Err(Error::conflict(
+                id,
+                format!("nothing to cancel: the task is {}", target.status),
+            ))
+        }
+        None => return Err(Error::not_found(id)),
     }
     Ok(cancelled)
 }
@@ -668,7 +723,8 @@ impl NewTask {
 
     /// The pending record to store, enqueued at `now`, with `settings`' defaults
     /// for what is unset. A zero interval or timeout is refused: it would spin or
-    /// never run.
+    /// never run. So is a time, duration or payload past what a store can hold
+    /// (see [`crate::limits`]), naming the value and the allowed range.
     pub fn into_task(self, settings: &crate::Settings, now: OffsetDateTime) -> Result<Task> {
         if self.func_path.is_empty() {
             return Err(Error::invalid_config(
@@ -683,7 +739,7 @@ impl NewTask {
             return Err(Error::invalid_config("timeout", "must be greater than zero"));
         }
         let id = self.id.unwrap_or_default();
-        Ok(Task {
+        let task = Task {
             id,
             func_path: self.func_path,
             args: self.args,
@@ -702,7 +758,9 @@ impl NewTask {
             result: None,
             lease: None,
             series: self.interval.map(|_| id),
-        })
+        };
+        limits::check_record(&task)?;
+        Ok(task)
     }
 }
 

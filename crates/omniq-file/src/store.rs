@@ -457,15 +457,7 @@ impl Store {
     // ---- operations ----
 
     pub fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
-        let mut ids = BTreeSet::new();
-        for task in &tasks {
-            if task.status == TaskStatus::Running {
-                return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
-            }
-            if !ids.insert(task.id) {
-                return Err(Error::conflict(task.id, "the id is given twice"));
-            }
-        }
+        omniq_core::check_new_records(&tasks)?;
         self.locked(|state| {
             for task in &tasks {
                 if self.layout().record(task.id).exists() {
@@ -585,7 +577,7 @@ impl Store {
                 let path = self.layout().running.join(lease.id.to_string());
                 match self.read_lease(lease.id) {
                     Some(mut current) if current.token == lease.token => {
-                        current.expires_at = now + lease_for;
+                        current.expires_at = omniq_core::later(now, lease_for);
                         self.write_lease(&path, &current)?;
                         answers.push(RenewOutcome::Renewed {
                             expires_at: current.expires_at,
@@ -686,9 +678,13 @@ impl Store {
 
     pub fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         self.locked(|state| {
-            let target = self.record_or_error(id)?;
-            let mut scope = vec![target.clone()];
-            if let CancelScope::Series(series) = target.cancel_scope() {
+            let target = match self.record_or_error(id) {
+                Ok(task) => Some(task),
+                Err(Error::NotFound { .. }) => None,
+                Err(other) => return Err(other),
+            };
+            let mut scope: Vec<Task> = target.iter().cloned().collect();
+            if let CancelScope::Series(series) = CancelScope::of(id, target.as_ref()) {
                 if let Some(live) = self.live_in_series(series).filter(|live| *live != id) {
                     if let Loaded::Found(task) = self.load(live)? {
                         scope.push(task);
@@ -696,7 +692,7 @@ impl Store {
                 }
             }
             let olds: HashMap<TaskId, Task> = scope.iter().map(|t| (t.id, t.clone())).collect();
-            let cancelled = cancel_in_scope(&target, scope, now)?;
+            let cancelled = cancel_in_scope(id, target.as_ref(), scope, now)?;
             let ids = cancelled.iter().map(|t| t.id).collect();
             let saves = cancelled
                 .into_iter()

@@ -14,7 +14,7 @@ use std::time::Duration;
 use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
 use serde::Deserialize;
 use sqlx::sqlite::SqliteArguments;
-use sqlx::{Row, Sqlite};
+use sqlx::{Executor, Row, Sqlite};
 use time::OffsetDateTime;
 
 use crate::sql_error;
@@ -409,11 +409,31 @@ async fn write(session: &mut Session<'_>, tasks: &[Task], is_new: bool) -> sqlx:
         return Ok(());
     }
     let command = save_command(tasks, is_new).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    let sql = session.final_sql(&command.statements.join("; "));
-    query_with(&sql, command.values)
+    // New tasks go in statements of `ROWS_PER_STATEMENT` rows, and a stored id
+    // fails only its own statement: behind a savepoint, the statements before
+    // it are undone too, so a refused enqueue stores nothing at any size. A
+    // batch of one statement needs none: its failure is its first.
+    let guarded = is_new && tasks.len() > ROWS_PER_STATEMENT;
+    let body = command.statements.join("; ");
+    let body = match guarded {
+        true => format!("SAVEPOINT omniq_insert; {body}; RELEASE omniq_insert"),
+        false => body,
+    };
+    let sql = session.final_sql(&body);
+    let ran = query_with(&sql, command.values)
         .persistent(tasks.len() <= CACHED_UP_TO)
         .execute(session.conn())
-        .await?;
+        .await;
+    if let Err(error) = ran {
+        if guarded {
+            // Fails harmlessly when the error came before the savepoint existed.
+            let _ = session
+                .conn()
+                .execute("ROLLBACK TO omniq_insert; RELEASE omniq_insert")
+                .await;
+        }
+        return Err(error);
+    }
     session.final_ran();
     Ok(())
 }

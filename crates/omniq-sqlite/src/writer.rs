@@ -288,7 +288,7 @@ fn merged(group: &[Op]) -> Option<Vec<Single>> {
             Op::Claim(request, _) => prepare_claim(request).ok().flatten()?,
             Op::Finish(finishes, now, _) => prepare_finish(finishes, *now).ok().flatten()?,
             Op::Enqueue(these, _) => {
-                check_new(these).ok()?;
+                omniq_core::check_new_records(these).ok()?;
                 tasks.extend(these);
                 Single::Joined
             }
@@ -443,21 +443,8 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
 }
 
 /// Refuses what no enqueue may store: a running task, or one id twice in a call.
-fn check_new(tasks: &[Task]) -> Result<()> {
-    let mut seen = std::collections::HashSet::with_capacity(tasks.len());
-    for task in tasks {
-        if task.status == TaskStatus::Running {
-            return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
-        }
-        if !seen.insert(task.id) {
-            return Err(Error::conflict(task.id, "the id is given twice"));
-        }
-    }
-    Ok(())
-}
-
 async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
-    check_new(&tasks)?;
+    omniq_core::check_new_records(&tasks)?;
     rows::insert(s, &tasks).await
 }
 
@@ -569,7 +556,7 @@ fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
         Value::Int(to_ns(request.now)?),
         Value::Int(limit as i64),
         Value::Text(request.worker_id.clone()),
-        Value::Int(to_ns(request.now + request.lease_for)?),
+        Value::Int(to_ns(omniq_core::later(request.now, request.lease_for))?),
         Value::Text(serde_json::to_string(&tokens)?),
     ])))
 }
@@ -610,7 +597,7 @@ async fn renew(
     lease_for: Duration,
     now: OffsetDateTime,
 ) -> Result<Vec<RenewOutcome>> {
-    let expires_at = now + lease_for;
+    let expires_at = omniq_core::later(now, lease_for);
     let pairs: Vec<(String, String)> = leases
         .iter()
         .map(|lease| (lease.id.to_string(), lease.token.to_string()))
@@ -666,9 +653,13 @@ fn prepare_finish(finishes: &[Finish], now: OffsetDateTime) -> Result<Option<Sin
     let mut seen = std::collections::HashSet::with_capacity(finishes.len());
     let mut rows = Vec::with_capacity(finishes.len());
     for finish in finishes {
+        // A result too deep to read back is turned into a failure by `Task::finish`.
         let Outcome::Complete { result } = &finish.outcome else {
             return Ok(None);
         };
+        if !finish.outcome.result_fits() {
+            return Ok(None);
+        }
         if !seen.insert(finish.id) {
             return Ok(None);
         }
@@ -781,9 +772,9 @@ async fn load_one(s: &mut Session<'_>, db: &Path, id: TaskId) -> Result<Task> {
 }
 
 async fn cancel(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
-    let target = load_one(s, db, id).await?;
-    let scope = match target.cancel_scope() {
-        CancelScope::Task(_) => vec![target.clone()],
+    let target = rows::load(s, &[id], db).await?.pop();
+    let scope = match CancelScope::of(id, target.as_ref()) {
+        CancelScope::Task(_) => target.iter().cloned().collect(),
         CancelScope::Series(series) => {
             let sql = s.sql(&format!(
                 "SELECT json_group_array({TASK_JSON}) {TASK_FROM} \
@@ -792,7 +783,7 @@ async fn cancel(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime)
             rows::fetch(s.conn(), sqlx::query(&sql).bind(series.to_string()), db).await?
         }
     };
-    let cancelled = cancel_in_scope(&target, scope, now)?;
+    let cancelled = cancel_in_scope(id, target.as_ref(), scope, now)?;
     rows::save(s, &cancelled).await?;
     Ok(cancelled.iter().map(|t| t.id).collect())
 }

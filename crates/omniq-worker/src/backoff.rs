@@ -37,7 +37,10 @@ impl Backoff {
         let capped = base.min(self.max.as_secs_f64());
         let jitter = self.jitter.clamp(0.0, 1.0);
         let spread = 1.0 + jitter * (2.0 * fastrand::f64() - 1.0);
-        Duration::from_secs_f64((capped * spread).max(0.0)).min(self.max)
+        // A `max` near `Duration::MAX` spread upwards overflows a Duration: cap it.
+        Duration::try_from_secs_f64((capped * spread).max(0.0))
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 }
 
@@ -54,6 +57,18 @@ mod tests {
         let delays: Vec<u64> = (1..=12).map(|n| backoff.delay(n).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         assert_eq!(backoff.delay(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_huge_cap_does_not_overflow() {
+        let backoff = Backoff {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            ..Backoff::default()
+        };
+        for attempt in [1, 2, 64, u32::MAX] {
+            assert!(backoff.delay(attempt) <= Duration::MAX);
+        }
     }
 
     #[test]

@@ -691,14 +691,14 @@ fn handler_outcome(config: &PoolConfig, error: HandlerError, attempt: u32, now: 
         Retry::Never => Outcome::Fail { error: record },
         Retry::After(delay) => Outcome::Retry {
             error: record,
-            at: now + delay,
+            at: omniq_core::later(now, delay),
         },
         Retry::Backoff => retry(config, record, now),
     }
 }
 
 fn retry(config: &PoolConfig, error: TaskError, now: OffsetDateTime) -> Outcome {
-    let at = now + config.backoff.delay(error.attempt);
+    let at = omniq_core::later(now, config.backoff.delay(error.attempt));
     Outcome::Retry { error, at }
 }
 

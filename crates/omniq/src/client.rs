@@ -148,7 +148,9 @@ impl OmniQ {
 
     /// Deletes tasks that finished more than `age` ago; returns how many.
     pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
-        self.storage.purge(OffsetDateTime::now_utc() - age).await
+        self.storage
+            .purge(omniq_core::earlier(OffsetDateTime::now_utc(), age))
+            .await
     }
 
     /// How many tasks are in each status.
@@ -178,9 +180,10 @@ impl TaskBuilder<'_> {
         self
     }
 
-    /// Not before `delay` from now.
+    /// Not before `delay` from now. A delay past the latest time a store
+    /// holds ([`omniq_core::limits::MAX_TIME`]) waits until that time.
     pub fn delay(self, delay: Duration) -> Self {
-        self.eta(OffsetDateTime::now_utc() + delay)
+        self.eta(omniq_core::later(OffsetDateTime::now_utc(), delay))
     }
 
     /// Run again `interval` after each run ends.

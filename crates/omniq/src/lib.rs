@@ -49,9 +49,9 @@ pub use migrate::{migrate, MigrationReport, Progress};
 /// The core crate, for backend authors and the conformance suite.
 pub use omniq_core as core;
 pub use omniq_core::{
-    payload, BackendKind, Durability, Error, ListOrder, ListQuery, MemoryStorage, NewTask, Result,
-    Serializer, Settings, SettingsBuilder, StatusCounts, Storage, StorageExt, Task, TaskError, TaskId,
-    TaskResult, TaskStatus,
+    earlier, later, limits, payload, BackendKind, Durability, Error, ListOrder, ListQuery, MemoryStorage,
+    NewTask, Result, Serializer, Settings, SettingsBuilder, StatusCounts, Storage, StorageExt, Task,
+    TaskError, TaskId, TaskResult, TaskStatus,
 };
 #[cfg(feature = "file")]
 pub use omniq_file::{CheckReport, FileStorage};

@@ -25,6 +25,7 @@
 //!
 //! Then `cargo test --test conformance -- claim_respects_eta` runs one scenario.
 
+mod hostile;
 mod model;
 pub mod processes;
 mod scenarios;
@@ -34,8 +35,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-pub use scenarios::all as scenarios;
 
 use crate::storage::Storage;
 
@@ -77,6 +76,14 @@ pub trait Factory: Send + Sync + 'static {
     async fn open(&self) -> Fresh;
 }
 
+/// Every scenario of the suite, in a stable order: the promises of each
+/// method, then hostile and extreme input.
+pub fn scenarios() -> Vec<Scenario> {
+    let mut all = scenarios::all();
+    all.extend(hostile::all());
+    all
+}
+
 /// Runs every scenario and the model-based property test against stores from
 /// `factory`, each as a named test (`conformance::<scenario>`,
 /// `model::random_operations_agree_with_the_model`), with libtest's command-line
@@ -103,6 +110,11 @@ pub fn run_main(factory: impl Factory) -> ExitCode {
     trials.push(libtest_mimic::Trial::test(
         "model::random_operations_agree_with_the_model",
         move || model::check(&*model_factory).map_err(Into::into),
+    ));
+    let extremes_factory = factory.clone();
+    trials.push(libtest_mimic::Trial::test(
+        "extremes::random_times_and_durations_never_panic",
+        move || hostile::check(&*extremes_factory).map_err(Into::into),
     ));
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -1,0 +1,211 @@
+//! The values every backend can store, checked once: the range of times and
+//! durations, the nesting depth of JSON payloads and results, and the
+//! saturating time arithmetic every other crate uses instead of `+` and `-`.
+//!
+//! A value past these limits would be stored by one backend and refused or
+//! misread by another (SQLite keeps times as `i64` nanoseconds, JSON readers
+//! stop at 128 levels of nesting), so they are refused where a user passes
+//! them, naming the value and the allowed range, or saturated where that is
+//! the obvious meaning (a retry "in a million years" waits until the latest
+//! time a store can hold).
+
+use std::time::Duration;
+
+use serde_json::Value;
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::task::{Task, TaskStatus};
+
+/// The earliest time a store holds (SQLite's `i64` nanoseconds reach back to
+/// 1677-09-21; this keeps a margin).
+pub const MIN_TIME: OffsetDateTime = datetime!(1678-01-01 00:00:00 UTC);
+
+/// The latest time a store holds (SQLite's `i64` nanoseconds end in
+/// April 2262; this keeps a margin).
+pub const MAX_TIME: OffsetDateTime = datetime!(2262-01-01 00:00:00 UTC);
+
+/// The longest duration a task carries (interval, timeout) or a setting
+/// takes (result TTL, lease): 100 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// How deeply arrays and objects may nest in a payload or a result. JSON
+/// readers stop at 128 levels; a stored record wraps the payload in a few
+/// levels of its own, so this leaves room for them.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// `time + duration`, or [`MAX_TIME`] when that is later.
+pub fn later(time: OffsetDateTime, duration: Duration) -> OffsetDateTime {
+    let room = MAX_TIME - time;
+    if room <= time::Duration::ZERO {
+        return MAX_TIME;
+    }
+    match time::Duration::try_from(duration) {
+        Ok(duration) if duration < room => time + duration,
+        _ => MAX_TIME,
+    }
+}
+
+/// `time - duration`, or [`MIN_TIME`] when that is earlier.
+pub fn earlier(time: OffsetDateTime, duration: Duration) -> OffsetDateTime {
+    let room = time - MIN_TIME;
+    if room <= time::Duration::ZERO {
+        return MIN_TIME;
+    }
+    match time::Duration::try_from(duration) {
+        Ok(duration) if duration < room => time - duration,
+        _ => MIN_TIME,
+    }
+}
+
+/// Refuses a time outside [`MIN_TIME`]..=[`MAX_TIME`], naming `what`.
+pub fn check_time(what: &str, time: OffsetDateTime) -> Result<()> {
+    if (MIN_TIME..=MAX_TIME).contains(&time) {
+        return Ok(());
+    }
+    Err(Error::invalid_config(
+        what,
+        format!("{time} is outside the times a store can hold ({MIN_TIME} to {MAX_TIME})"),
+    ))
+}
+
+/// Refuses a duration longer than [`MAX_DURATION`], naming `what`.
+pub fn check_duration(what: &str, duration: Duration) -> Result<()> {
+    if duration <= MAX_DURATION {
+        return Ok(());
+    }
+    Err(Error::invalid_config(
+        what,
+        format!(
+            "{duration:?} is longer than the {} seconds (100 years) a store can hold",
+            MAX_DURATION.as_secs()
+        ),
+    ))
+}
+
+/// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`], naming `what`. The
+/// walk is iterative and stops at the limit, so a value of any depth is
+/// measured without deep recursion.
+pub fn check_depth<'v>(what: &str, values: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+    // The caller's container (an args array, a kwargs object) is the first level.
+    let mut stack: Vec<(&Value, usize)> = values.into_iter().map(|v| (v, 1)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > MAX_JSON_DEPTH {
+            return Err(Error::invalid_config(
+                what,
+                format!(
+                    "arrays and objects nest deeper than the {MAX_JSON_DEPTH} levels a store can read back"
+                ),
+            ));
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    Ok(())
+}
+
+/// Checks records offered to [`crate::Storage::enqueue`], the one check every
+/// backend runs before storing anything: no `running` record (its lease
+/// belongs to another store), no id twice, and every time, duration and JSON
+/// value within what a store can hold and read back. Ids already stored are
+/// the backend's to find.
+pub fn check_new_records(tasks: &[Task]) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(tasks.len());
+    for task in tasks {
+        if task.status == TaskStatus::Running {
+            return Err(Error::conflict(task.id, "a running task cannot be enqueued"));
+        }
+        if !seen.insert(task.id) {
+            return Err(Error::conflict(task.id, "the id is given twice"));
+        }
+        check_record(task)?;
+    }
+    Ok(())
+}
+
+/// Checks the times, durations and JSON of one record against what a store
+/// can hold; the error names the task and the field.
+pub fn check_record(task: &Task) -> Result<()> {
+    let named = |error: Error| match error {
+        Error::InvalidConfig { name, reason } => Error::InvalidConfig {
+            name: format!("task {}: {name}", task.id),
+            reason,
+        },
+        other => other,
+    };
+    let times = [
+        ("eta", Some(task.eta)),
+        ("created_at", Some(task.created_at)),
+        ("updated_at", Some(task.updated_at)),
+        ("started_at", task.started_at),
+        ("finished_at", task.finished_at),
+    ];
+    for (what, time) in times {
+        if let Some(time) = time {
+            check_time(what, time).map_err(named)?;
+        }
+    }
+    for (what, duration) in [("interval", task.interval), ("timeout", task.timeout)] {
+        if let Some(duration) = duration {
+            check_duration(what, duration).map_err(named)?;
+        }
+    }
+    check_depth("args", task.args.iter()).map_err(named)?;
+    check_depth("kwargs", task.kwargs.values()).map_err(named)?;
+    if let Some(result) = &task.result {
+        check_depth("result", [result]).map_err(named)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn nested(levels: usize) -> Value {
+        // `json!` would copy `inner` at every level; build the value directly.
+        (0..levels).fold(json!(1), |inner, _| Value::Array(vec![inner]))
+    }
+
+    #[test]
+    fn arithmetic_saturates_at_the_range() {
+        let now = datetime!(2030-01-01 00:00:00 UTC);
+        assert_eq!(later(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+        assert_eq!(later(now, Duration::MAX), MAX_TIME);
+        assert_eq!(later(now, Duration::from_secs(10u64.pow(12))), MAX_TIME);
+        assert_eq!(later(MAX_TIME, Duration::from_nanos(1)), MAX_TIME);
+        assert_eq!(earlier(now, Duration::MAX), MIN_TIME);
+        assert_eq!(earlier(now, Duration::from_secs(1)), now - Duration::from_secs(1));
+        assert_eq!(earlier(MIN_TIME, Duration::from_nanos(1)), MIN_TIME);
+    }
+
+    #[test]
+    fn depth_counts_the_container_as_one_level() {
+        // A payload of `MAX_JSON_DEPTH - 1` nested arrays inside args is fine.
+        assert!(check_depth("args", [&nested(MAX_JSON_DEPTH - 1)]).is_ok());
+        let error = check_depth("args", [&nested(MAX_JSON_DEPTH)]).unwrap_err();
+        assert!(error.to_string().contains("args"), "{error}");
+        // Far deeper than any reader or recursive walk could take.
+        let deep = (0..100_000).fold(Value::Null, |inner, _| {
+            Value::Object(serde_json::Map::from_iter([("a".to_string(), inner)]))
+        });
+        assert!(check_depth("result", [&deep]).is_err());
+        std::mem::forget(deep); // dropping it would recurse 100,000 levels
+    }
+
+    #[test]
+    fn ranges_name_the_value() {
+        assert!(check_time("eta", datetime!(9999-01-01 0:00 UTC)).is_err());
+        assert!(check_time("eta", datetime!(2030-01-01 0:00 UTC)).is_ok());
+        let error = check_duration("interval", Duration::MAX).unwrap_err();
+        assert!(error.to_string().contains("interval"), "{error}");
+        assert!(check_duration("interval", MAX_DURATION).is_ok());
+    }
+}
