@@ -256,11 +256,17 @@ impl Storage for MemoryStorage {
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         let mut inner = self.lock();
-        let expired: Vec<TaskId> = inner
+        let mut expired: Vec<(OffsetDateTime, TaskId)> = inner
             .tasks
             .values()
             .filter(|t| t.lease_expired(now))
-            .map(|t| t.id)
+            .map(|t| (t.lease.as_ref().map_or(now, |l| l.expires_at), t.id))
+            .collect();
+        expired.sort_unstable();
+        let expired: Vec<TaskId> = expired
+            .into_iter()
+            .take(crate::storage::REQUEUE_BATCH)
+            .map(|(_, id)| id)
             .collect();
         for id in &expired {
             let mut task = inner.tasks[id].clone();

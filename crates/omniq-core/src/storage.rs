@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 use crate::settings::Settings;
 use crate::task::{LeaseToken, NewTask, Outcome, Task, TaskId, TaskResult, TaskStatus};
 
+/// The most tasks one [`Storage::requeue_expired`] call hands back, so one
+/// pass over a store with a flood of expired leases stays short; the next
+/// pass takes the rest.
+pub const REQUEUE_BATCH: usize = 1_000;
+
 /// A request to claim due tasks; see [`Storage::claim`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClaimRequest {
@@ -227,9 +232,12 @@ pub trait Storage: Send + Sync + Debug {
     /// many were deleted. Pending and running tasks are never touched.
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64>;
 
-    /// Hands back every `running` task whose lease expired at or before `now`
-    /// ([`Task::expire_lease`]), storing the next occurrence of interval tasks
-    /// that thereby failed for good. Returns the ids handed back.
+    /// Hands back `running` tasks whose lease expired at or before `now`
+    /// ([`Task::expire_lease`]), at most [`REQUEUE_BATCH`] per call, earliest
+    /// expiry first, storing the next occurrence of interval tasks that
+    /// thereby failed for good. Returns the ids handed back. A task whose
+    /// record cannot be read is failed for good with an `unreadable` error
+    /// instead, so one damaged task never stops the recovery of the others.
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>>;
 }
 

@@ -768,6 +768,9 @@ impl Store {
             let mut saves = Vec::new();
             let mut expired = Vec::new();
             for name in names(&self.layout().running)? {
+                if expired.len() >= omniq_core::storage::REQUEUE_BATCH {
+                    break;
+                }
                 let Some(id) = entry_id(&name) else { continue };
                 let path = self.layout().running.join(&name);
                 let mut task = match self.load(id)? {

@@ -206,9 +206,19 @@ impl SqliteStorage {
             .send(make(reply))
             .await
             .map_err(|_| Error::backend("sqlite", "the writer task has stopped"))?;
-        answer
-            .await
-            .map_err(|_| Error::backend("sqlite", "the writer task stopped before answering"))?
+        answer.await.map_err(|_| {
+            Error::backend(
+                "sqlite",
+                "the writer failed while applying this change (see the log); \
+                 it was rolled back unless its transaction had committed",
+            )
+        })?
+    }
+
+    /// Test hook: the writer panics while applying the change this sends.
+    #[doc(hidden)]
+    pub async fn panic_in_writer(&self) -> Result<()> {
+        self.write(Op::Panic).await
     }
 }
 
@@ -283,7 +293,8 @@ impl Storage for SqliteStorage {
             .bind(query.status.map(TaskStatus::as_str))
             .bind(query.after.map(|id| id.to_string()))
             .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
-        let mut tasks = rows::fetch(&self.readers, query, &self.path).await?;
+        let (mut tasks, unreadable) = rows::fetch_split(&self.readers, query, &self.path).await?;
+        rows::report_unreadable(&unreadable, &self.path, "list");
         // An aggregate's input order is not promised, so restore the page's.
         match order {
             "ASC" => tasks.sort_by_key(|t| t.id),

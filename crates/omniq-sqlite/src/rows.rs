@@ -286,22 +286,80 @@ struct RowIn {
     expires_at: Option<i64>,
 }
 
+/// A stored row that does not make a task (damaged by hand, or written by
+/// an older build that let through a payload too deep to read back).
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The task's id as stored.
+    pub id: String,
+    /// What is wrong with the row.
+    pub reason: String,
+}
+
+/// Reads the tasks of one `json_group_array({TASK_JSON})` value, setting
+/// aside the rows that do not make a task, so one bad row cannot take the
+/// others down with it.
+pub fn split_rows(json: Option<&str>, db: &Path) -> Result<(Vec<Task>, Vec<Unreadable>)> {
+    let Some(json) = json else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    // The common case in one pass; row by row only when something is wrong.
+    if let Ok(rows) = serde_json::from_str::<Vec<RowIn>>(json) {
+        let mut tasks = Vec::with_capacity(rows.len());
+        let mut unreadable = Vec::new();
+        for row in rows {
+            let id = row.id.clone();
+            match task_from_row(row) {
+                Ok(task) => tasks.push(task),
+                Err(reason) => unreadable.push(Unreadable { id, reason }),
+            }
+        }
+        return Ok((tasks, unreadable));
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json).map_err(|e| Error::Corrupt {
+        path: db.to_path_buf(),
+        reason: format!("a batch of task rows cannot be read: {e}"),
+    })?;
+    let mut tasks = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in rows {
+        let id = row.get(0).and_then(|id| id.as_str()).unwrap_or("?").to_string();
+        match serde_json::from_value::<RowIn>(row) {
+            Ok(row) => match task_from_row(row) {
+                Ok(task) => tasks.push(task),
+                Err(reason) => unreadable.push(Unreadable { id, reason }),
+            },
+            Err(e) => unreadable.push(Unreadable {
+                reason: format!("task {id}: the row has the wrong shape: {e}"),
+                id,
+            }),
+        }
+    }
+    Ok((tasks, unreadable))
+}
+
 /// Reads the tasks of one `json_group_array({TASK_JSON})` value. A row that
 /// does not make a task is reported as corruption of the database, naming the
-/// task where it can.
+/// task.
 pub fn tasks_from_json(json: Option<&str>, db: &Path) -> Result<Vec<Task>> {
-    let corrupt = |reason: String| Error::Corrupt {
-        path: db.to_path_buf(),
-        reason,
-    };
-    let Some(json) = json else {
-        return Ok(Vec::new());
-    };
-    let rows: Vec<RowIn> =
-        serde_json::from_str(json).map_err(|e| corrupt(format!("a task row has the wrong shape: {e}")))?;
-    rows.into_iter()
-        .map(|row| task_from_row(row).map_err(corrupt))
-        .collect()
+    let (tasks, mut unreadable) = split_rows(json, db)?;
+    match unreadable.pop() {
+        None => Ok(tasks),
+        Some(bad) => Err(Error::Corrupt {
+            path: db.to_path_buf(),
+            reason: bad.reason,
+        }),
+    }
+}
+
+/// Logs rows set aside by [`split_rows`] that a store-wide operation skipped.
+pub fn report_unreadable(unreadable: &[Unreadable], db: &Path, doing: &str) {
+    for bad in unreadable {
+        tracing::error!(
+            db = %db.display(), task = %bad.id, reason = %bad.reason,
+            "{doing}: skipped a task whose stored row cannot be read; `omniq check` reports it"
+        );
+    }
 }
 
 fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
@@ -351,6 +409,17 @@ fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
 }
 
 /// Reads the tasks of a `SELECT json_group_array({TASK_JSON}) {TASK_FROM} ...`
+/// query (one row, one value), setting aside rows that do not make a task.
+pub async fn fetch_split<'c, 'q>(
+    executor: impl sqlx::Executor<'c, Database = Sqlite>,
+    query: sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>,
+    db: &Path,
+) -> Result<(Vec<Task>, Vec<Unreadable>)> {
+    let json = fetch_json(executor, query).await?;
+    split_rows(json.as_deref(), db)
+}
+
+/// Reads the tasks of a `SELECT json_group_array({TASK_JSON}) {TASK_FROM} ...`
 /// query: one row, one value.
 pub async fn fetch<'c, 'q>(
     executor: impl sqlx::Executor<'c, Database = Sqlite>,
@@ -376,14 +445,30 @@ pub async fn fetch_json<'c, 'q>(
 
 /// Loads the tasks with these ids (those that exist), in no particular order.
 pub async fn load(session: &mut Session<'_>, ids: &[TaskId], db: &Path) -> Result<Vec<Task>> {
+    let (tasks, mut unreadable) = load_split(session, ids, db).await?;
+    match unreadable.pop() {
+        None => Ok(tasks),
+        Some(bad) => Err(Error::Corrupt {
+            path: db.to_path_buf(),
+            reason: bad.reason,
+        }),
+    }
+}
+
+/// Like [`load`], setting aside the rows that do not make a task.
+pub async fn load_split(
+    session: &mut Session<'_>,
+    ids: &[TaskId],
+    db: &Path,
+) -> Result<(Vec<Task>, Vec<Unreadable>)> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let ids_json = serde_json::to_string(&ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())?;
     let sql = session.sql(&format!(
         "SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id IN (SELECT value FROM json_each(?1))"
     ));
-    fetch(session.conn(), sqlx::query(&sql).bind(ids_json), db).await
+    fetch_split(session.conn(), sqlx::query(&sql).bind(ids_json), db).await
 }
 
 /// Inserts new tasks. A stored id aborts the statement (and only it) with a

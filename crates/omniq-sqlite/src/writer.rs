@@ -16,10 +16,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use futures::FutureExt;
 use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, LeaseToken, Outcome,
     RenewOutcome, Result, Task, TaskId, TaskStatus,
@@ -48,6 +50,8 @@ pub enum Op {
     Retry(TaskId, OffsetDateTime, Reply<()>),
     Purge(OffsetDateTime, Reply<u64>),
     RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
+    /// Test hook: the writer panics while applying this change.
+    Panic(Reply<()>),
 }
 
 /// Sends an answer once the transaction's fate is known.
@@ -86,9 +90,29 @@ pub async fn run(
                 }
             }
         }
-        let (answers, broken) = match merged(&group) {
-            Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
-            None => apply_group(&mut conn, &db, group.drain(..)).await,
+        let applied = AssertUnwindSafe(async {
+            match merged(&group) {
+                Some(plan) => apply_merged(&mut conn, &db, &mut group, plan).await,
+                None => apply_group(&mut conn, &db, group.drain(..)).await,
+            }
+        })
+        .catch_unwind()
+        .await;
+        let (answers, broken) = match applied {
+            Ok(applied) => applied,
+            Err(panic) => {
+                // The group's callers see their replies dropped and get an
+                // error; its open transaction is undone, and the writer goes
+                // on with the next group.
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(db = %db.display(), panic = %message, "the writer panicked applying a group; it was rolled back");
+                group.clear();
+                (Vec::new(), rollback(&mut conn).await)
+            }
         };
         for (answer, error) in answers {
             answer(error.as_deref());
@@ -406,7 +430,7 @@ async fn apply_merged(
 fn fail(op: Op, message: &str) -> Answer {
     let error = || Error::backend("sqlite", format!("cannot start the change: {message}"));
     match op {
-        Op::Enqueue(_, r) | Op::Retry(_, _, r) => answer(r, Err(error())),
+        Op::Enqueue(_, r) | Op::Retry(_, _, r) | Op::Panic(r) => answer(r, Err(error())),
         Op::Claim(_, r) => answer(r, Err(error())),
         Op::Renew(_, _, _, r) => answer(r, Err(error())),
         Op::Finish(_, _, r) => answer(r, Err(error())),
@@ -439,6 +463,7 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::Retry(id, now, reply) => done(reply, retry(conn, db, id, now).await),
         Op::Purge(before, reply) => done(reply, purge(conn, before).await),
         Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
+        Op::Panic(_reply) => panic!("test hook: the writer panics while applying a change"),
     }
 }
 
@@ -564,7 +589,10 @@ fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
 /// The claimed tasks in a claim's row, in claim order.
 fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
     let json: Option<String> = row.try_get(0).map_err(sql_error)?;
-    let mut tasks = rows::tasks_from_json(json.as_deref(), db)?;
+    // A row that cannot be read is claimed all the same; no worker runs it,
+    // and the lease pass fails it once its lease runs out.
+    let (mut tasks, unreadable) = rows::split_rows(json.as_deref(), db)?;
+    rows::report_unreadable(&unreadable, db, "claim");
     tasks.sort_by_key(|task| (task.eta, task.id));
     Ok(tasks)
 }
@@ -734,11 +762,11 @@ async fn finish(
         return Ok(answers);
     }
     let ids: Vec<TaskId> = finishes.iter().map(|f| f.id).collect();
-    let mut tasks: HashMap<TaskId, Task> = rows::load(s, &ids, db)
-        .await?
-        .into_iter()
-        .map(|task| (task.id, task))
-        .collect();
+    // A task whose row cannot be read answers `LeaseLost`, and the lease pass
+    // fails it; the others of the batch finish.
+    let (tasks, unreadable) = rows::load_split(s, &ids, db).await?;
+    rows::report_unreadable(&unreadable, db, "finish");
+    let mut tasks: HashMap<TaskId, Task> = tasks.into_iter().map(|task| (task.id, task)).collect();
     let mut changed = HashMap::new();
     let mut created = Vec::new();
     let mut answers = Vec::with_capacity(finishes.len());
@@ -819,9 +847,14 @@ async fn purge(s: &mut Session<'_>, before: OffsetDateTime) -> Result<u64> {
 async fn requeue_expired(s: &mut Session<'_>, db: &Path, now: OffsetDateTime) -> Result<Vec<TaskId>> {
     let sql = s.sql(&format!(
         "SELECT json_group_array({TASK_JSON}) {TASK_FROM} \
-         WHERE t.id IN (SELECT id FROM running WHERE expires_at <= ?1)"
+         WHERE t.id IN (SELECT id FROM running WHERE expires_at <= ?1 ORDER BY expires_at LIMIT {})",
+        omniq_core::storage::REQUEUE_BATCH
     ));
-    let mut tasks = rows::fetch(s.conn(), sqlx::query(&sql).bind(to_ns(now)?), db).await?;
+    let (mut tasks, unreadable) =
+        rows::fetch_split(s.conn(), sqlx::query(&sql).bind(to_ns(now)?), db).await?;
+    if !unreadable.is_empty() {
+        fail_unreadable(s, &unreadable, now, tasks.is_empty()).await?;
+    }
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
@@ -833,4 +866,49 @@ async fn requeue_expired(s: &mut Session<'_>, db: &Path, now: OffsetDateTime) ->
     tasks.extend(created);
     rows::save(s, &tasks).await?;
     Ok(expired)
+}
+
+/// Fails, for good, running tasks whose rows cannot be read, with an
+/// `unreadable` error saying why, so the lease pass goes on for the others
+/// and the tasks are not stranded as `running`. Their stored arguments stay
+/// for a person to inspect. `last` says whether this is the change's final write.
+async fn fail_unreadable(
+    s: &mut Session<'_>,
+    unreadable: &[rows::Unreadable],
+    now: OffsetDateTime,
+    last: bool,
+) -> Result<()> {
+    let rows: Vec<(&str, &str)> = unreadable
+        .iter()
+        .map(|u| (u.id.as_str(), u.reason.as_str()))
+        .collect();
+    tracing::error!(
+        tasks = ?rows,
+        "failing running tasks whose stored rows cannot be read"
+    );
+    const SQL: &str = "UPDATE tasks SET status = 'failed', updated_at = ?2, finished_at = ?2 \
+            WHERE status = 'running' AND id IN (SELECT value->>0 FROM json_each(?1)); \
+        REPLACE INTO results (id, value, error) \
+            SELECT t.id, NULL, json_object('type', 'unreadable', 'message', j.value->>1, \
+                                           'attempt', t.attempts, 'retryable', json('false')) \
+            FROM json_each(?1) j JOIN tasks t ON t.id = j.value->>0 \
+            WHERE t.status = 'failed' AND t.finished_at = ?2; \
+        DELETE FROM running WHERE id IN (SELECT value->>0 FROM json_each(?1)); \
+        REPLACE INTO completed (id, status, finished_at) \
+            SELECT id, 'failed', ?2 FROM tasks \
+            WHERE id IN (SELECT value->>0 FROM json_each(?1)) AND status = 'failed'";
+    let sql = match last {
+        true => s.final_sql(SQL),
+        false => s.sql(SQL),
+    };
+    sqlx::query(&sql)
+        .bind(serde_json::to_string(&rows)?)
+        .bind(to_ns(now)?)
+        .execute(s.conn())
+        .await
+        .map_err(sql_error)?;
+    if last {
+        s.final_ran();
+    }
+    Ok(())
 }

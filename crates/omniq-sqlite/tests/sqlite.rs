@@ -402,3 +402,90 @@ async fn a_failing_change_among_others_loses_nothing() {
         Some(serde_json::json!("done"))
     );
 }
+
+/// A row that cannot be read (written by hand, or by a build that let a
+/// payload too deep to read back through) must not strand the tasks claimed
+/// with it, nor stop the lease pass, listing or counting for the whole store.
+#[tokio::test]
+async fn an_unreadable_row_takes_no_other_task_down() {
+    use omniq_core::{ClaimRequest, ListQuery};
+    use time::OffsetDateTime;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    let settings = Settings::default();
+    let ids = store
+        .enqueue_many(
+            (0..3).map(|_| NewTask::new("t").max_retries(0)).collect(),
+            &settings,
+        )
+        .await
+        .unwrap();
+    let bad = ids[1];
+    let deep = format!("[{}1{}]", "[".repeat(200), "]".repeat(200));
+    let mut conn = raw(&path).await;
+    sqlx::query("UPDATE tasks SET args = ?1 WHERE id = ?2")
+        .bind(&deep)
+        .bind(bad.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    let now = OffsetDateTime::now_utc();
+    let claimed = store
+        .claim(ClaimRequest {
+            worker_id: "w".into(),
+            limit: 3,
+            lease_for: std::time::Duration::from_secs(1),
+            now,
+        })
+        .await
+        .expect("the claim answers with the readable tasks");
+    let mut claimed_ids: Vec<_> = claimed.iter().map(|t| t.id).collect();
+    claimed_ids.sort();
+    assert_eq!(claimed_ids, [ids[0], ids[2]]);
+    assert_eq!(store.list(ListQuery::default()).await.unwrap().len(), 2);
+    assert_eq!(store.counts().await.unwrap().running, 3);
+
+    let later = now + std::time::Duration::from_secs(5);
+    let mut requeued = store
+        .requeue_expired(later)
+        .await
+        .expect("the lease pass goes on");
+    requeued.sort();
+    assert_eq!(requeued, [ids[0], ids[2]]);
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.failed, counts.running), (3, 0), "{counts:?}");
+    let mut conn = raw(&path).await;
+    let error: String = sqlx::query_scalar("SELECT error FROM results WHERE id = ?1")
+        .bind(bad.to_string())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(error.contains("unreadable") && error.contains("args"), "{error}");
+    assert!(matches!(store.get(bad).await, Err(Error::Corrupt { .. })));
+}
+
+/// A panic inside the writer answers its change with an error; later writes
+/// in the process still work.
+#[tokio::test]
+async fn the_writer_outlives_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
+        .await
+        .unwrap();
+    let settings = Settings::default();
+    store.enqueue_one(NewTask::new("t"), &settings).await.unwrap();
+    assert!(matches!(
+        store.panic_in_writer().await,
+        Err(Error::Backend { .. })
+    ));
+    let id = store
+        .enqueue_one(NewTask::new("t"), &settings)
+        .await
+        .expect("the writer goes on");
+    assert_eq!(store.get(id).await.unwrap().status, TaskStatus::Pending);
+    assert_eq!(store.counts().await.unwrap().pending, 2);
+}

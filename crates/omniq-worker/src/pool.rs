@@ -2,11 +2,13 @@
 //! executor per running task that renews its lease, enforces its timeout, and
 //! records its outcome.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use omniq_core::{
     ClaimRequest, Finish, FinishOutcome, Lease, LeaseRef, Outcome, RenewOutcome, Storage, Task, TaskError,
 };
@@ -580,7 +582,18 @@ async fn record(
     let mut batch = Vec::new();
     while outcomes.recv_many(&mut batch, 256).await > 0 {
         let (finishes, replies): (Vec<Finish>, Vec<_>) = batch.drain(..).unzip();
-        match storage.finish(finishes, clock.now()).await {
+        // A store that panics fails this batch's records, not every later one:
+        // the recorder goes on, and those tasks run again after their leases.
+        let finished = AssertUnwindSafe(storage.finish(finishes, clock.now()))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(omniq_core::Error::backend(
+                    "worker",
+                    format!("the store panicked: {}", panic_message(panic)),
+                ))
+            });
+        match finished {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));

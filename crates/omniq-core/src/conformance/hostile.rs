@@ -40,6 +40,10 @@ pub fn all() -> Vec<Scenario> {
             run: |store| Box::pin(extreme_leases_and_retry_times_saturate(store)),
         },
         Scenario {
+            name: "expired_leases_are_handed_back_in_bounded_passes",
+            run: |store| Box::pin(expired_leases_are_handed_back_in_bounded_passes(store)),
+        },
+        Scenario {
             name: "a_series_stops_by_its_first_id_after_that_occurrence_was_purged",
             run: |store| {
                 Box::pin(a_series_stops_by_its_first_id_after_that_occurrence_was_purged(
@@ -236,6 +240,21 @@ async fn extreme_leases_and_retry_times_saturate(store: &dyn Storage) {
     assert_eq!(store.requeue_expired(MAX_TIME).await.unwrap(), [task.id]);
     assert_eq!(store.purge(MIN_TIME).await.unwrap(), 0);
     assert_eq!(store.purge(MAX_TIME).await.unwrap(), 0);
+}
+
+async fn expired_leases_are_handed_back_in_bounded_passes(store: &dyn Storage) {
+    use crate::storage::REQUEUE_BATCH;
+    let n = REQUEUE_BATCH + 5;
+    let tasks: Vec<Task> = (0..n)
+        .map(|_| make(NewTask::new("x").max_retries(1), T0))
+        .collect();
+    store.enqueue(tasks).await.unwrap();
+    assert_eq!(claim(store, n, Duration::from_secs(1), T0).await.len(), n);
+    let after = T0 + Duration::from_secs(10);
+    assert_eq!(store.requeue_expired(after).await.unwrap().len(), REQUEUE_BATCH);
+    assert_eq!(store.requeue_expired(after).await.unwrap().len(), 5);
+    assert!(store.requeue_expired(after).await.unwrap().is_empty());
+    assert_eq!(store.counts().await.unwrap().pending, n as u64);
 }
 
 async fn a_series_stops_by_its_first_id_after_that_occurrence_was_purged(store: &dyn Storage) {
