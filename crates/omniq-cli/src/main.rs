@@ -6,6 +6,8 @@
 
 mod output;
 
+use output::out;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -176,6 +178,7 @@ type Outcome = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log_to_stderr();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -197,6 +200,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Shows OmniQ's warnings and errors (a quarantined record, a replayed
+/// change) on standard error, or what `OMNIQ_LOG` asks for.
+fn log_to_stderr() {
+    use std::io::IsTerminal;
+    let filter = std::env::var("OMNIQ_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .unwrap_or_else(|| "warn".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
 }
 
 fn settings(cli: &Cli) -> Result<Settings, Failure> {
@@ -240,7 +261,7 @@ fn parse_id(text: &str) -> Result<TaskId, Failure> {
 
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(Error::from)?;
-    println!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -262,7 +283,7 @@ async fn run(cli: Cli) -> Outcome {
             let ids = store.cancel(parse_id(id)?, now).await?;
             let list: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
             let noun = if ids.len() == 1 { "task" } else { "tasks" };
-            println!("cancelled {} {noun}: {}", ids.len(), list.join(", "));
+            out!("cancelled {} {noun}: {}", ids.len(), list.join(", "));
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry(args) => retry(&*store, args, now).await,
@@ -270,7 +291,7 @@ async fn run(cli: Cli) -> Outcome {
             let age = args.older_than.unwrap_or(settings.result_ttl);
             let removed = store.purge(omniq::earlier(now, age)).await?;
             let noun = if removed == 1 { "task" } else { "tasks" };
-            println!(
+            out!(
                 "removed {removed} finished {noun} older than {}",
                 humantime::format_duration(age)
             );
@@ -299,7 +320,7 @@ async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateT
             ..Default::default()
         })
         .await?;
-    println!("store      {url}");
+    out!("store      {url}");
     for status in TaskStatus::ALL {
         let extra = match status {
             TaskStatus::Pending => pending
@@ -310,11 +331,11 @@ async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateT
                 .unwrap_or_default(),
             _ => String::new(),
         };
-        println!("{:<10} {:>6}{extra}", status.as_str(), counts.get(status));
+        out!("{:<10} {:>6}{extra}", status.as_str(), counts.get(status));
     }
-    println!("{:<10} {:>6}", "total", counts.total());
+    out!("{:<10} {:>6}", "total", counts.total());
     if !running.is_empty() {
-        println!("\nrunning leases:");
+        out!("\nrunning leases:");
         let rows: Vec<Vec<String>> = running
             .iter()
             .map(|t| {
@@ -350,7 +371,7 @@ async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour:
         return Ok(ExitCode::SUCCESS);
     }
     if tasks.is_empty() {
-        println!("no tasks");
+        out!("no tasks");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = tasks
@@ -390,31 +411,31 @@ async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: b
     };
     let seconds =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| humantime::format_duration(d).to_string());
-    println!("id           {}", task.id);
-    println!("func_path    {}", task.func_path);
-    println!("status       {}", output::status(task.status, colour));
-    println!("args         {}", serde_json::Value::Array(task.args.clone()));
-    println!("kwargs       {}", serde_json::Value::Object(task.kwargs.clone()));
-    println!("attempts     {} of {}", task.attempts, task.max_retries + 1);
-    println!("eta          {}", time(Some(task.eta)));
-    println!("interval     {}", seconds(task.interval));
-    println!("timeout      {}", seconds(task.timeout));
-    println!("created_at   {}", time(Some(task.created_at)));
-    println!("updated_at   {}", time(Some(task.updated_at)));
-    println!("started_at   {}", time(task.started_at));
-    println!("finished_at  {}", time(task.finished_at));
+    out!("id           {}", task.id);
+    out!("func_path    {}", task.func_path);
+    out!("status       {}", output::status(task.status, colour));
+    out!("args         {}", serde_json::Value::Array(task.args.clone()));
+    out!("kwargs       {}", serde_json::Value::Object(task.kwargs.clone()));
+    out!("attempts     {} of {}", task.attempts, task.max_retries + 1);
+    out!("eta          {}", time(Some(task.eta)));
+    out!("interval     {}", seconds(task.interval));
+    out!("timeout      {}", seconds(task.timeout));
+    out!("created_at   {}", time(Some(task.created_at)));
+    out!("updated_at   {}", time(Some(task.updated_at)));
+    out!("started_at   {}", time(task.started_at));
+    out!("finished_at  {}", time(task.finished_at));
     if let Some(series) = task.series {
-        println!("series       {series}");
+        out!("series       {series}");
     }
     if let Some(lease) = &task.lease {
-        println!(
+        out!(
             "lease        worker {}, expires {}",
             lease.worker_id,
             output::relative(lease.expires_at, now)
         );
     }
     if let Some(error) = &task.error {
-        println!(
+        out!(
             "error        [{}] {} (attempt {}, {})",
             error.kind,
             error.message,
@@ -427,7 +448,7 @@ async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: b
         );
     }
     if let Some(result) = &task.result {
-        println!("result       {result}");
+        out!("result       {result}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -442,16 +463,16 @@ async fn result(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour:
         .finished_at
         .map(|t| format!(", finished {}", output::relative(t, now)))
         .unwrap_or_default();
-    println!(
+    out!(
         "{} after {} attempt(s){finished}",
         output::status(result.status, colour),
         result.attempts
     );
     if let Some(value) = &result.value {
-        println!("result: {value}");
+        out!("result: {value}");
     }
     if let Some(error) = &result.error {
-        println!("error: [{}] {}", error.kind, error.message);
+        out!("error: [{}] {}", error.kind, error.message);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -460,7 +481,7 @@ async fn retry(store: &dyn Storage, args: &RetryArgs, now: OffsetDateTime) -> Ou
     if let Some(id) = &args.id {
         let id = parse_id(id)?;
         store.retry(id, now).await?;
-        println!("retried {id}: pending again");
+        out!("retried {id}: pending again");
         return Ok(ExitCode::SUCCESS);
     }
     let mut retried = 0;
@@ -480,7 +501,7 @@ async fn retry(store: &dyn Storage, args: &RetryArgs, now: OffsetDateTime) -> Ou
             retried += 1;
         }
     }
-    println!("retried {retried} failed task(s)");
+    out!("retried {retried} failed task(s)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -505,7 +526,7 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
     }
     let report = omniq::migrate(&*source, &*destination, |p| bar.set_position(p.done)).await?;
     bar.finish_and_clear();
-    println!(
+    out!(
         "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) stored as pending; the source is unchanged",
         args.from, args.to, report.copied, report.skipped, report.running_reset
     );
@@ -528,8 +549,8 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
                     "healthy": healthy,
                 }))?;
             } else {
-                println!("integrity_check: {}", integrity.join("; "));
-                println!(
+                out!("integrity_check: {}", integrity.join("; "));
+                out!(
                     "schema version {version} (this build writes {})",
                     omniq::sqlite_schema_version()
                 );
@@ -541,9 +562,21 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
             })
         }
         _ => {
-            let store = FileStorage::open_path(&url.path, settings.durability).await?;
+            let store = FileStorage::open_with(&url.path, settings.durability, settings.lock_timeout).await?;
             let report = store.check(args.repair).await?;
-            let healthy = report.problems.is_empty() || (args.repair && report.quarantined.is_empty());
+            let fixed = report.problems.is_empty() || (args.repair && report.quarantined.is_empty());
+            let healthy = fixed && report.held.is_empty();
+            let held: Vec<serde_json::Value> = report
+                .held
+                .iter()
+                .map(|q| {
+                    serde_json::json!({
+                        "path": q.path,
+                        "reason": q.reason,
+                        "since": q.when.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                    })
+                })
+                .collect();
             if args.json {
                 print_json(&serde_json::json!({
                     "backend": "file",
@@ -551,20 +584,40 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
                     "entries": report.entries,
                     "problems": report.problems,
                     "quarantined": report.quarantined,
+                    "held_in_quarantine": held,
                     "repaired": report.repaired,
-                    "healthy": report.problems.is_empty(),
+                    "healthy": report.is_healthy(),
                 }))?;
             } else {
-                println!("{} records, {} entries", report.records, report.entries);
+                out!("{} records, {} entries", report.records, report.entries);
                 for problem in &report.problems {
-                    println!("problem: {problem}");
+                    out!("problem: {problem}");
                 }
-                if report.problems.is_empty() {
-                    println!("no problems found");
-                } else if args.repair {
-                    println!("repaired {}", report.repaired);
-                } else {
-                    println!("run `omniq check --repair` to fix the entries");
+                for q in &report.held {
+                    let since = q
+                        .when
+                        .map(|t| {
+                            format!(
+                                " (since {})",
+                                output::relative(t, time::OffsetDateTime::now_utc())
+                            )
+                        })
+                        .unwrap_or_default();
+                    out!("quarantined: {}: {}{since}", q.path.display(), q.reason);
+                }
+                if report.is_healthy() {
+                    out!("no problems found");
+                } else if args.repair && !report.problems.is_empty() {
+                    out!("repaired {}", report.repaired);
+                } else if !report.problems.is_empty() {
+                    out!("run `omniq check --repair` to fix the entries");
+                }
+                if !report.held.is_empty() {
+                    out!(
+                        "{} file(s) in quarantine/ hold what OmniQ could not read: inspect each, \
+                         then delete it (and its .why file) once dealt with",
+                        report.held.len()
+                    );
                 }
             }
             Ok(if healthy {

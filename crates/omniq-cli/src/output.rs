@@ -1,10 +1,36 @@
-//! How the command shows things to people: aligned tables, relative times, and
+//! How the command shows things to people: lines on standard output that
+//! end quietly when the reader goes away, aligned tables, relative times, and
 //! colour only when writing to a terminal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use omniq::TaskStatus;
 use time::OffsetDateTime;
+
+/// Prints a line on standard output, like `println!`, through [`write_line`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
+/// Writes one line to standard output. When the reader has gone away
+/// (`omniq list | head -1`), the command ends at once and quietly, with
+/// success: nobody is left to read the rest. Any other write error ends it
+/// with a message on standard error.
+pub fn write_line(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(line).and_then(|_| stdout.write_all(b"\n"));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// Whether standard output is a terminal that wants colour (`NO_COLOR` unset).
 pub fn colour() -> bool {
@@ -86,7 +112,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&" ".repeat(width - visible(cell) + 2));
             }
         }
-        println!("{}", out.trim_end());
+        out!("{}", out.trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {

@@ -250,10 +250,24 @@ fn check_reports_and_repairs_a_file_store() {
     let problems = report["problems"].to_string();
     assert!(problems.contains(&waiting), "{problems}");
     assert_eq!(report["quarantined"].as_array().unwrap().len(), 1, "{report}");
-    let out = s.run(&["check", "--repair"]);
-    assert!(out.contains("repaired"), "{out}");
+    // Repair fixes the entries; the quarantined record stays listed (and the
+    // check unhealthy) until a person deals with it.
+    let out = s.omniq().args(["check", "--repair"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("repaired"), "{text}");
+    let out = s.omniq().args(["check"]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("problem:"), "{text}");
+    assert!(
+        text.contains(&format!("quarantined: {}", s.base.join("quarantine").display())),
+        "{text}"
+    );
+    // The record and the file holding why it was moved.
+    assert_eq!(std::fs::read_dir(s.base.join("quarantine")).unwrap().count(), 2);
+    std::fs::remove_dir_all(s.base.join("quarantine")).unwrap();
+    std::fs::create_dir(s.base.join("quarantine")).unwrap();
     assert!(s.run(&["check"]).contains("no problems found"));
-    assert_eq!(std::fs::read_dir(s.base.join("quarantine")).unwrap().count(), 1);
     assert!(s.run(&["show", &waiting]).contains("pending"));
 }
 
@@ -342,4 +356,71 @@ fn bad_input_gets_a_clear_error() {
         err.contains("OMNIQ_DURABILITY") && err.contains("normal, full"),
         "{err}"
     );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("data");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let settings = Settings::builder()
+            .backend(BackendKind::File)
+            .base_dir(&base)
+            .build()
+            .unwrap();
+        let queue = OmniQ::open(settings).await.unwrap();
+        // More lines than a pipe holds, so the writer meets the closed end.
+        let tasks = (0..1500)
+            .map(|i| omniq::NewTask::with_payload("add", &(i, i)).unwrap())
+            .collect();
+        queue.enqueue_many(tasks).await.unwrap();
+    });
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("omniq"))
+        .env_remove("OMNIQ_BACKEND")
+        .args(["--backend", "file", "--base-dir"])
+        .arg(&base)
+        .args(["list", "--limit", "100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(!first.is_empty());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn warnings_reach_stderr_and_check_lists_the_quarantine() {
+    let s = store(BackendKind::File);
+    let record = s.base.join(format!("tasks/task-{}.json", s.waiting));
+    std::fs::write(&record, b"{ not json").unwrap();
+    let out = s.omniq().args(["show", &s.waiting.to_string()]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("quarantined"), "the warning is shown: {stderr}");
+    assert!(stderr.contains("quarantine"), "{stderr}");
+    let out = s.omniq().args(["check"]).output().unwrap();
+    assert!(!out.status.success(), "a quarantined record is not healthy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("quarantined: ") && stdout.contains("not a readable task record"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn ages_and_times_past_what_a_store_holds_do_not_panic() {
+    for s in both() {
+        let text = s.run(&["purge", "--older-than", "20000y"]);
+        assert!(text.contains("removed 0"), "{text}");
+    }
 }

@@ -106,12 +106,19 @@ pub struct Settings {
     pub durability: Durability,
     /// A `tracing` filter such as `info,omniq=debug` (`OMNIQ_LOG`).
     pub log: Option<String>,
+    /// How long opening or changing a store waits for another process that
+    /// holds its lock (the file store's `lock` file, SQLite's write lock)
+    /// before failing with an error naming the lock (`OMNIQ_LOCK_TIMEOUT`,
+    /// seconds; default 30).
+    pub lock_timeout: Duration,
 }
 
 /// The default for [`Settings::default_max_retries`].
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 /// The default for [`Settings::result_ttl`]: one day.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default for [`Settings::lock_timeout`].
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default for [`Settings::base_dir`].
 pub const DEFAULT_BASE_DIR: &str = "./omniq_data";
 
@@ -127,6 +134,7 @@ impl Default for Settings {
             result_ttl: DEFAULT_RESULT_TTL,
             durability: Durability::Normal,
             log: None,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -196,6 +204,9 @@ impl Settings {
         }
         if let Some(v) = get("OMNIQ_LOG")? {
             builder = builder.log(v);
+        }
+        if let Some(v) = get("OMNIQ_LOCK_TIMEOUT")? {
+            builder = builder.lock_timeout(parse_seconds("OMNIQ_LOCK_TIMEOUT", &v, true)?);
         }
         builder.build()
     }
@@ -295,6 +306,12 @@ impl SettingsBuilder {
         self
     }
 
+    /// How long to wait for another process's lock on the store.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.lock_timeout = timeout;
+        self
+    }
+
     /// Checks and returns the settings.
     pub fn build(self) -> Result<Settings> {
         let settings = self.settings;
@@ -311,6 +328,7 @@ impl SettingsBuilder {
             crate::limits::check_duration("default_timeout", timeout)?;
         }
         crate::limits::check_duration("result_ttl", settings.result_ttl)?;
+        crate::limits::check_duration("lock_timeout", settings.lock_timeout)?;
         Ok(settings)
     }
 }

@@ -2,13 +2,15 @@
 //! primitive file operations: atomic writes, renames, removals, each counted as
 //! one step so tests can simulate a crash between any two of them.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use omniq_core::{Durability, Error, Result, TaskId, TaskStatus};
 use time::OffsetDateTime;
+
+use crate::safe::{self, Modes, TMP_PREFIX};
 
 /// The folders and files of a store.
 #[derive(Debug, Clone)]
@@ -114,9 +116,11 @@ pub fn entry_id(name: &str) -> Option<TaskId> {
     TaskId::parse(id).ok()
 }
 
-/// The 20-digit time key of a keyed entry name.
+/// The 20-digit time key of a keyed entry name. Names are checked by bytes,
+/// so a name with a multibyte character anywhere is simply not an entry.
 pub fn entry_key(name: &str) -> Option<&str> {
-    (name.len() == 57).then(|| &name[..20])
+    let key = name.get(..20)?;
+    (name.len() == 57 && key.bytes().all(|b| b.is_ascii_digit())).then_some(key)
 }
 
 /// The id of a record file name (`task-<id>.json`).
@@ -130,6 +134,7 @@ pub fn record_id(name: &str) -> Option<TaskId> {
 #[derive(Debug)]
 pub struct Disk {
     pub layout: Layout,
+    pub modes: Modes,
     durability: Durability,
     steps: AtomicU64,
     crash_at: AtomicU64,
@@ -141,9 +146,10 @@ pub struct Disk {
 pub const SIMULATED_CRASH: &str = "simulated crash (test hook)";
 
 impl Disk {
-    pub fn new(layout: Layout, durability: Durability) -> Self {
+    pub fn new(layout: Layout, modes: Modes, durability: Durability) -> Self {
         Disk {
             layout,
+            modes,
             durability,
             steps: AtomicU64::new(0),
             crash_at: AtomicU64::new(u64::MAX),
@@ -197,13 +203,23 @@ impl Disk {
     /// rename over `path`. A reader sees the old file or the new one, whole.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.layout.tmp.join(format!(
-            "{}.{}.{}",
+            "{TMP_PREFIX}{}.{}.{}",
             std::process::id(),
             self.unique.fetch_add(1, Ordering::Relaxed),
             path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
         ));
-        let mut file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let written = file.write_all(bytes).map_err(|e| Error::io(&tmp, e));
+        // `create_new` fails on anything already there, a planted link included.
+        let mut file = self
+            .modes
+            .options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        let written = self
+            .modes
+            .fix_file(&file, &tmp)
+            .and_then(|_| file.write_all(bytes).map_err(|e| Error::io(&tmp, e)));
         let synced = written.and_then(|_| self.sync_file(&file, &tmp));
         drop(file);
         if let Err(error) = synced {
@@ -225,12 +241,15 @@ impl Disk {
     /// Creates an empty file (an entry) if it does not exist.
     pub fn create_empty(&self, path: &Path) -> Result<()> {
         self.step()?;
-        OpenOptions::new()
+        let file = self
+            .modes
+            .options()
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| open_error(path, e))?;
+        self.modes.fix_file(&file, path)?;
         self.sync_dir(parent(path))
     }
 
@@ -253,9 +272,10 @@ impl Disk {
     /// Creates the empty file `path` if it is missing, its folder flushed under
     /// `Full`, so a later in-place write cannot lose its directory entry.
     pub fn ensure_file(&self, path: &Path) -> Result<()> {
-        match path.exists() {
-            true => Ok(()),
-            false => self.create_empty(path),
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(safe::link_error(path)),
+            Ok(_) => Ok(()),
+            Err(_) => self.create_empty(path),
         }
     }
 
@@ -264,12 +284,14 @@ impl Disk {
     /// where a torn write is a change that never started (see the store).
     pub fn write_in_place(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         self.step()?;
-        let mut file = OpenOptions::new()
+        let mut file = self
+            .modes
+            .options()
             .write(true)
             .create(true)
             .truncate(true)
             .open(path)
-            .map_err(|e| Error::io(path, e))?;
+            .map_err(|e| open_error(path, e))?;
         file.write_all(bytes).map_err(|e| Error::io(path, e))?;
         self.sync_file(&file, path)
     }
@@ -277,10 +299,10 @@ impl Disk {
     /// Empties `path` (a file already gone is fine), flushed under `Full`.
     pub fn clear(&self, path: &Path) -> Result<()> {
         self.step()?;
-        let file = match OpenOptions::new().write(true).open(path) {
+        let file = match self.modes.options().write(true).open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(open_error(path, e)),
         };
         file.set_len(0).map_err(|e| Error::io(path, e))?;
         self.sync_file(&file, path)
@@ -290,12 +312,18 @@ impl Disk {
     /// renames it to `to`; `Ok(false)` when `from` no longer exists. A claim
     /// uses it to carry the lease into `running/` with the entry's one rename,
     /// instead of writing a second file: until the rename, `from` is a pending
-    /// entry, whose content nothing reads.
+    /// entry, whose content nothing reads. A link planted in place of `from`
+    /// is removed (the link, not its target) and answers `Ok(false)`.
     pub fn fill_and_rename(&self, from: &Path, to: &Path, bytes: &[u8]) -> Result<bool> {
         self.step()?;
-        let mut file = match OpenOptions::new().write(true).truncate(true).open(from) {
+        let mut file = match self.modes.options().write(true).truncate(true).open(from) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if safe::is_link_refused(&e) => {
+                tracing::error!(path = %from.display(), "removed a symbolic link planted as an entry");
+                fs::remove_file(from).map_err(|e| Error::io(from, e))?;
+                return Ok(false);
+            }
             Err(e) => return Err(Error::io(from, e)),
         };
         file.write_all(bytes).map_err(|e| Error::io(from, e))?;
@@ -319,13 +347,25 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// Reads a file; `Ok(None)` when it does not exist.
-pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
+/// The error of an open that failed, naming a refused link as such.
+fn open_error(path: &Path, error: io::Error) -> Error {
+    match safe::is_link_refused(&error) {
+        true => safe::link_error(path),
+        false => Error::io(path, error),
     }
+}
+
+/// Reads a file; `Ok(None)` when it does not exist. A symbolic link is not
+/// followed: it is an [`Error::Corrupt`] naming the path.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    let mut file = match safe::open_read(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(open_error(path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    Ok(Some(bytes))
 }
 
 /// The names in a folder (files OmniQ did not write are included; callers parse).
@@ -335,6 +375,20 @@ pub fn names(dir: &Path) -> Result<Vec<String>> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         if let Ok(name) = entry.file_name().into_string() {
             names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// The names in a folder, each with whether it is a symbolic link (read from
+/// the folder itself, without a `stat` per name).
+pub fn names_typed(dir: &Path) -> Result<Vec<(String, bool)>> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push((name, link));
         }
     }
     Ok(names)
@@ -370,6 +424,11 @@ mod tests {
         }
         assert_eq!(entry_id("../../etc/passwd"), None);
         assert_eq!(entry_id("notes.txt"), None);
+        // A multibyte character across byte 20 is no entry, and no panic.
+        let odd = format!("0000000000000000000é{id}");
+        assert_eq!(odd.len(), 57);
+        assert_eq!(entry_key(&odd), None);
+        assert_eq!(entry_id(&odd), None);
         assert_eq!(record_id(&format!("task-{id}.json")), Some(id));
         assert_eq!(record_id("task-../x.json"), None);
     }

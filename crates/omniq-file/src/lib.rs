@@ -19,6 +19,9 @@
 //! between changes).
 
 mod layout;
+mod lock;
+mod quarantine;
+mod safe;
 mod store;
 
 use std::path::Path;
@@ -31,6 +34,7 @@ use omniq_core::{
 };
 use time::OffsetDateTime;
 
+pub use crate::quarantine::Quarantined;
 pub use crate::store::CheckReport;
 use crate::store::Store;
 
@@ -52,14 +56,26 @@ impl FileStorage {
                 "the file backend writes human-readable JSON records; msgpack is not supported by it, use json",
             ));
         }
-        Self::open_path(&settings.base_dir, settings.durability).await
+        Self::open_with(&settings.base_dir, settings.durability, settings.lock_timeout).await
     }
 
     /// Opens (creating if missing) the store in the folder `base`, finishing any
     /// change that a process which died midway left behind.
     pub async fn open_path(base: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        Self::open_with(base, durability, omniq_core::settings::DEFAULT_LOCK_TIMEOUT).await
+    }
+
+    /// Like [`FileStorage::open_path`], waiting at most `lock_timeout` (here
+    /// and in every later operation) for another process holding the store
+    /// lock, then failing with an error that names the lock file and, where
+    /// the system tells, the holder's pid.
+    pub async fn open_with(
+        base: impl AsRef<Path>,
+        durability: Durability,
+        lock_timeout: Duration,
+    ) -> Result<Self> {
         let base = base.as_ref().to_path_buf();
-        let store = blocking(move || Store::open(&base, durability)).await?;
+        let store = blocking(move || Store::open(&base, durability, lock_timeout)).await?;
         Ok(FileStorage {
             store: Arc::new(store),
         })

@@ -14,7 +14,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +29,12 @@ use time::OffsetDateTime;
 use crate::layout::{
     entry_id, entry_key, entry_name, names, read_optional, record_id, time_key, Disk, Layout,
 };
+use crate::lock::StoreLock;
+use crate::quarantine;
+
+mod check;
+use crate::safe::{self, Modes, TMP_PREFIX};
+pub use check::CheckReport;
 
 /// How long this process trusts its sorted view of `pending/` before reading the
 /// folder again, to see tasks enqueued by other processes.
@@ -65,15 +71,21 @@ enum Before<'a> {
 #[allow(clippy::large_enum_variant)]
 enum Loaded {
     Missing,
-    Corrupt,
+    /// Moved to quarantine: where to, and why.
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+    },
     Found(Task),
 }
 
 struct State {
-    lock: File,
+    lock: StoreLock,
     /// Names in `pending/`, sorted as claims take them (eta, then id).
     view: BTreeSet<String>,
     view_read_at: Option<Instant>,
+    /// When this process last looked for records without entries.
+    entries_checked_at: Option<Instant>,
 }
 
 /// A store folder and the state this process keeps about it.
@@ -92,26 +104,29 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if missing) the store in `base`, replaying a change that a
-    /// dead process left unfinished.
-    pub fn open(base: &Path, durability: Durability) -> Result<Self> {
+    /// dead process left unfinished. Waits at most `lock_timeout` for another
+    /// process holding the store lock.
+    pub fn open(base: &Path, durability: Durability, lock_timeout: Duration) -> Result<Self> {
         let layout = Layout::new(base);
+        Modes::PRIVATE.create_dir(base)?;
+        let modes = Modes::for_folder(base);
         for folder in layout.folders() {
-            fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
+            modes.create_dir(folder)?;
         }
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&layout.lock)
-            .map_err(|e| Error::io(&layout.lock, e))?;
+        safe::remove_link(&layout.lock)?;
+        let lock = StoreLock::open(&layout.lock, modes, lock_timeout)?;
         let store = Store {
-            disk: Disk::new(layout, durability),
+            disk: Disk::new(layout, modes, durability),
             state: Mutex::new(State {
                 lock,
                 view: BTreeSet::new(),
                 view_read_at: None,
+                entries_checked_at: None,
             }),
         };
+        // The journal is OmniQ's own file: a link planted in its place is
+        // removed (the link, not its target) before anything reads it.
+        safe::remove_link(&store.layout().intent)?;
         store.locked(|_| store.disk.ensure_file(&store.layout().intent))?;
         store.remove_abandoned_tmp_files();
         Ok(store)
@@ -125,18 +140,28 @@ impl Store {
         &self.disk
     }
 
+    /// Removes temporary files that a process which died mid-write left in
+    /// `tmp/`: only files OmniQ named (with its prefix), only plain files (a
+    /// link is removed as itself, never followed), only old ones. `tmp/`
+    /// itself was checked on open to be a folder, not a link.
     fn remove_abandoned_tmp_files(&self) {
         let Ok(entries) = fs::read_dir(&self.layout().tmp) else {
             return;
         };
         for entry in entries.flatten() {
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(TMP_PREFIX));
+            // `DirEntry::metadata` does not follow links.
             let old = entry
                 .metadata()
-                .and_then(|m| m.modified())
                 .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .is_some_and(|age| age > TMP_ABANDONED_AFTER);
-            if old {
+            if ours && old {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -147,8 +172,7 @@ impl Store {
         // A panic while holding the mutex leaves nothing half-done that the
         // intent replay below does not repair.
         let mut state: MutexGuard<'_, State> = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let layout = self.layout();
-        state.lock.lock().map_err(|e| Error::io(&layout.lock, e))?;
+        state.lock.lock()?;
         let result = self.replay(&mut state).and_then(|_| f(&mut state));
         if let Err(error) = state.lock.unlock() {
             tracing::warn!(%error, "cannot release the store lock; it is released when the process exits");
@@ -160,49 +184,57 @@ impl Store {
 
     fn load(&self, id: TaskId) -> Result<Loaded> {
         let path = self.layout().record(id);
-        let Some(bytes) = read_optional(&path)? else {
-            return Ok(Loaded::Missing);
+        let bytes = match read_optional(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(Loaded::Missing),
+            // A link planted in place of the record.
+            Err(Error::Corrupt { reason, .. }) => return Ok(self.quarantine(id, &path, reason)),
+            Err(other) => return Err(other),
         };
         match serde_json::from_slice::<Task>(&bytes) {
             Ok(task) if task.id == id => Ok(Loaded::Found(task)),
-            Ok(task) => {
-                self.quarantine(&path, &format!("the record holds task {} instead", task.id));
-                Ok(Loaded::Corrupt)
-            }
-            Err(error) => {
-                self.quarantine(&path, &error.to_string());
-                Ok(Loaded::Corrupt)
-            }
+            Ok(task) => Ok(self.quarantine(id, &path, format!("the record holds task {} instead", task.id))),
+            Err(error) => Ok(self.quarantine(
+                id,
+                &path,
+                format!("the record is not a readable task record: {error}"),
+            )),
         }
     }
 
-    /// Moves a file that cannot be read to `quarantine/`, logging why. It is kept
-    /// for a person to inspect, and no longer stops anything else.
-    fn quarantine(&self, path: &Path, reason: &str) -> PathBuf {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let stamp = OffsetDateTime::now_utc().unix_timestamp_nanos();
-        let target = self.layout().quarantine.join(format!("{name}.{stamp}"));
-        match fs::rename(path, &target) {
-            Ok(()) => tracing::error!(
-                file = %path.display(), moved_to = %target.display(), %reason,
-                "corrupt file quarantined"
-            ),
-            Err(error) => tracing::error!(
-                file = %path.display(), %reason, %error,
-                "corrupt file found and could not be quarantined"
-            ),
+    /// Moves a record that cannot be read to `quarantine/` with its reason,
+    /// and removes its entries, so no count shows a task that no list can.
+    fn quarantine(&self, id: TaskId, path: &Path, reason: String) -> Loaded {
+        let moved = quarantine::move_aside(self.layout(), self.disk.modes, path, &reason);
+        match self.find_entries(id) {
+            Ok(entries) => {
+                for entry in entries {
+                    if let Err(error) = self.disk.remove(&entry) {
+                        tracing::warn!(%error, "cannot remove the entry of a quarantined record");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot look for the entries of a quarantined record"),
         }
-        target
+        Loaded::Corrupt { path: moved, reason }
     }
 
+    /// The record of `id`, or why not: [`Error::NotFound`], or
+    /// [`Error::Corrupt`] naming the quarantined file when it was moved aside.
     fn record_or_error(&self, id: TaskId) -> Result<Task> {
         match self.load(id)? {
             Loaded::Found(task) => Ok(task),
-            Loaded::Missing => Err(Error::not_found(id)),
-            Loaded::Corrupt => Err(Error::Corrupt {
-                path: self.layout().record(id),
-                reason: "the task record is not valid JSON; it was moved to quarantine/".into(),
+            Loaded::Corrupt { path, reason } => Err(Error::Corrupt {
+                path,
+                reason: format!("{reason}; the record was moved to quarantine/"),
             }),
+            Loaded::Missing => match quarantine::record_of(self.layout(), id) {
+                Some(held) => Err(Error::Corrupt {
+                    path: held.path,
+                    reason: format!("{}; the record was moved to quarantine/", held.reason),
+                }),
+                None => Err(Error::not_found(id)),
+            },
         }
     }
 
@@ -558,7 +590,7 @@ impl Store {
             }
             // An entry whose record was never written (a crash during enqueue),
             // or whose record was quarantined.
-            Loaded::Missing | Loaded::Corrupt => {
+            Loaded::Missing | Loaded::Corrupt { .. } => {
                 self.disk.remove(&path)?;
                 Ok(None)
             }
@@ -765,6 +797,7 @@ impl Store {
 
     pub fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         self.locked(|state| {
+            self.restore_missing_entries(state)?;
             let mut saves = Vec::new();
             let mut expired = Vec::new();
             for name in names(&self.layout().running)? {
@@ -775,7 +808,7 @@ impl Store {
                 let path = self.layout().running.join(&name);
                 let mut task = match self.load(id)? {
                     Loaded::Found(task) => task,
-                    Loaded::Missing | Loaded::Corrupt => {
+                    Loaded::Missing | Loaded::Corrupt { .. } => {
                         self.disk.remove(&path)?;
                         continue;
                     }
@@ -800,104 +833,4 @@ impl Store {
             Ok(expired)
         })
     }
-
-    /// Reconciles the whole folder: every record must parse and have exactly
-    /// one entry, in its status's folder. Corrupt records are quarantined;
-    /// with `repair`, misplaced, missing and orphaned entries are fixed too.
-    pub fn check(&self, repair: bool) -> Result<CheckReport> {
-        self.locked(|state| {
-            let mut report = CheckReport::default();
-            let layout = self.layout();
-            let mut records = HashMap::new();
-            for name in names(&layout.tasks)? {
-                let Some(id) = record_id(&name) else {
-                    report
-                        .problems
-                        .push(format!("tasks/{name}: not a task record (ignored)"));
-                    continue;
-                };
-                match self.load(id)? {
-                    Loaded::Found(task) => {
-                        records.insert(id, task);
-                    }
-                    Loaded::Corrupt => {
-                        report.quarantined.push(format!("tasks/{name}"));
-                        report.problems.push(format!(
-                            "tasks/{name}: not a valid task record; moved to quarantine/"
-                        ));
-                    }
-                    Loaded::Missing => {}
-                }
-            }
-            report.records = records.len() as u64;
-            let mut entries: HashMap<TaskId, Vec<PathBuf>> = HashMap::new();
-            for status in TaskStatus::ALL {
-                let folder = layout.entry_folder(status);
-                for name in names(folder)? {
-                    match entry_id(&name) {
-                        Some(id) => entries.entry(id).or_default().push(folder.join(name)),
-                        None => report
-                            .problems
-                            .push(format!("{}/{name}: not an entry (ignored)", status.as_str())),
-                    }
-                }
-            }
-            report.entries = entries.values().map(|e| e.len() as u64).sum();
-            let mut fixes = Vec::new();
-            for (id, task) in &records {
-                let expected = self.entry_path(task);
-                let found = entries.remove(id).unwrap_or_default();
-                if found != [expected.clone()] {
-                    report.problems.push(format!(
-                        "task {id} is {} but its entries are {:?}",
-                        task.status,
-                        found
-                            .iter()
-                            .map(|p| relative(&layout.base, p))
-                            .collect::<Vec<_>>()
-                    ));
-                    fixes.push(task.clone());
-                }
-            }
-            for (id, orphans) in entries {
-                for orphan in orphans {
-                    report.problems.push(format!(
-                        "{} has no record (task {id})",
-                        relative(&layout.base, &orphan)
-                    ));
-                    if repair {
-                        self.disk.remove(&orphan)?;
-                        report.repaired += 1;
-                    }
-                }
-            }
-            if repair {
-                for task in fixes {
-                    self.place_entry(&task, Before::Unknown)?;
-                    report.repaired += 1;
-                }
-                state.view_read_at = None;
-            }
-            Ok(report)
-        })
-    }
-}
-
-fn relative(base: &Path, path: &Path) -> String {
-    path.strip_prefix(base).unwrap_or(path).display().to_string()
-}
-
-/// What [`Store::check`] found.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CheckReport {
-    /// Task records read.
-    pub records: u64,
-    /// Entries found in the status folders.
-    pub entries: u64,
-    /// Everything out of place, one line each.
-    pub problems: Vec<String>,
-    /// Files moved to `quarantine/`.
-    pub quarantined: Vec<String>,
-    /// Problems fixed (with `repair`).
-    pub repaired: u64,
 }

@@ -120,10 +120,11 @@ async fn a_corrupt_record_is_quarantined_and_the_rest_is_processed() {
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains("quarantine"), "{err}");
     assert!(!record.exists());
+    // The record, and the file holding why it was moved.
     let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine"))
         .unwrap()
         .collect();
-    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined.len(), 2);
 
     // Every other task is claimed and finished as usual.
     let claimed = claim(&store, 10, T0).await;
@@ -154,8 +155,15 @@ async fn a_corrupt_record_found_by_a_claim_is_quarantined() {
     .unwrap();
     let claimed = claim(&store, 10, T0).await;
     assert_eq!(claimed.len(), 2);
-    assert_eq!(count(&dir.path().join("quarantine")), 1);
-    assert!(matches!(store.get(ids[0]).await, Err(Error::NotFound { .. })));
+    // The record and the file holding why it was moved.
+    assert_eq!(count(&dir.path().join("quarantine")), 2);
+    match store.get(ids[0]).await {
+        Err(Error::Corrupt { path, reason }) => {
+            assert!(path.starts_with(dir.path().join("quarantine")), "{path:?}");
+            assert!(reason.contains("not a readable task record"), "{reason}");
+        }
+        other => panic!("expected the quarantined record, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -41,8 +41,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::rows::{to_ns, TASK_FROM, TASK_JSON};
 use crate::writer::Op;
 
-/// How long a connection waits for another process's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection waits for another process's write lock before
+/// failing, unless the settings say otherwise.
+const BUSY_TIMEOUT: Duration = omniq_core::settings::DEFAULT_LOCK_TIMEOUT;
 /// Read connections per store.
 const READERS: u32 = 4;
 
@@ -73,7 +74,7 @@ impl SqliteStorage {
                 "the sqlite backend stores payloads as JSON text; msgpack is not supported by it yet, use json",
             ));
         }
-        Self::open_path(settings.sqlite_path(), settings.durability).await
+        Self::open_with(settings.sqlite_path(), settings.durability, settings.lock_timeout).await
     }
 
     /// Opens (creating if missing) the database at `path`.
@@ -83,13 +84,23 @@ impl SqliteStorage {
     /// program's database, or one written by a newer OmniQ is refused with
     /// [`Error::Incompatible`] and left untouched.
     pub async fn open_path(path: impl AsRef<Path>, durability: Durability) -> Result<Self> {
+        Self::open_with(path, durability, BUSY_TIMEOUT).await
+    }
+
+    /// Like [`SqliteStorage::open_path`], waiting at most `lock_timeout` for
+    /// another process's write lock (SQLite's `busy_timeout`) before failing.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        lock_timeout: Duration,
+    ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
         let base = SqliteConnectOptions::new()
             .filename(&path)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(lock_timeout)
             .log_statements(tracing::log::LevelFilter::Trace);
 
         // Identify the file before changing anything in it: even switching the
