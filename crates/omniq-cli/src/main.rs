@@ -512,7 +512,15 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
             "give a different destination",
         ));
     }
-    let source = open_existing(&args.from, settings).await?;
+    // A file store is read without changing a byte of it (an unreadable
+    // record is reported, not moved to quarantine).
+    let source: Arc<dyn Storage> = match args.from.backend {
+        BackendKind::File => {
+            open_existing(&args.from, settings).await.map(drop)?;
+            Arc::new(FileStorage::open_read_only(&args.from.path, settings.lock_timeout).await?)
+        }
+        _ => open_existing(&args.from, settings).await?,
+    };
     let destination = args.to.open(settings.durability).await?;
     let total = source.counts().await?.total();
     let bar = indicatif::ProgressBar::new(total);
@@ -527,10 +535,20 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
     let report = omniq::migrate(&*source, &*destination, |p| bar.set_position(p.done)).await?;
     bar.finish_and_clear();
     out!(
-        "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) stored as pending; the source is unchanged",
+        "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) released as if their lease had expired; the source is unchanged",
         args.from, args.to, report.copied, report.skipped, report.running_reset
     );
-    Ok(ExitCode::SUCCESS)
+    if report.is_complete() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for missing in &report.not_copied {
+        eprintln!("not copied: task {}: {}", missing.id, missing.reason);
+    }
+    eprintln!(
+        "error: {} task(s) of the source were not copied; the rest were",
+        report.not_copied.len()
+    );
+    Ok(ExitCode::FAILURE)
 }
 
 async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome {

@@ -424,3 +424,31 @@ fn ages_and_times_past_what_a_store_holds_do_not_panic() {
         assert!(text.contains("removed 0"), "{text}");
     }
 }
+
+#[test]
+fn migrate_names_every_record_it_did_not_copy_and_fails() {
+    let file = store(BackendKind::File);
+    let record = file.base.join(format!("tasks/task-{}.json", file.failed));
+    std::fs::write(&record, b"{ cut short").unwrap();
+    let target = file.base.parent().unwrap().join("copy.db");
+    let from = format!("file:{}", file.base.display());
+    let to = format!("sqlite:{}", target.display());
+    let out = file
+        .omniq()
+        .args(["migrate", "--from", &from, "--to", &to])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("copied 2"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("not copied: task {}", file.failed)),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&record).unwrap(),
+        b"{ cut short",
+        "the source is unchanged"
+    );
+}

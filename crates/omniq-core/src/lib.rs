@@ -37,8 +37,8 @@ pub use limits::{check_new_records, earlier, later};
 pub use memory::MemoryStorage;
 pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};
 pub use storage::{
-    ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
-    StorageExt,
+    ClaimRequest, Damaged, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts,
+    Storage, StorageExt,
 };
 pub use task::{
     cancel_in_scope, CancelScope, Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId, TaskResult,

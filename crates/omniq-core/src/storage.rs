@@ -152,6 +152,19 @@ impl StatusCounts {
     }
 }
 
+/// A record a store holds but cannot read back as a task (damaged by hand, cut
+/// short on a failing disk, written by a build that let through a value it
+/// cannot read); see [`Storage::damaged`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damaged {
+    /// The task's id as stored (not always a valid id).
+    pub id: String,
+    /// What is wrong with the record.
+    pub reason: String,
+    /// Where it is: the record file, its place in quarantine, or the database.
+    pub location: std::path::PathBuf,
+}
+
 /// Where tasks live: the smallest contract a backend must keep.
 ///
 /// Every method is atomic with respect to every other caller, in this process and
@@ -239,6 +252,15 @@ pub trait Storage: Send + Sync + Debug {
     /// record cannot be read is failed for good with an `unreadable` error
     /// instead, so one damaged task never stops the recovery of the others.
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>>;
+
+    /// Every record the store holds but cannot read back as a task, each of
+    /// which [`Storage::list`] leaves out; empty for a sound store. It reads
+    /// every record, so it costs a full scan: for checks and migrations, not
+    /// for hot paths. The default, for backends that cannot hold such
+    /// records (memory), answers none.
+    async fn damaged(&self) -> Result<Vec<Damaged>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Conveniences over [`Storage`], for every backend alike.

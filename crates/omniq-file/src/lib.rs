@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omniq_core::{
-    async_trait, ClaimRequest, Durability, Error, Finish, FinishOutcome, LeaseRef, ListQuery, RenewOutcome,
-    Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId,
+    async_trait, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, LeaseRef, ListQuery,
+    RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId,
 };
 use time::OffsetDateTime;
 
@@ -81,6 +81,19 @@ impl FileStorage {
         })
     }
 
+    /// Opens the existing store in `base` only to read it, as a migration's
+    /// source or a read on a read-only mount is: nothing in the folder is
+    /// created, changed or moved (an unreadable record is reported, not
+    /// quarantined), and every change is refused with
+    /// [`Error::Unsupported`].
+    pub async fn open_read_only(base: impl AsRef<Path>, lock_timeout: Duration) -> Result<Self> {
+        let base = base.as_ref().to_path_buf();
+        let store = blocking(move || Store::open_read_only(&base, Durability::Normal, lock_timeout)).await?;
+        Ok(FileStorage {
+            store: Arc::new(store),
+        })
+    }
+
     /// The store's folder.
     pub fn path(&self) -> &Path {
         &self.store.layout().base
@@ -97,6 +110,7 @@ impl FileStorage {
     /// to `quarantine/`; with `repair`, entries that are missing, misplaced or
     /// without a record are fixed as well.
     pub async fn check(&self, repair: bool) -> Result<CheckReport> {
+        self.writable()?;
         self.run(move |store| store.check(repair)).await
     }
 
@@ -111,6 +125,17 @@ impl FileStorage {
     #[doc(hidden)]
     pub fn steps_taken(&self) -> u64 {
         self.store.disk().steps()
+    }
+
+    /// Refuses a change when the store was opened read-only.
+    fn writable(&self) -> Result<()> {
+        match self.store.is_read_only() {
+            true => Err(Error::Unsupported(format!(
+                "the file store at {} was opened read-only",
+                self.path().display()
+            ))),
+            false => Ok(()),
+        }
     }
 
     async fn run<T: Send + 'static>(
@@ -135,6 +160,7 @@ impl Storage for FileStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+        self.writable()?;
         if tasks.is_empty() {
             return Ok(());
         }
@@ -142,6 +168,7 @@ impl Storage for FileStorage {
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
+        self.writable()?;
         self.run(move |store| store.claim(request)).await
     }
 
@@ -151,11 +178,13 @@ impl Storage for FileStorage {
         lease_for: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<RenewOutcome>> {
+        self.writable()?;
         let leases = leases.to_vec();
         self.run(move |store| store.renew(&leases, lease_for, now)).await
     }
 
     async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
+        self.writable()?;
         if finishes.is_empty() {
             return Ok(Vec::new());
         }
@@ -171,10 +200,12 @@ impl Storage for FileStorage {
     }
 
     async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.writable()?;
         self.run(move |store| store.cancel(id, now)).await
     }
 
     async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
+        self.writable()?;
         self.run(move |store| store.retry(id, now)).await
     }
 
@@ -183,10 +214,16 @@ impl Storage for FileStorage {
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
+        self.writable()?;
         self.run(move |store| store.purge(finished_before)).await
     }
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.writable()?;
         self.run(move |store| store.requeue_expired(now)).await
+    }
+
+    async fn damaged(&self) -> Result<Vec<Damaged>> {
+        self.run(|store| store.damaged()).await
     }
 }

@@ -48,6 +48,20 @@ impl StoreLock {
         })
     }
 
+    /// Opens the existing lock file only to read it, for a store opened
+    /// read-only: `flock` needs no write permission.
+    pub fn open_existing(path: &Path, timeout: Duration) -> Result<Self> {
+        let file = safe::open_read(path).map_err(|e| match safe::is_link_refused(&e) {
+            true => safe::link_error(path),
+            false => Error::io(path, e),
+        })?;
+        Ok(StoreLock {
+            file,
+            path: path.to_path_buf(),
+            timeout,
+        })
+    }
+
     /// Takes the lock, waiting at most the timeout for another process to
     /// let it go.
     pub fn lock(&self) -> Result<()> {

@@ -20,8 +20,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Durability, Error, Finish, FinishOutcome, Lease, LeaseRef,
-    ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, Lease,
+    LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId, TaskStatus,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -92,6 +92,9 @@ struct State {
 pub struct Store {
     disk: Disk,
     state: Mutex<State>,
+    /// Opened only to read (see [`Store::open_read_only`]): nothing in the
+    /// folder is created, moved or replayed.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -123,6 +126,7 @@ impl Store {
                 view_read_at: None,
                 entries_checked_at: None,
             }),
+            read_only: false,
         };
         // The journal is OmniQ's own file: a link planted in its place is
         // removed (the link, not its target) before anything reads it.
@@ -130,6 +134,37 @@ impl Store {
         store.locked(|_| store.disk.ensure_file(&store.layout().intent))?;
         store.remove_abandoned_tmp_files();
         Ok(store)
+    }
+
+    /// Opens the existing store in `base` only to read it: no folder, lock
+    /// file or journal is created, no unfinished change is replayed, no
+    /// temporary file removed, no unreadable record moved to quarantine (it
+    /// is reported instead). Reads still take the store lock, so they see no
+    /// change half applied.
+    pub fn open_read_only(base: &Path, durability: Durability, lock_timeout: Duration) -> Result<Self> {
+        let layout = Layout::new(base);
+        if !layout.tasks.is_dir() {
+            return Err(Error::Incompatible {
+                path: base.to_path_buf(),
+                reason: "not an OmniQ file store (it has no tasks/ folder)".into(),
+            });
+        }
+        let modes = Modes::for_folder(base);
+        let lock = StoreLock::open_existing(&layout.lock, lock_timeout)?;
+        Ok(Store {
+            disk: Disk::new(layout, modes, durability),
+            state: Mutex::new(State {
+                lock,
+                view: BTreeSet::new(),
+                view_read_at: None,
+                entries_checked_at: None,
+            }),
+            read_only: true,
+        })
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn layout(&self) -> &Layout {
@@ -173,7 +208,11 @@ impl Store {
         // intent replay below does not repair.
         let mut state: MutexGuard<'_, State> = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.lock.lock()?;
-        let result = self.replay(&mut state).and_then(|_| f(&mut state));
+        let result = match self.read_only {
+            // Whoever opens the store to write next finishes the change.
+            true => f(&mut state),
+            false => self.replay(&mut state).and_then(|_| f(&mut state)),
+        };
         if let Err(error) = state.lock.unlock() {
             tracing::warn!(%error, "cannot release the store lock; it is released when the process exits");
         }
@@ -191,20 +230,56 @@ impl Store {
             Err(Error::Corrupt { reason, .. }) => return Ok(self.quarantine(id, &path, reason)),
             Err(other) => return Err(other),
         };
-        match serde_json::from_slice::<Task>(&bytes) {
-            Ok(task) if task.id == id => Ok(Loaded::Found(task)),
-            Ok(task) => Ok(self.quarantine(id, &path, format!("the record holds task {} instead", task.id))),
-            Err(error) => Ok(self.quarantine(
-                id,
-                &path,
-                format!("the record is not a readable task record: {error}"),
-            )),
+        let reason = match serde_json::from_slice::<Task>(&bytes) {
+            Ok(task) if task.id == id => return Ok(Loaded::Found(task)),
+            Ok(task) => format!("the record holds task {} instead", task.id),
+            Err(error) => format!("the record is not a readable task record: {error}"),
+        };
+        Ok(self.quarantine(id, &path, reason))
+    }
+
+    /// Records the store holds and cannot read: those in `tasks/` (moved to
+    /// quarantine as they are found, unless the store is read-only) and
+    /// those in `quarantine/` already. Reads every record.
+    pub fn damaged(&self) -> Result<Vec<Damaged>> {
+        let mut found = Vec::new();
+        for name in names(&self.layout().tasks)? {
+            let Some(id) = record_id(&name) else { continue };
+            if let Loaded::Corrupt { path, reason } = self.load(id)? {
+                found.push(Damaged {
+                    id: id.to_string(),
+                    reason,
+                    location: path,
+                });
+            }
         }
+        for held in quarantine::list(self.layout()) {
+            let name = held.path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let id = name
+                .strip_prefix("task-")
+                .and_then(|rest| rest.get(..36))
+                .unwrap_or(name)
+                .to_string();
+            if !found.iter().any(|d| d.location == held.path) {
+                found.push(Damaged {
+                    id,
+                    reason: held.reason,
+                    location: held.path,
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Moves a record that cannot be read to `quarantine/` with its reason,
     /// and removes its entries, so no count shows a task that no list can.
     fn quarantine(&self, id: TaskId, path: &Path, reason: String) -> Loaded {
+        if self.read_only {
+            return Loaded::Corrupt {
+                path: path.to_path_buf(),
+                reason,
+            };
+        }
         let moved = quarantine::move_aside(self.layout(), self.disk.modes, path, &reason);
         match self.find_entries(id) {
             Ok(entries) => {

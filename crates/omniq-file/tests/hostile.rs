@@ -306,3 +306,30 @@ async fn names_no_omniq_wrote_never_panic_and_repair_moves_them_aside() {
     assert!(!dir.path().join("completed").join(&odd).exists());
     assert_eq!(store.purge(OffsetDateTime::now_utc()).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_read_only_store_reports_damage_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let ids = store
+        .enqueue_many((0..3).map(|_| NewTask::new("t")).collect(), &Settings::default())
+        .await
+        .unwrap();
+    drop(store);
+    let record = dir.path().join(format!("tasks/task-{}.json", ids[0]));
+    fs::write(&record, b"[").unwrap();
+    let reader = FileStorage::open_read_only(dir.path(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reader.list(Default::default()).await.unwrap().len(), 2);
+    let damaged = reader.damaged().await.unwrap();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].id, ids[0].to_string());
+    assert_eq!(damaged[0].location, record);
+    assert!(record.exists(), "a read-only store moved the record");
+    assert_eq!(fs::read_dir(dir.path().join("quarantine")).unwrap().count(), 0);
+    assert!(matches!(
+        reader.enqueue_one(NewTask::new("t"), &Settings::default()).await,
+        Err(Error::Unsupported(_))
+    ));
+}

@@ -28,8 +28,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use omniq_core::{
-    async_trait, ClaimRequest, Durability, Error, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery,
-    RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
+    async_trait, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, LeaseRef, ListOrder,
+    ListQuery, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -347,5 +347,31 @@ impl Storage for SqliteStorage {
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         self.write(|reply| Op::RequeueExpired(now, reply)).await
+    }
+
+    async fn damaged(&self) -> Result<Vec<Damaged>> {
+        // Page by id, so a big database is read a slice at a time.
+        let mut found = Vec::new();
+        let mut after = String::new();
+        loop {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM tasks WHERE id > ?1 ORDER BY id LIMIT 500")
+                    .bind(&after)
+                    .fetch_all(&self.readers)
+                    .await
+                    .map_err(sql_error)?;
+            let Some(last) = ids.last() else { break };
+            after = last.clone();
+            let sql =
+                format!("SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id IN (SELECT value FROM json_each(?1))");
+            let query = sqlx::query(&sql).bind(serde_json::to_string(&ids)?);
+            let (_, unreadable) = rows::fetch_split(&self.readers, query, &self.path).await?;
+            found.extend(unreadable.into_iter().map(|bad| Damaged {
+                id: bad.id,
+                reason: bad.reason,
+                location: self.path.clone(),
+            }));
+        }
+        Ok(found)
     }
 }

@@ -466,6 +466,10 @@ async fn an_unreadable_row_takes_no_other_task_down() {
         .unwrap();
     assert!(error.contains("unreadable") && error.contains("args"), "{error}");
     assert!(matches!(store.get(bad).await, Err(Error::Corrupt { .. })));
+    let damaged = store.damaged().await.unwrap();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0].id, bad.to_string());
+    assert!(damaged[0].reason.contains("args"), "{:?}", damaged[0]);
 }
 
 /// A panic inside the writer answers its change with an error; later writes

@@ -45,7 +45,7 @@ mod migrate;
 
 pub use backends::{chosen_backend, compiled_backends, open_storage, StoreUrl};
 pub use client::{OmniQ, TaskBuilder};
-pub use migrate::{migrate, MigrationReport, Progress};
+pub use migrate::{migrate, MigrationReport, NotCopied, Progress};
 /// The core crate, for backend authors and the conformance suite.
 pub use omniq_core as core;
 pub use omniq_core::{

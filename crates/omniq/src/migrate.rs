@@ -1,6 +1,7 @@
 //! Moving every task from one store to another, history included.
 
 use omniq_core::{Error, ListOrder, ListQuery, Result, Storage, Task, TaskStatus};
+use time::OffsetDateTime;
 
 /// How far a migration has got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,33 +12,59 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// A task a migration did not copy, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotCopied {
+    /// The task's id as the source holds it.
+    pub id: String,
+    /// Why it was not copied.
+    pub reason: String,
+}
+
 /// What a migration did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MigrationReport {
     /// Tasks written to the destination.
     pub copied: u64,
     /// Tasks already in the destination (same id), left as they were there.
     pub skipped: u64,
-    /// Tasks that were running in the source, stored as pending.
+    /// Tasks that were running in the source, copied as if their lease had
+    /// expired (counted among `copied`).
     pub running_reset: u64,
+    /// Tasks of the source that were not copied: records the source cannot
+    /// read, and tasks the destination refused (a time it cannot hold, say).
+    pub not_copied: Vec<NotCopied>,
+}
+
+impl MigrationReport {
+    /// Whether every task of the source is now in the destination.
+    pub fn is_complete(&self) -> bool {
+        self.not_copied.is_empty()
+    }
 }
 
 /// Tasks read and written per batch.
 const BATCH: usize = 500;
 
 /// Copies every task of `from` into `to`, keeping ids, status, attempts,
-/// errors, results, eta, interval and series; `from` is only read.
+/// errors, results, eta, interval and series; `from` is only read (open a
+/// file store with `FileStorage::open_read_only` to make sure of it).
 ///
 /// A task running in the source (whose worker should be stopped first) is
-/// stored as pending with its attempts kept, as if its lease had expired. A task
-/// whose id the destination already holds is skipped, so an interrupted
-/// migration can simply be run again. `progress` is called after each batch.
+/// copied as if its lease had expired ([`Task::expire_lease`]): the attempt
+/// counts, and it is pending again, or failed when no retries are left. A
+/// task whose id the destination already holds is skipped, so an interrupted
+/// migration can simply be run again. A task the destination refuses, and a
+/// record the source cannot read, are listed in the report's `not_copied`
+/// by id and reason; the rest is copied all the same. `progress` is called
+/// after each batch.
 pub async fn migrate(
     from: &dyn Storage,
     to: &dyn Storage,
     mut progress: impl FnMut(Progress),
 ) -> Result<MigrationReport> {
     let total = from.counts().await?.total();
+    let now = OffsetDateTime::now_utc();
     let mut report = MigrationReport::default();
     let mut done = 0;
     let mut after = None;
@@ -53,36 +80,85 @@ pub async fn migrate(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         done += page.len() as u64;
-        let batch: Vec<Task> = page
-            .into_iter()
-            .map(|mut task| {
-                if task.status == TaskStatus::Running {
-                    task.status = TaskStatus::Pending;
-                    task.lease = None;
-                    report.running_reset += 1;
-                }
-                task
-            })
-            .collect();
-        let size = batch.len() as u64;
-        match to.enqueue(batch.clone()).await {
-            Ok(()) => report.copied += size,
-            // Some ids are there already (a migration run before): go one by one.
-            Err(Error::Conflict { .. }) => {
-                for task in batch {
-                    match to.enqueue(vec![task]).await {
-                        Ok(()) => report.copied += 1,
-                        Err(Error::Conflict { .. }) => report.skipped += 1,
-                        Err(other) => return Err(other),
-                    }
-                }
+        let mut batch = Vec::with_capacity(page.len());
+        let mut reset = Vec::new();
+        for task in page {
+            if task.status == TaskStatus::Running {
+                reset.push(task.id);
             }
-            Err(other) => return Err(other),
+            let (task, next) = released(task, now)?;
+            batch.push(task);
+            batch.extend(next);
         }
+        copy(to, batch, &reset, &mut report).await?;
         progress(Progress {
             done,
             total: total.max(done),
         });
     }
+    report
+        .not_copied
+        .extend(from.damaged().await?.into_iter().map(|bad| NotCopied {
+            id: bad.id,
+            reason: format!(
+                "the source cannot read it ({}): {}",
+                bad.location.display(),
+                bad.reason
+            ),
+        }));
     Ok(report)
+}
+
+/// A task as it is copied: a running one is released as if its lease had
+/// expired, with the next occurrence that may bring (an interval task that
+/// thereby failed for good).
+fn released(mut task: Task, now: OffsetDateTime) -> Result<(Task, Option<Task>)> {
+    if task.status != TaskStatus::Running {
+        return Ok((task, None));
+    }
+    let next = task.expire_lease(now)?;
+    Ok((task, next))
+}
+
+/// Enqueues `batch` in `to`, one by one when the whole batch is refused, and
+/// counts what happened to each task in `report`.
+async fn copy(
+    to: &dyn Storage,
+    batch: Vec<Task>,
+    reset: &[omniq_core::TaskId],
+    report: &mut MigrationReport,
+) -> Result<()> {
+    let count_reset = |task: &Task, report: &mut MigrationReport| {
+        if reset.contains(&task.id) {
+            report.running_reset += 1;
+        }
+    };
+    match to.enqueue(batch.clone()).await {
+        Ok(()) => {
+            report.copied += batch.len() as u64;
+            for task in &batch {
+                count_reset(task, report);
+            }
+            return Ok(());
+        }
+        Err(Error::Conflict { .. } | Error::InvalidConfig { .. }) => {}
+        Err(other) => return Err(other),
+    }
+    // Some ids are there already (a migration run before), or some task is
+    // refused: go one by one, so each gets its own answer.
+    for task in batch {
+        match to.enqueue(vec![task.clone()]).await {
+            Ok(()) => {
+                report.copied += 1;
+                count_reset(&task, report);
+            }
+            Err(Error::Conflict { .. }) => report.skipped += 1,
+            Err(error @ Error::InvalidConfig { .. }) => report.not_copied.push(NotCopied {
+                id: task.id.to_string(),
+                reason: format!("the destination refused it: {error}"),
+            }),
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
 }

@@ -85,12 +85,17 @@ async fn check(from: Arc<dyn Storage>, to: Arc<dyn Storage>) {
     assert_eq!(after.len(), before.len());
     for (old, new) in before.iter().zip(&after) {
         if old.status == TaskStatus::Running {
-            // A running task's lease belongs to the source: it arrives pending.
+            // A running task's lease belongs to the source: it arrives as if
+            // that lease had expired, pending again with the attempt counted.
             assert_eq!(new.status, TaskStatus::Pending);
             assert_eq!((new.attempts, new.lease.is_none()), (old.attempts, true));
+            assert_eq!(new.error.as_ref().unwrap().kind, "lease_expired");
             let mut expected = old.clone();
             expected.status = TaskStatus::Pending;
             expected.lease = None;
+            expected.error = new.error.clone();
+            expected.eta = new.eta;
+            expected.updated_at = new.updated_at;
             assert_eq!(new, &expected);
         } else {
             assert_eq!(new, old, "{} changed in migration", old.func_path);
@@ -124,4 +129,66 @@ async fn sqlite_to_file_keeps_everything() {
         .await
         .unwrap();
     check(Arc::new(from), Arc::new(to)).await;
+}
+
+/// Every file of a folder with its bytes, to show a source is unchanged.
+fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_task_not_copied_is_reported_and_the_source_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("files");
+    let writable = FileStorage::open_path(&source, Durability::Normal).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let tasks: Vec<Task> = (0..5)
+        .map(|_| NewTask::new("t").into_task(&Settings::default(), now).unwrap())
+        .collect();
+    writable.enqueue(tasks.clone()).await.unwrap();
+    drop(writable);
+    // One record damaged, one with a time SQLite cannot hold.
+    let corrupt = tasks[1].id;
+    std::fs::write(source.join(format!("tasks/task-{corrupt}.json")), b"{ cut short").unwrap();
+    let far = tasks[3].id;
+    let path = source.join(format!("tasks/task-{far}.json"));
+    let mut record: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    record["eta"] = json!("9999-01-01T00:00:00Z");
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    let before = snapshot(&source);
+
+    let from = FileStorage::open_read_only(&source, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let to = SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
+        .await
+        .unwrap();
+    let report = omniq::migrate(&from, &to, |_| {}).await.unwrap();
+    assert_eq!(report.copied, 3);
+    assert!(!report.is_complete());
+    let mut missing: Vec<&str> = report.not_copied.iter().map(|n| n.id.as_str()).collect();
+    missing.sort();
+    let mut expected = vec![corrupt.to_string(), far.to_string()];
+    expected.sort();
+    assert_eq!(missing, expected, "{:?}", report.not_copied);
+    for n in &report.not_copied {
+        assert!(!n.reason.is_empty());
+    }
+    assert_eq!(snapshot(&source), before, "the source changed");
+    assert!(
+        from.enqueue(vec![]).await.is_err(),
+        "a read-only store refuses changes"
+    );
 }

@@ -40,6 +40,10 @@ pub fn all() -> Vec<Scenario> {
             run: |store| Box::pin(extreme_leases_and_retry_times_saturate(store)),
         },
         Scenario {
+            name: "a_sound_store_reports_nothing_damaged",
+            run: |store| Box::pin(a_sound_store_reports_nothing_damaged(store)),
+        },
+        Scenario {
             name: "expired_leases_are_handed_back_in_bounded_passes",
             run: |store| Box::pin(expired_leases_are_handed_back_in_bounded_passes(store)),
         },
@@ -240,6 +244,17 @@ async fn extreme_leases_and_retry_times_saturate(store: &dyn Storage) {
     assert_eq!(store.requeue_expired(MAX_TIME).await.unwrap(), [task.id]);
     assert_eq!(store.purge(MIN_TIME).await.unwrap(), 0);
     assert_eq!(store.purge(MAX_TIME).await.unwrap(), 0);
+}
+
+async fn a_sound_store_reports_nothing_damaged(store: &dyn Storage) {
+    assert!(store.damaged().await.unwrap().is_empty());
+    let tasks: Vec<Task> = (0..3)
+        .map(|i| make(NewTask::new("x").args(vec![nested(i * 20)]), T0))
+        .collect();
+    store.enqueue(tasks).await.unwrap();
+    let claimed = claim(store, 1, Duration::from_secs(30), T0).await.remove(0);
+    finish(store, &claimed, Outcome::Complete { result: nested(40) }, T0).await;
+    assert!(store.damaged().await.unwrap().is_empty());
 }
 
 async fn expired_leases_are_handed_back_in_bounded_passes(store: &dyn Storage) {
