@@ -178,7 +178,6 @@ type Outcome = Result<ExitCode, Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    log_to_stderr();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -202,24 +201,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Shows OmniQ's warnings and errors (a quarantined record, a replayed
-/// change) on standard error, or what `OMNIQ_LOG` asks for.
-fn log_to_stderr() {
-    use std::io::IsTerminal;
-    let filter = std::env::var("OMNIQ_LOG")
-        .ok()
-        .filter(|f| !f.trim().is_empty())
-        .unwrap_or_else(|| "warn".to_string());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .try_init();
-}
-
 fn settings(cli: &Cli) -> Result<Settings, Failure> {
     let mut settings = Settings::from_env()?;
     if let Some(backend) = cli.backend {
@@ -236,6 +217,12 @@ fn settings(cli: &Cli) -> Result<Settings, Failure> {
 
 /// Opens the store only if it exists: reading must not create one.
 async fn open_existing(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
+    ensure_exists(url)?;
+    Ok(url.open(settings.durability).await?)
+}
+
+/// Fails unless `url` names a store that exists.
+fn ensure_exists(url: &StoreUrl) -> Result<(), Failure> {
     let hint = "check --backend, --base-dir and --db-path (or OMNIQ_BACKEND, OMNIQ_BASE_DIR, OMNIQ_DB_PATH)";
     if !url.path.exists() {
         return Err(failure(
@@ -252,7 +239,7 @@ async fn open_existing(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn St
             hint,
         ));
     }
-    Ok(url.open(settings.durability).await?)
+    Ok(())
 }
 
 fn parse_id(text: &str) -> Result<TaskId, Failure> {
@@ -267,10 +254,17 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Outcome {
     let settings = settings(&cli)?;
+    // OmniQ's warnings (a quarantined record, a replayed change) on stderr.
+    omniq::init_logging(&settings)?;
     if let Command::Migrate(args) = &cli.command {
         return migrate(args, &settings).await;
     }
     let url = StoreUrl::from_settings(&settings)?;
+    if let Command::Check(args) = &cli.command {
+        // A store too damaged to open is what `check` is for.
+        ensure_exists(&url)?;
+        return check(&url, &settings, args).await;
+    }
     let store = open_existing(&url, &settings).await?;
     let now = OffsetDateTime::now_utc();
     let colour = output::colour();
@@ -297,8 +291,7 @@ async fn run(cli: Cli) -> Outcome {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check(args) => check(&url, &settings, args).await,
-        Command::Migrate(_) => unreachable!("handled above"),
+        Command::Check(_) | Command::Migrate(_) => unreachable!("handled above"),
     }
 }
 
@@ -554,10 +547,26 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
 async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome {
     match url.backend {
         BackendKind::Sqlite => {
-            let store = SqliteStorage::open_path(&url.path, settings.durability).await?;
-            let integrity = store.integrity_check().await?;
-            let version = store.schema_version().await?;
+            // SQLite's own check first, on a file too damaged to open as a store too.
+            let integrity = omniq::sqlite_integrity_check(&url.path).await?;
             let healthy = integrity == ["ok"];
+            if !healthy && !args.json {
+                out!("{}: SQLite found the database damaged:", url.path.display());
+                for line in &integrity {
+                    out!("integrity_check: {line}");
+                }
+                out!("restore the file from a backup, or copy what is readable into a new store with `omniq migrate`");
+                return Ok(ExitCode::FAILURE);
+            }
+            let version = match healthy {
+                true => Some(
+                    SqliteStorage::open_with(&url.path, settings.durability, settings.lock_timeout)
+                        .await?
+                        .schema_version()
+                        .await?,
+                ),
+                false => None,
+            };
             if args.json {
                 print_json(&serde_json::json!({
                     "backend": "sqlite",
@@ -568,10 +577,12 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
                 }))?;
             } else {
                 out!("integrity_check: {}", integrity.join("; "));
-                out!(
-                    "schema version {version} (this build writes {})",
-                    omniq::sqlite_schema_version()
-                );
+                if let Some(version) = version {
+                    out!(
+                        "schema version {version} (this build writes {})",
+                        omniq::sqlite_schema_version()
+                    );
+                }
             }
             Ok(if healthy {
                 ExitCode::SUCCESS

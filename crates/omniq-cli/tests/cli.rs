@@ -452,3 +452,25 @@ fn migrate_names_every_record_it_did_not_copy_and_fails() {
         "the source is unchanged"
     );
 }
+
+#[test]
+fn check_reports_a_damaged_sqlite_file_by_name() {
+    use std::io::{Seek, SeekFrom, Write};
+    let s = store(BackendKind::Sqlite);
+    let db = s.base.join("omniq.db");
+    // Everything after the header page, so the WAL's copies cannot mask it.
+    let size = std::fs::metadata(&db).unwrap().len() as usize;
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.seek(SeekFrom::Start(4096)).unwrap();
+    file.write_all(&vec![0xAB; size - 4096]).unwrap();
+    drop(file);
+    let out = s.omniq().args(["check"]).output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains(&db.display().to_string()), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("integrity_check:") && !stdout.contains("integrity_check: ok"),
+        "{stdout}"
+    );
+}

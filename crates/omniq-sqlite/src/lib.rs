@@ -34,7 +34,7 @@ use omniq_core::{
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +46,30 @@ use crate::writer::Op;
 const BUSY_TIMEOUT: Duration = omniq_core::settings::DEFAULT_LOCK_TIMEOUT;
 /// Read connections per store.
 const READERS: u32 = 4;
+
+/// Names the database file in an error that says the file is damaged
+/// (SQLite's `SQLITE_CORRUPT` or `SQLITE_NOTADB`), and says what to do;
+/// any other error is returned as it is.
+pub(crate) fn locate(path: &Path, error: Error) -> Error {
+    let code = match &error {
+        Error::Backend { source, .. } => match source.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db.code().and_then(|c| c.parse::<i32>().ok()),
+            _ => None,
+        },
+        _ => None,
+    };
+    // Extended result codes keep the primary code in their low byte.
+    match code.map(|c| c & 0xff) {
+        Some(11 | 26) => Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{error}: the database file is damaged; `omniq check` shows SQLite's own report of it. \
+                 Restore the file from a backup, or copy what is readable into a new store"
+            ),
+        },
+        _ => error,
+    }
+}
 
 /// Turns a driver error into OmniQ's error.
 pub(crate) fn sql_error(error: sqlx::Error) -> Error {
@@ -95,9 +119,13 @@ impl SqliteStorage {
         lock_timeout: Duration,
     ) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
+        Self::open_checked(path.clone(), durability, lock_timeout)
+            .await
+            .map_err(|e| locate(&path, e))
+    }
+
+    async fn open_checked(path: PathBuf, durability: Durability, lock_timeout: Duration) -> Result<Self> {
+        create_private(&path)?;
         let base = SqliteConnectOptions::new()
             .filename(&path)
             .busy_timeout(lock_timeout)
@@ -212,6 +240,12 @@ impl SqliteStorage {
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        self.write_unlocated(make)
+            .await
+            .map_err(|e| locate(&self.path, e))
+    }
+
+    async fn write_unlocated<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(make(reply))
@@ -233,13 +267,85 @@ impl SqliteStorage {
     }
 }
 
+/// Creates the database file (and its folder) if missing, before SQLite
+/// does, so it is owner-only (`0600`, folder `0700`) whatever the umask:
+/// payloads often hold secrets. SQLite gives the `-wal` and `-shm` files the
+/// database file's permissions. In a folder with the set-group-id bit (a
+/// store shared with a group on purpose) the file is `0660` instead.
+fn create_private(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(parent).map_err(|e| Error::io(parent, e))?;
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    let mode = {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let shared = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.permissions().mode() & 0o2000 != 0);
+        let mode = if shared { 0o660 } else { 0o600 };
+        options.mode(mode);
+        mode
+    };
+    match options.open(path) {
+        Ok(file) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(path, e))?;
+            }
+            drop(file);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 fn open_error(path: &Path, error: sqlx::Error) -> Error {
     match &error {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("26") => Error::Incompatible {
             path: path.to_path_buf(),
-            reason: "the file is not a SQLite database".into(),
+            reason: "the file is not a SQLite database; point OMNIQ_DB_PATH at another file".into(),
         },
-        _ => Error::backend("sqlite", format!("cannot open {}: {error}", path.display())),
+        _ => locate(path, sql_error(error)),
+    }
+}
+
+/// SQLite's own check of the database file at `path` (`PRAGMA
+/// integrity_check`), on a read-only connection that neither opens the store
+/// nor changes the file: `["ok"]` when it is sound, else what SQLite found.
+/// It works on a file too damaged to open as a store.
+pub async fn integrity_check_file(path: &Path) -> Result<Vec<String>> {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .connect()
+        .await
+        .map_err(|e| open_error(path, e))?;
+    let found = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    match found {
+        Ok(found) => Ok(found),
+        // So damaged that SQLite cannot even walk it: that is the finding.
+        Err(sqlx::Error::Database(db)) => Ok(vec![format!(
+            "{} (SQLite error {})",
+            db.message(),
+            db.code().unwrap_or_default()
+        )]),
+        Err(other) => Err(locate(path, sql_error(other))),
     }
 }
 
@@ -283,7 +389,8 @@ impl Storage for SqliteStorage {
     async fn get(&self, id: TaskId) -> Result<Task> {
         let sql = format!("SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id = ?1");
         rows::fetch(&self.readers, sqlx::query(&sql).bind(id.to_string()), &self.path)
-            .await?
+            .await
+            .map_err(|e| locate(&self.path, e))?
             .pop()
             .ok_or_else(|| Error::not_found(id))
     }
@@ -304,7 +411,9 @@ impl Storage for SqliteStorage {
             .bind(query.status.map(TaskStatus::as_str))
             .bind(query.after.map(|id| id.to_string()))
             .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
-        let (mut tasks, unreadable) = rows::fetch_split(&self.readers, query, &self.path).await?;
+        let (mut tasks, unreadable) = rows::fetch_split(&self.readers, query, &self.path)
+            .await
+            .map_err(|e| locate(&self.path, e))?;
         rows::report_unreadable(&unreadable, &self.path, "list");
         // An aggregate's input order is not promised, so restore the page's.
         match order {
@@ -326,7 +435,7 @@ impl Storage for SqliteStorage {
         let rows = sqlx::query("SELECT status, count(*) FROM tasks GROUP BY status")
             .fetch_all(&self.readers)
             .await
-            .map_err(sql_error)?;
+            .map_err(|e| locate(&self.path, sql_error(e)))?;
         let mut counts = StatusCounts::default();
         for row in rows {
             let status: String = row.try_get(0).map_err(sql_error)?;

@@ -493,3 +493,69 @@ async fn the_writer_outlives_a_panic() {
     assert_eq!(store.get(id).await.unwrap().status, TaskStatus::Pending);
     assert_eq!(store.counts().await.unwrap().pending, 2);
 }
+
+/// Overwrites part of a database file, as a failing disk might.
+fn damage(path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(4096)).unwrap();
+    file.write_all(&[0xAB; 8192]).unwrap();
+}
+
+#[tokio::test]
+async fn a_damaged_file_is_named_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    store
+        .enqueue_many(
+            (0..200).map(|_| NewTask::new("t")).collect(),
+            &Settings::default(),
+        )
+        .await
+        .unwrap();
+    // Fold the WAL into the file, so the damage hits the tasks.
+    let mut conn = raw(&path).await;
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").await.unwrap();
+    conn.close().await.unwrap();
+    drop(store);
+    damage(&path);
+
+    let found = omniq_sqlite::integrity_check_file(&path).await.unwrap();
+    assert_ne!(found, ["ok"], "SQLite saw nothing wrong");
+    let failed = match SqliteStorage::open_path(&path, Durability::Normal).await {
+        Err(error) => error,
+        Ok(store) => match store.list(Default::default()).await {
+            Err(error) => error,
+            Ok(_) => store.counts().await.unwrap_err(),
+        },
+    };
+    match failed {
+        Error::Corrupt { path: at, reason } | Error::Incompatible { path: at, reason } => {
+            assert_eq!(at, path);
+            assert!(
+                reason.contains("backup") || reason.contains("another file"),
+                "{reason}"
+            );
+        }
+        other => panic!("the error does not name the file: {other:?}"),
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_and_its_journal_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store/omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    store
+        .enqueue_one(NewTask::new("t"), &Settings::default())
+        .await
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir.path().join("store")), 0o700);
+    for file in ["omniq.db", "omniq.db-wal", "omniq.db-shm"] {
+        assert_eq!(mode(&dir.path().join("store").join(file)), 0o600, "{file}");
+    }
+}

@@ -63,6 +63,13 @@ pub use omniq_sqlite::SqliteStorage;
 pub fn sqlite_schema_version() -> i64 {
     omniq_sqlite::schema::CURRENT_VERSION
 }
+
+/// SQLite's own check of the database file at `path`, without opening it as
+/// a store or changing it: `["ok"]` when sound, else what SQLite found.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_integrity_check(path: &std::path::Path) -> Result<Vec<String>> {
+    omniq_sqlite::integrity_check_file(path).await
+}
 pub use omniq_worker::{
     Backoff, Clock, HandlerError, Pool, PoolConfig, PoolStats, Registry, Retry, ShutdownReport, Signals,
     SystemClock, TaskContext, TokioClock, WorkerPool,
