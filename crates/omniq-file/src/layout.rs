@@ -110,7 +110,8 @@ pub fn entry_name(
 pub fn entry_id(name: &str) -> Option<TaskId> {
     let id = match name.len() {
         36 => name,
-        57 if name.as_bytes()[20] == b'-' && name[..20].bytes().all(|b| b.is_ascii_digit()) => &name[21..],
+        // Byte 20 is an ASCII '-', so 20 and 21 are character boundaries.
+        57 if name.as_bytes()[20] == b'-' && entry_key(name).is_some() => &name[21..],
         _ => return None,
     };
     TaskId::parse(id).ok()

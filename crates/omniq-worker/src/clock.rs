@@ -49,6 +49,6 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> OffsetDateTime {
-        self.wall + self.start.elapsed()
+        omniq_core::later(self.wall, self.start.elapsed())
     }
 }
