@@ -85,26 +85,23 @@ pub fn check_duration(what: &str, duration: Duration) -> Result<()> {
 }
 
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`], naming `what`. The
-/// walk is iterative and stops at the limit, so a value of any depth is
-/// measured without deep recursion.
+/// caller's container (an args array, a kwargs object) counts as the first
+/// level. The walk stops at the limit, so a value of any depth is measured
+/// with at most [`MAX_JSON_DEPTH`] levels of recursion, and it allocates
+/// nothing (it runs on every enqueue and finish).
 pub fn check_depth<'v>(what: &str, values: impl IntoIterator<Item = &'v Value>) -> Result<()> {
-    // The caller's container (an args array, a kwargs object) is the first level.
-    let mut stack: Vec<(&Value, usize)> = values.into_iter().map(|v| (v, 1)).collect();
-    while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth + 1 > MAX_JSON_DEPTH {
-            return Err(Error::invalid_config(
-                what,
-                format!(
-                    "arrays and objects nest deeper than the {MAX_JSON_DEPTH} levels a store can read back"
-                ),
-            ));
+    fn too_deep(value: &Value, depth: usize) -> bool {
+        match value {
+            Value::Array(items) => depth >= MAX_JSON_DEPTH || items.iter().any(|v| too_deep(v, depth + 1)),
+            Value::Object(map) => depth >= MAX_JSON_DEPTH || map.values().any(|v| too_deep(v, depth + 1)),
+            _ => false,
         }
-        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    if values.into_iter().any(|value| too_deep(value, 1)) {
+        return Err(Error::invalid_config(
+            what,
+            format!("arrays and objects nest deeper than the {MAX_JSON_DEPTH} levels a store can read back"),
+        ));
     }
     Ok(())
 }
