@@ -88,6 +88,17 @@ struct State {
     entries_checked_at: Option<Instant>,
 }
 
+impl State {
+    fn new(lock: StoreLock) -> Self {
+        State {
+            lock,
+            view: BTreeSet::new(),
+            view_read_at: None,
+            entries_checked_at: None,
+        }
+    }
+}
+
 /// A store folder and the state this process keeps about it.
 pub struct Store {
     disk: Disk,
@@ -120,12 +131,7 @@ impl Store {
         let lock = StoreLock::open(&layout.lock, modes, lock_timeout)?;
         let store = Store {
             disk: Disk::new(layout, modes, durability),
-            state: Mutex::new(State {
-                lock,
-                view: BTreeSet::new(),
-                view_read_at: None,
-                entries_checked_at: None,
-            }),
+            state: Mutex::new(State::new(lock)),
             read_only: false,
         };
         // The journal is OmniQ's own file: a link planted in its place is
@@ -153,12 +159,7 @@ impl Store {
         let lock = StoreLock::open_existing(&layout.lock, lock_timeout)?;
         Ok(Store {
             disk: Disk::new(layout, modes, durability),
-            state: Mutex::new(State {
-                lock,
-                view: BTreeSet::new(),
-                view_read_at: None,
-                entries_checked_at: None,
-            }),
+            state: Mutex::new(State::new(lock)),
             read_only: true,
         })
     }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
 
+use super::scenarios::{finish, make};
 use super::{Factory, Scenario};
 use crate::error::Error;
 use crate::limits::{MAX_DURATION, MAX_JSON_DEPTH, MAX_TIME, MIN_TIME};
@@ -20,47 +21,15 @@ use crate::task::{NewTask, Outcome, Task, TaskError, TaskStatus};
 
 const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
 
-/// The scenarios of this file, in a stable order.
-pub fn all() -> Vec<Scenario> {
-    vec![
-        Scenario {
-            name: "a_refused_batch_stores_nothing_at_any_size",
-            run: |store| Box::pin(a_refused_batch_stores_nothing_at_any_size(store)),
-        },
-        Scenario {
-            name: "records_past_what_a_store_holds_are_refused",
-            run: |store| Box::pin(records_past_what_a_store_holds_are_refused(store)),
-        },
-        Scenario {
-            name: "a_result_nested_too_deeply_fails_the_attempt",
-            run: |store| Box::pin(a_result_nested_too_deeply_fails_the_attempt(store)),
-        },
-        Scenario {
-            name: "extreme_leases_and_retry_times_saturate",
-            run: |store| Box::pin(extreme_leases_and_retry_times_saturate(store)),
-        },
-        Scenario {
-            name: "a_sound_store_reports_nothing_damaged",
-            run: |store| Box::pin(a_sound_store_reports_nothing_damaged(store)),
-        },
-        Scenario {
-            name: "expired_leases_are_handed_back_in_bounded_passes",
-            run: |store| Box::pin(expired_leases_are_handed_back_in_bounded_passes(store)),
-        },
-        Scenario {
-            name: "a_series_stops_by_its_first_id_after_that_occurrence_was_purged",
-            run: |store| {
-                Box::pin(a_series_stops_by_its_first_id_after_that_occurrence_was_purged(
-                    store,
-                ))
-            },
-        },
-    ]
-}
-
-fn make(task: NewTask, now: OffsetDateTime) -> Task {
-    task.into_task(&Settings::default(), now).expect("valid task")
-}
+scenarios![
+    a_refused_batch_stores_nothing_at_any_size,
+    records_past_what_a_store_holds_are_refused,
+    a_result_nested_too_deeply_fails_the_attempt,
+    extreme_leases_and_retry_times_saturate,
+    a_sound_store_reports_nothing_damaged,
+    expired_leases_are_handed_back_in_bounded_passes,
+    a_series_stops_by_its_first_id_after_that_occurrence_was_purged,
+];
 
 fn nested(levels: usize) -> Value {
     // `json!` would copy `inner` at every level; build the value directly.
@@ -77,22 +46,6 @@ async fn claim(store: &dyn Storage, limit: usize, lease_for: Duration, now: Offs
         })
         .await
         .expect("claim")
-}
-
-async fn finish(store: &dyn Storage, task: &Task, outcome: Outcome, now: OffsetDateTime) -> FinishOutcome {
-    let token = task.lease.as_ref().expect("a lease").token;
-    store
-        .finish(
-            vec![Finish {
-                id: task.id,
-                token,
-                outcome,
-            }],
-            now,
-        )
-        .await
-        .expect("finish")
-        .remove(0)
 }
 
 async fn a_refused_batch_stores_nothing_at_any_size(store: &dyn Storage) {

@@ -25,6 +25,17 @@
 //!
 //! Then `cargo test --test conformance -- claim_respects_eta` runs one scenario.
 
+/// Defines `all()`, the scenarios of a file in a stable order, from the names
+/// of their functions.
+macro_rules! scenarios {
+    ($($name:ident),+ $(,)?) => {
+        /// The scenarios of this file, in a stable order.
+        pub fn all() -> Vec<Scenario> {
+            vec![$(Scenario { name: stringify!($name), run: |store| Box::pin($name(store)) }),+]
+        }
+    };
+}
+
 mod hostile;
 mod model;
 pub mod processes;

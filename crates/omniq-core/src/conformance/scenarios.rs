@@ -15,15 +15,6 @@ use crate::storage::{
 };
 use crate::task::{NewTask, Outcome, Task, TaskError, TaskId, TaskStatus};
 
-macro_rules! scenarios {
-    ($($name:ident),+ $(,)?) => {
-        /// Every scenario of the suite, in a stable order.
-        pub fn all() -> Vec<Scenario> {
-            vec![$(Scenario { name: stringify!($name), run: |store| Box::pin($name(store)) }),+]
-        }
-    };
-}
-
 scenarios![
     enqueue_then_get_returns_the_record,
     unknown_ids_are_not_found,
@@ -88,7 +79,7 @@ fn new(func: &str) -> NewTask {
     NewTask::new(func)
 }
 
-fn make(task: NewTask, now: OffsetDateTime) -> Task {
+pub(super) fn make(task: NewTask, now: OffsetDateTime) -> Task {
     task.into_task(&Settings::default(), now).expect("valid task")
 }
 
@@ -121,7 +112,12 @@ async fn claim_one(store: &dyn Storage, now: OffsetDateTime) -> Task {
     claimed.remove(0)
 }
 
-async fn finish(store: &dyn Storage, task: &Task, outcome: Outcome, now: OffsetDateTime) -> FinishOutcome {
+pub(super) async fn finish(
+    store: &dyn Storage,
+    task: &Task,
+    outcome: Outcome,
+    now: OffsetDateTime,
+) -> FinishOutcome {
     let token = task.lease.as_ref().expect("claimed task has a lease").token;
     let mut answers = store
         .finish(
