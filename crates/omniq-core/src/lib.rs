@@ -41,6 +41,6 @@ pub use storage::{
     Storage, StorageExt,
 };
 pub use task::{
-    cancel_in_scope, CancelScope, Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId, TaskResult,
-    TaskStatus,
+    cancel_in_scope, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId,
+    TaskResult, TaskStatus,
 };

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
-use crate::task::{cancel_in_scope, CancelScope, Task, TaskId, TaskStatus};
+use crate::task::{cancel_in_scope, CancelScope, Finished, Task, TaskId, TaskStatus};
 
 /// A [`Storage`] that keeps every task in memory, behind one lock.
 ///
@@ -111,11 +111,11 @@ impl Storage for MemoryStorage {
         Ok(leases
             .iter()
             .map(|lease| match inner.tasks.get_mut(&lease.id) {
-                Some(task) if task.holds_lease(lease.token) => match task.renew(lease_for, now) {
+                Some(task) => match task.renew(lease.token, lease_for, now) {
                     Some(expires_at) => RenewOutcome::Renewed { expires_at },
                     None => RenewOutcome::Lost,
                 },
-                _ => RenewOutcome::Lost,
+                None => RenewOutcome::Lost,
             })
             .collect())
     }
@@ -124,22 +124,23 @@ impl Storage for MemoryStorage {
         let mut inner = self.lock();
         let mut answers = Vec::with_capacity(finishes.len());
         for finish in finishes {
-            let Some(task) = inner
-                .tasks
-                .get(&finish.id)
-                .filter(|t| t.holds_lease(finish.token))
-            else {
+            let Some(mut task) = inner.tasks.get(&finish.id).cloned() else {
                 answers.push(FinishOutcome::LeaseLost);
                 continue;
             };
-            let mut task = task.clone();
-            let next = task.finish(finish.outcome, now)?;
+            let Finished::Applied { status, next } = task.finish(finish.token, finish.outcome, now)? else {
+                answers.push(FinishOutcome::LeaseLost);
+                continue;
+            };
             inner.put(task);
             let next_id = next.as_ref().map(|next| next.id);
             if let Some(next) = next {
                 inner.put(next);
             }
-            answers.push(FinishOutcome::Applied { next: next_id });
+            answers.push(FinishOutcome::Applied {
+                status,
+                next: next_id,
+            });
         }
         Ok(answers)
     }
@@ -220,12 +221,6 @@ impl Storage for MemoryStorage {
             .get(&id)
             .cloned()
             .ok_or_else(|| Error::not_found(id))?;
-        if task.status != TaskStatus::Failed {
-            return Err(Error::conflict(
-                id,
-                format!("only failed tasks can be retried; this one is {}", task.status),
-            ));
-        }
         task.retry(now)?;
         inner.put(task);
         Ok(())

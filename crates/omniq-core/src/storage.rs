@@ -47,9 +47,14 @@ pub struct Finish {
 /// What became of one [`Finish`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FinishOutcome {
-    /// The outcome was recorded. For an interval task that completed or failed
-    /// for good, `next` is the id of the occurrence enqueued in the same step.
+    /// The outcome was recorded, and the task is now in `status` (see
+    /// [`crate::task::Finished`]). For an interval task that completed or
+    /// failed for good, `next` is the id of the occurrence enqueued in the
+    /// same step.
     Applied {
+        /// The status the outcome led to: `completed`, `failed`, or `pending`
+        /// (a retry, or a task handed back).
+        status: TaskStatus,
         /// The next occurrence of an interval task, if one was enqueued.
         next: Option<TaskId>,
     },
@@ -212,9 +217,9 @@ pub trait Storage: Send + Sync + Debug {
         now: OffsetDateTime,
     ) -> Result<Vec<RenewOutcome>>;
 
-    /// Ends claims, applying each outcome with [`Task::finish`] if its claim is
-    /// still current, else answering [`FinishOutcome::LeaseLost`] and writing
-    /// nothing for it. When an interval task completes or fails for good, its
+    /// Ends claims, applying each outcome with [`Task::finish`], which answers
+    /// [`FinishOutcome::LeaseLost`] and writes nothing when the claim is no
+    /// longer current. When an interval task completes or fails for good, its
     /// next occurrence is stored in the same atomic step. Answers in the order of
     /// `finishes`.
     async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>>;

@@ -20,8 +20,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, Lease,
-    LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, Finished,
+    Lease, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId, TaskStatus,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -718,15 +718,16 @@ impl Store {
                         slot.insert((task.clone(), task))
                     }
                 };
-                if !task.holds_lease(finish.token) {
-                    answers.push(FinishOutcome::LeaseLost);
-                    continue;
+                match task.finish(finish.token, finish.outcome, now)? {
+                    Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
+                    Finished::Applied { status, next } => {
+                        answers.push(FinishOutcome::Applied {
+                            status,
+                            next: next.as_ref().map(|n| n.id),
+                        });
+                        created.extend(next);
+                    }
                 }
-                let next = task.finish(finish.outcome, now)?;
-                answers.push(FinishOutcome::Applied {
-                    next: next.as_ref().map(|n| n.id),
-                });
-                created.extend(next);
             }
             let mut saves: Vec<Save> = touched
                 .into_values()
@@ -817,12 +818,6 @@ impl Store {
     pub fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
         self.locked(|state| {
             let old = self.record_or_error(id)?;
-            if old.status != TaskStatus::Failed {
-                return Err(Error::conflict(
-                    id,
-                    format!("only failed tasks can be retried; this one is {}", old.status),
-                ));
-            }
             let mut task = old.clone();
             task.retry(now)?;
             self.apply(state, vec![Save { task, old: Some(old) }], Vec::new())

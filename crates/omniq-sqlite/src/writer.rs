@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, LeaseRef, LeaseToken, Outcome,
-    RenewOutcome, Result, Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, Finished, LeaseRef, LeaseToken,
+    Outcome, RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
@@ -719,7 +719,10 @@ fn read_finish(row: &SqliteRow, ids: &[String]) -> Result<Option<Vec<FinishOutco
     Ok(Some(
         ids.iter()
             .map(|id| match done.contains(id) {
-                true => FinishOutcome::Applied { next: None },
+                true => FinishOutcome::Applied {
+                    status: TaskStatus::Completed,
+                    next: None,
+                },
                 false => FinishOutcome::LeaseLost,
             })
             .collect(),
@@ -771,15 +774,16 @@ async fn finish(
     let mut created = Vec::new();
     let mut answers = Vec::with_capacity(finishes.len());
     for finish in finishes {
-        match tasks
-            .get_mut(&finish.id)
-            .filter(|task| task.holds_lease(finish.token))
-        {
-            None => answers.push(FinishOutcome::LeaseLost),
-            Some(task) => {
-                let next = task.finish(finish.outcome, now)?;
+        let Some(task) = tasks.get_mut(&finish.id) else {
+            answers.push(FinishOutcome::LeaseLost);
+            continue;
+        };
+        match task.finish(finish.token, finish.outcome, now)? {
+            Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
+            Finished::Applied { status, next } => {
                 changed.insert(task.id, task.clone());
                 answers.push(FinishOutcome::Applied {
+                    status,
                     next: next.as_ref().map(|n| n.id),
                 });
                 created.extend(next);
@@ -818,12 +822,6 @@ async fn cancel(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime)
 
 async fn retry(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<()> {
     let mut task = load_one(s, db, id).await?;
-    if task.status != TaskStatus::Failed {
-        return Err(Error::conflict(
-            id,
-            format!("only failed tasks can be retried; this one is {}", task.status),
-        ));
-    }
     task.retry(now)?;
     rows::save(s, &[task]).await
 }

@@ -328,7 +328,7 @@ async fn changes_sent_together_are_each_answered_rightly() {
         assert_eq!(task.status, TaskStatus::Completed);
         match task.func_path.as_str() {
             "tick" => assert!(
-                matches!(answer, FinishOutcome::Applied { next: Some(_) }),
+                matches!(answer, FinishOutcome::Applied { next: Some(_), .. }),
                 "{answer:?}"
             ),
             _ => assert_eq!(task.result, task.args.first().cloned()),

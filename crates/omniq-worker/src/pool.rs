@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use omniq_core::{
     ClaimRequest, Finish, FinishOutcome, Lease, LeaseRef, Outcome, RenewOutcome, Storage, Task, TaskError,
+    TaskStatus,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -510,12 +511,13 @@ async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
         tracing::warn!("lease lost (task cancelled, or taken over after expiry); attempt abandoned");
         return;
     };
-    let (label, counter) = match &outcome {
-        Outcome::Complete { .. } => ("completed", &shared.counters.succeeded),
-        Outcome::Fail { .. } => ("failed", &shared.counters.failed),
-        Outcome::Retry { .. } if task.attempts > task.max_retries => ("failed", &shared.counters.failed),
-        Outcome::Retry { .. } => ("retry", &shared.counters.retried),
-        Outcome::HandBack => ("handed back", &shared.counters.handed_back),
+    // What the pool asked for; the store's answer says what it led to (a
+    // retry past `max_retries` is a final failure, decided by `Task::finish`).
+    let asked = match &outcome {
+        Outcome::Complete { .. } => "completed",
+        Outcome::Fail { .. } => "failed",
+        Outcome::Retry { .. } => "retry",
+        Outcome::HandBack => "handed back",
     };
     let error = match &outcome {
         Outcome::Fail { error } | Outcome::Retry { error, .. } => Some(error.message.clone()),
@@ -542,7 +544,15 @@ async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
     };
     recorded(shared);
     match result {
-        Ok(FinishOutcome::Applied { .. }) => {
+        Ok(FinishOutcome::Applied { status, .. }) => {
+            let (label, counter) = match status {
+                TaskStatus::Completed => ("completed", &shared.counters.succeeded),
+                TaskStatus::Pending if asked == "handed back" => {
+                    ("handed back", &shared.counters.handed_back)
+                }
+                TaskStatus::Pending => ("retry", &shared.counters.retried),
+                _ => ("failed", &shared.counters.failed),
+            };
             bump(counter);
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             // A failure that will be retried is routine; one that ends the task is not.
@@ -557,14 +567,14 @@ async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
         Ok(_) => {
             bump(&shared.counters.lost);
             tracing::warn!(
-                outcome = label,
+                outcome = asked,
                 "lease lost before the outcome was recorded; it was discarded"
             );
         }
         Err(error) => {
             bump(&shared.counters.unrecorded);
             tracing::error!(
-                outcome = label, %error,
+                outcome = asked, %error,
                 "cannot record the outcome; the task runs again when its lease expires"
             );
         }

@@ -229,7 +229,7 @@ async fn a_series_stops_by_its_first_id_after_that_occurrence_was_purged(store: 
     let first = make(NewTask::new("tick").interval(Duration::from_secs(60)), T0);
     store.enqueue(vec![first.clone()]).await.unwrap();
     let claimed = claim(store, 1, Duration::from_secs(30), T0).await.remove(0);
-    let FinishOutcome::Applied { next: Some(next) } =
+    let FinishOutcome::Applied { next: Some(next), .. } =
         finish(store, &claimed, Outcome::Complete { result: json!(1) }, T0).await
     else {
         panic!("the next occurrence was not enqueued");

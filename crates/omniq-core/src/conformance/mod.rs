@@ -36,6 +36,7 @@ macro_rules! scenarios {
     };
 }
 
+mod edges;
 mod hostile;
 mod model;
 pub mod processes;
@@ -88,9 +89,10 @@ pub trait Factory: Send + Sync + 'static {
 }
 
 /// Every scenario of the suite, in a stable order: the promises of each
-/// method, then hostile and extreme input.
+/// method, the edges of the status machine, then hostile and extreme input.
 pub fn scenarios() -> Vec<Scenario> {
     let mut all = scenarios::all();
+    all.extend(edges::all());
     all.extend(hostile::all());
     all
 }

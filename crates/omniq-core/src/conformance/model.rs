@@ -256,7 +256,7 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 });
                 match (holds, &answer[..]) {
                     (false, [FinishOutcome::LeaseLost]) => {}
-                    (true, [FinishOutcome::Applied { next }]) => {
+                    (true, [FinishOutcome::Applied { next, .. }]) => {
                         let task = model.task(id).unwrap();
                         let over = Model::end_attempt(task, how, now);
                         let task = task.clone();

@@ -152,7 +152,7 @@ async fn all_tasks(store: &dyn Storage) -> Vec<Task> {
 
 fn applied_next(outcome: FinishOutcome) -> Option<TaskId> {
     match outcome {
-        FinishOutcome::Applied { next } => next,
+        FinishOutcome::Applied { next, .. } => next,
         FinishOutcome::LeaseLost => panic!("finish was refused as lease lost"),
     }
 }
@@ -289,10 +289,14 @@ async fn concurrent_enqueues_are_each_answered_rightly(store: &dyn Storage) {
 async fn finished_records_are_stored_as_they_are(store: &dyn Storage) {
     let mut done = make(new("a").interval(secs(60)), T0);
     done.claim("w", LEASE, at(1)).unwrap();
-    done.finish(complete(json!({"ok": true})), at(2)).unwrap();
+    let token = done.lease.as_ref().unwrap().token;
+    done.finish(token, complete(json!({"ok": true})), at(2)).unwrap();
     let mut failed = make(new("b").max_retries(0), T0);
     failed.claim("w", LEASE, at(1)).unwrap();
-    failed.finish(Outcome::Fail { error: error(1) }, at(3)).unwrap();
+    let token = failed.lease.as_ref().unwrap().token;
+    failed
+        .finish(token, Outcome::Fail { error: error(1) }, at(3))
+        .unwrap();
     let mut cancelled = make(new("c"), T0);
     cancelled.cancel(at(4)).unwrap();
     store
@@ -484,7 +488,7 @@ async fn enqueues_claims_and_finishes_at_once_run_every_task_once(store: &dyn St
             assert!(
                 answers
                     .iter()
-                    .all(|a| matches!(a, FinishOutcome::Applied { next: None })),
+                    .all(|a| matches!(a, FinishOutcome::Applied { next: None, .. })),
                 "{answers:?}"
             );
             done.extend(claimed.into_iter().map(|t| t.id));
@@ -610,7 +614,7 @@ async fn a_batch_mixing_interval_and_plain_tasks_finishes_each_rightly(store: &d
         .unwrap();
     let by_id: Vec<(TaskId, FinishOutcome)> = claimed.iter().map(|t| t.id).zip(answers).collect();
     for (id, answer) in &by_id {
-        let FinishOutcome::Applied { next } = answer else {
+        let FinishOutcome::Applied { next, .. } = answer else {
             panic!("{id}: {answer:?}");
         };
         assert_eq!(next.is_some(), *id == series, "{id}: {answer:?}");
@@ -638,7 +642,7 @@ async fn a_batch_mixing_interval_and_plain_tasks_finishes_each_rightly(store: &d
     ];
     let answers = store.finish(twice, at(3)).await.unwrap();
     assert!(
-        matches!(answers[0], FinishOutcome::Applied { next: None }),
+        matches!(answers[0], FinishOutcome::Applied { next: None, .. }),
         "{answers:?}"
     );
     assert_eq!(answers[1], FinishOutcome::LeaseLost);

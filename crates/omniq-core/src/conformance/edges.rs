@@ -1,0 +1,213 @@
+//! Scenarios at the edges of the status machine: a claim used after its lease
+//! ran out but before anyone requeued the task, the status a finish answers,
+//! an interval task handed back, and a retried occurrence of a series.
+
+use std::time::Duration;
+
+use serde_json::json;
+use time::macros::datetime;
+use time::OffsetDateTime;
+
+use super::scenarios::{finish, make};
+use super::Scenario;
+use crate::error::Error;
+use crate::storage::{ClaimRequest, FinishOutcome, LeaseRef, RenewOutcome, Storage};
+use crate::task::{NewTask, Outcome, Task, TaskError, TaskStatus};
+
+const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
+const LEASE: Duration = Duration::from_secs(30);
+
+scenarios![
+    renew_and_finish_after_expiry_count_until_requeued,
+    finish_answers_the_status_it_led_to,
+    an_interval_task_handed_back_keeps_its_series_and_schedules_nothing,
+    a_retried_occurrence_is_cancelled_alone,
+];
+
+fn at(secs: u64) -> OffsetDateTime {
+    T0 + Duration::from_secs(secs)
+}
+
+async fn claim_one(store: &dyn Storage, now: OffsetDateTime) -> Task {
+    let mut claimed = store
+        .claim(ClaimRequest {
+            worker_id: "w".into(),
+            limit: 1,
+            lease_for: LEASE,
+            now,
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "expected one due task at {now}");
+    claimed.remove(0)
+}
+
+fn fail(attempt: u32, retryable: bool) -> TaskError {
+    TaskError::new("handler", "boom", attempt, retryable)
+}
+
+async fn renew_and_finish_after_expiry_count_until_requeued(store: &dyn Storage) {
+    let ids: Vec<Task> = (0..2).map(|_| make(NewTask::new("x"), T0)).collect();
+    store.enqueue(ids).await.unwrap();
+    let first = claim_one(store, T0).await;
+    let second = claim_one(store, T0).await;
+    // Both leases ran out at 30 s; nobody has requeued the tasks yet.
+    let late = at(45);
+    let renewed = store
+        .renew(
+            &[LeaseRef {
+                id: first.id,
+                token: first.lease.as_ref().unwrap().token,
+            }],
+            LEASE,
+            late,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed,
+        [RenewOutcome::Renewed {
+            expires_at: late + LEASE
+        }]
+    );
+    assert!(
+        store.requeue_expired(at(50)).await.unwrap().contains(&second.id),
+        "the unrenewed lease is handed back"
+    );
+    assert!(!store.requeue_expired(at(50)).await.unwrap().contains(&first.id));
+    let outcome = finish(store, &first, Outcome::Complete { result: json!(1) }, at(60)).await;
+    assert!(matches!(
+        outcome,
+        FinishOutcome::Applied {
+            status: TaskStatus::Completed,
+            ..
+        }
+    ));
+    // A finish past expiry but before a requeue counts too.
+    let third = make(NewTask::new("x"), T0);
+    store.enqueue(vec![third.clone()]).await.unwrap();
+    let claimed = store
+        .claim(ClaimRequest {
+            worker_id: "w".into(),
+            limit: 5,
+            lease_for: LEASE,
+            now: at(60),
+        })
+        .await
+        .unwrap();
+    let third = claimed.into_iter().find(|t| t.id == third.id).expect("claimed");
+    let outcome = finish(store, &third, Outcome::Complete { result: json!(3) }, at(200)).await;
+    assert!(matches!(
+        outcome,
+        FinishOutcome::Applied {
+            status: TaskStatus::Completed,
+            ..
+        }
+    ));
+    assert_eq!(store.get(third.id).await.unwrap().result, Some(json!(3)));
+}
+
+async fn finish_answers_the_status_it_led_to(store: &dyn Storage) {
+    let tasks: Vec<Task> = (0..4)
+        .map(|i| make(NewTask::new("x").max_retries(if i == 3 { 0 } else { 2 }), T0))
+        .collect();
+    store.enqueue(tasks.clone()).await.unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..4 {
+        claimed.push(claim_one(store, T0).await);
+    }
+    claimed.sort_by_key(|t| tasks.iter().position(|x| x.id == t.id));
+    let cases = [
+        (Outcome::Complete { result: json!(0) }, TaskStatus::Completed),
+        (
+            Outcome::Fail {
+                error: fail(1, false),
+            },
+            TaskStatus::Failed,
+        ),
+        (
+            Outcome::Retry {
+                error: fail(1, true),
+                at: at(10),
+            },
+            TaskStatus::Pending,
+        ),
+        // No retries left: the retry is a final failure, and the answer says so.
+        (
+            Outcome::Retry {
+                error: fail(1, true),
+                at: at(10),
+            },
+            TaskStatus::Failed,
+        ),
+    ];
+    for (task, (outcome, expected)) in claimed.iter().zip(cases) {
+        match finish(store, task, outcome, at(1)).await {
+            FinishOutcome::Applied { status, .. } => assert_eq!(status, expected, "{}", task.id),
+            FinishOutcome::LeaseLost => panic!("lease lost"),
+        }
+        assert_eq!(store.get(task.id).await.unwrap().status, expected);
+    }
+}
+
+async fn an_interval_task_handed_back_keeps_its_series_and_schedules_nothing(store: &dyn Storage) {
+    let task = make(NewTask::new("tick").interval(Duration::from_secs(60)), T0);
+    store.enqueue(vec![task.clone()]).await.unwrap();
+    let claimed = claim_one(store, T0).await;
+    let outcome = finish(store, &claimed, Outcome::HandBack, at(1)).await;
+    assert!(matches!(
+        outcome,
+        FinishOutcome::Applied {
+            status: TaskStatus::Pending,
+            next: None
+        }
+    ));
+    let back = store.get(task.id).await.unwrap();
+    assert_eq!((back.status, back.attempts), (TaskStatus::Pending, 0));
+    assert_eq!(back.series, Some(task.id));
+    assert_eq!(
+        store.counts().await.unwrap().total(),
+        1,
+        "no occurrence was scheduled"
+    );
+    // It runs again, and its series goes on from there.
+    let again = claim_one(store, at(2)).await;
+    let outcome = finish(store, &again, Outcome::Complete { result: json!(1) }, at(3)).await;
+    assert!(matches!(outcome, FinishOutcome::Applied { next: Some(_), .. }));
+}
+
+async fn a_retried_occurrence_is_cancelled_alone(store: &dyn Storage) {
+    let first = make(
+        NewTask::new("tick")
+            .interval(Duration::from_secs(60))
+            .max_retries(0),
+        T0,
+    );
+    store.enqueue(vec![first.clone()]).await.unwrap();
+    let claimed = claim_one(store, T0).await;
+    let FinishOutcome::Applied { next: Some(next), .. } = finish(
+        store,
+        &claimed,
+        Outcome::Fail {
+            error: fail(1, false),
+        },
+        at(1),
+    )
+    .await
+    else {
+        panic!("the failure scheduled no next occurrence");
+    };
+    // The failed occurrence is retried by hand: it leaves its series.
+    store.retry(first.id, at(2)).await.unwrap();
+    let retried = store.get(first.id).await.unwrap();
+    assert_eq!((retried.status, retried.series), (TaskStatus::Pending, None));
+    // Cancelling it stops only it; the series runs on.
+    assert_eq!(store.cancel(first.id, at(3)).await.unwrap(), [first.id]);
+    assert_eq!(store.get(next).await.unwrap().status, TaskStatus::Pending);
+    // Cancelling by the live occurrence's id stops the series.
+    assert_eq!(store.cancel(next, at(4)).await.unwrap(), [next]);
+    assert!(matches!(
+        store.cancel(next, at(5)).await,
+        Err(Error::Conflict { .. })
+    ));
+}

@@ -1,0 +1,144 @@
+//! `NewTask`: a task to be enqueued, and the record it becomes.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::{Task, TaskId, TaskStatus};
+use crate::error::{Error, Result};
+use crate::limits;
+
+/// A task to be enqueued: the handler name, its payload and its options.
+/// Options left unset take the store's [`crate::Settings`] defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTask {
+    /// The handler's registered name.
+    pub func_path: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Not before this time (default: now).
+    pub eta: Option<OffsetDateTime>,
+    /// Repeat this long after each run ends.
+    pub interval: Option<Duration>,
+    /// Retries after a failure (default: the settings' `default_max_retries`).
+    pub max_retries: Option<u32>,
+    /// Per-attempt time limit (default: the settings' `default_timeout`).
+    pub timeout: Option<Duration>,
+    /// The id to use (default: a new one).
+    pub id: Option<TaskId>,
+}
+
+impl NewTask {
+    /// A task for `func_path` with no arguments.
+    pub fn new(func_path: impl Into<String>) -> Self {
+        NewTask {
+            func_path: func_path.into(),
+            args: Vec::new(),
+            kwargs: Map::new(),
+            eta: None,
+            interval: None,
+            max_retries: None,
+            timeout: None,
+            id: None,
+        }
+    }
+
+    /// A task whose handler takes a typed payload: `payload` is stored as
+    /// `args`/`kwargs` (see [`crate::payload`]) and given back to the handler.
+    pub fn with_payload<T: Serialize + ?Sized>(func_path: impl Into<String>, payload: &T) -> Result<Self> {
+        let (args, kwargs) = crate::payload::split(serde_json::to_value(payload)?);
+        Ok(NewTask {
+            args,
+            kwargs,
+            ..NewTask::new(func_path)
+        })
+    }
+
+    /// Sets the positional arguments.
+    pub fn args(mut self, args: Vec<Value>) -> Self {
+        self.args = args;
+        self
+    }
+
+    /// Sets the keyword arguments.
+    pub fn kwargs(mut self, kwargs: Map<String, Value>) -> Self {
+        self.kwargs = kwargs;
+        self
+    }
+
+    /// Not before `eta`.
+    pub fn eta(mut self, eta: OffsetDateTime) -> Self {
+        self.eta = Some(eta);
+        self
+    }
+
+    /// Repeat `interval` after each run ends.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    /// Retry up to `max_retries` times after a failure.
+    pub fn max_retries(mut self, max_retries: u32) -> Self {
+        self.max_retries = Some(max_retries);
+        self
+    }
+
+    /// Cancel an attempt that runs longer than `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Use this id instead of a new one.
+    pub fn id(mut self, id: TaskId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// The pending record to store, enqueued at `now`, with `settings`' defaults
+    /// for what is unset. A zero interval or timeout is refused: it would spin or
+    /// never run. So is a time, duration or payload past what a store can hold
+    /// (see [`crate::limits`]), naming the value and the allowed range.
+    pub fn into_task(self, settings: &crate::Settings, now: OffsetDateTime) -> Result<Task> {
+        if self.func_path.is_empty() {
+            return Err(Error::invalid_config(
+                "func_path",
+                "the handler name must not be empty",
+            ));
+        }
+        if self.interval == Some(Duration::ZERO) {
+            return Err(Error::invalid_config("interval", "must be greater than zero"));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(Error::invalid_config("timeout", "must be greater than zero"));
+        }
+        let id = self.id.unwrap_or_default();
+        let task = Task {
+            id,
+            func_path: self.func_path,
+            args: self.args,
+            kwargs: self.kwargs,
+            status: TaskStatus::Pending,
+            eta: self.eta.unwrap_or(now),
+            interval: self.interval,
+            max_retries: self.max_retries.unwrap_or(settings.default_max_retries),
+            timeout: self.timeout.or(settings.default_timeout),
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result: None,
+            lease: None,
+            series: self.interval.map(|_| id),
+        };
+        limits::check_record(&task)?;
+        Ok(task)
+    }
+}
