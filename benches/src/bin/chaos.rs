@@ -93,7 +93,8 @@ fn worker(backend: &str, dir: &Path, log: &Path) {
                 max: Duration::from_millis(500),
                 jitter: 0.5,
             })
-            .start();
+            .start()
+            .expect("the pool's configuration is valid");
         pool.run_until_signal(Duration::from_secs(5)).await;
     });
 }

@@ -131,6 +131,7 @@ fn noop_pool(storage: Arc<dyn Storage>, concurrency: usize, signals: &Arc<Signal
         .concurrency(concurrency)
         .signals(signals.clone())
         .start()
+        .expect("the pool's configuration is valid")
 }
 
 /// Waits until `pool` has run `n` tasks and returns the time since `start`;

@@ -34,7 +34,7 @@ fn store(backend: BackendKind) -> Store {
         registry.register("broken", |_: ()| async {
             Err::<(), _>(HandlerError::fatal("it is broken"))
         });
-        let pool = queue.worker(registry).start();
+        let pool = queue.worker(registry).start().expect("start the pool");
         let done = queue.enqueue("add", &(2, 3)).await.unwrap();
         let failed = queue.enqueue("broken", &()).await.unwrap();
         queue.wait_result(done, Duration::from_secs(20)).await.unwrap();

@@ -8,15 +8,16 @@
 //! use omniq_core::MemoryStorage;
 //! use omniq_worker::{HandlerError, Registry, WorkerPool};
 //!
-//! # async fn demo() {
+//! # async fn demo() -> omniq_core::Result<()> {
 //! let mut registry = Registry::new();
 //! registry.register("math.add", |(a, b): (i64, i64)| async move { Ok::<_, HandlerError>(a + b) });
 //!
 //! let pool = WorkerPool::new(Arc::new(MemoryStorage::new()), registry)
 //!     .concurrency(8)
-//!     .start();
+//!     .start()?;
 //! // ... later, or on Ctrl-C with `pool.run_until_signal(...)`:
 //! pool.shutdown(Duration::from_secs(30)).await;
+//! # Ok(())
 //! # }
 //! ```
 //!

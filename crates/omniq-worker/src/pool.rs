@@ -212,8 +212,21 @@ impl WorkerPool {
         self
     }
 
-    /// Starts the pool on the current tokio runtime.
-    pub fn start(mut self) -> Pool {
+    /// Starts the pool on the current tokio runtime. A configuration that
+    /// would run tasks twice is refused with [`omniq_core::Error::InvalidConfig`]:
+    /// renewing a lease no sooner than it expires (`renew_every >= lease`)
+    /// lets it run out mid-run, so another worker takes the task over.
+    pub fn start(mut self) -> omniq_core::Result<Pool> {
+        if self.config.renew_every >= self.config.lease {
+            return Err(omniq_core::Error::invalid_config(
+                "renew_every",
+                format!(
+                    "leases are renewed every {:?} but last {:?}: they would run out mid-run and the task \
+                     would run twice; renew more often than the lease lasts (a third of it is usual)",
+                    self.config.renew_every, self.config.lease
+                ),
+            ));
+        }
         // Zero periods would make tokio's interval panic or the supervisor spin.
         let floor = Duration::from_millis(1);
         for period in [
@@ -248,10 +261,10 @@ impl WorkerPool {
             "worker pool started"
         );
         let supervisor = tokio::spawn(supervise(shared.clone()));
-        Pool {
+        Ok(Pool {
             shared,
             supervisor: Some(supervisor),
-        }
+        })
     }
 }
 

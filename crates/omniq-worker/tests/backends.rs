@@ -72,7 +72,8 @@ async fn tasks_run_and_retry_on_every_backend() {
                 max: Duration::from_millis(100),
                 jitter: 0.0,
             })
-            .start();
+            .start()
+            .expect("start the pool");
         let settings = Settings::default();
         let mut ids = Vec::new();
         for n in 0..40u64 {
@@ -112,7 +113,8 @@ async fn shutdown_hands_running_tasks_back_on_every_backend() {
         let pool = WorkerPool::new(store.clone(), registry(Arc::new(AtomicU32::new(0))))
             .signals(signals.clone())
             .concurrency(2)
-            .start();
+            .start()
+            .expect("start the pool");
         let settings = Settings::default();
         let ids = store
             .enqueue_many(

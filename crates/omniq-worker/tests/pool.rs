@@ -88,7 +88,7 @@ fn adder() -> Registry {
 #[tokio::test(start_paused = true)]
 async fn runs_tasks_and_stores_their_results() {
     let h = Harness::new();
-    let pool = h.pool(adder()).start();
+    let pool = h.pool(adder()).start().expect("start the pool");
     let mut ids = Vec::new();
     for i in 0..10i64 {
         ids.push(
@@ -124,7 +124,7 @@ async fn never_runs_more_than_its_concurrency() {
             Ok::<_, HandlerError>(())
         }
     });
-    let pool = h.pool(registry).concurrency(3).start();
+    let pool = h.pool(registry).concurrency(3).start().expect("start the pool");
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(h.enqueue(NewTask::new("slow")).await);
@@ -139,7 +139,11 @@ async fn never_runs_more_than_its_concurrency() {
 #[tokio::test(start_paused = true)]
 async fn a_task_enqueued_in_the_same_process_starts_at_once() {
     let h = Harness::new();
-    let pool = h.pool(adder()).poll_interval(Duration::from_secs(3600)).start();
+    let pool = h
+        .pool(adder())
+        .poll_interval(Duration::from_secs(3600))
+        .start()
+        .expect("start the pool");
     tokio::time::sleep(Duration::from_secs(5)).await; // the pool is idle, waiting
     let start = Instant::now();
     let id = h
@@ -157,7 +161,11 @@ async fn a_task_enqueued_in_the_same_process_starts_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_task_from_another_process_starts_within_the_poll_interval() {
     let h = Harness::new();
-    let pool = h.pool(adder()).poll_interval(Duration::from_secs(2)).start();
+    let pool = h
+        .pool(adder())
+        .poll_interval(Duration::from_secs(2))
+        .start()
+        .expect("start the pool");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Enqueued straight into the store, with no signal: as another process would.
     let start = Instant::now();
@@ -197,7 +205,7 @@ async fn a_handler_past_its_timeout_is_cancelled_and_the_attempt_fails() {
             Ok::<_, HandlerError>(())
         }
     });
-    let pool = h.pool(registry).start();
+    let pool = h.pool(registry).start().expect("start the pool");
     let id = h
         .enqueue(
             NewTask::new("hang")
@@ -235,7 +243,7 @@ async fn failures_are_retried_with_exponential_backoff() {
             Ok("finally")
         }
     });
-    let pool = h.pool(registry).start();
+    let pool = h.pool(registry).start().expect("start the pool");
     let id = h.enqueue(NewTask::new("flaky").max_retries(5)).await;
     let task = h.wait_finished(id).await;
     assert_eq!(task.status, TaskStatus::Completed);
@@ -268,7 +276,7 @@ async fn the_last_failure_is_stored_and_fatal_errors_are_not_retried() {
     registry.register("later", |_: ()| async {
         Err::<(), _>(HandlerError::retry_after("rate limited", Duration::from_secs(30)))
     });
-    let pool = h.pool(registry).start();
+    let pool = h.pool(registry).start().expect("start the pool");
     let always = h.enqueue(NewTask::new("always").max_retries(2)).await;
     let fatal = h.enqueue(NewTask::new("fatal").max_retries(5)).await;
     let later = h.enqueue(NewTask::new("later").max_retries(1)).await;
@@ -311,7 +319,7 @@ async fn unknown_handlers_bad_payloads_and_panics_fail_the_task_not_the_pool() {
         }
         Ok::<_, HandlerError>(())
     });
-    let pool = h.pool(registry).start();
+    let pool = h.pool(registry).start().expect("start the pool");
     let unknown = h.enqueue(NewTask::new("no.such.handler").max_retries(3)).await;
     let bad = h
         .enqueue(
@@ -365,7 +373,11 @@ async fn interval_tasks_repeat_until_their_series_is_cancelled() {
         let runs = r.clone();
         async move { Ok::<_, HandlerError>(runs.fetch_add(1, Ordering::SeqCst) + 1) }
     });
-    let pool = h.pool(registry).poll_interval(Duration::from_millis(100)).start();
+    let pool = h
+        .pool(registry)
+        .poll_interval(Duration::from_millis(100))
+        .start()
+        .expect("start the pool");
     let first = h
         .enqueue(NewTask::new("tick").interval(Duration::from_secs(10)))
         .await;
@@ -396,9 +408,14 @@ async fn leases_are_renewed_while_a_long_task_runs() {
         .pool(registry.clone())
         .lease(Duration::from_secs(10), Duration::from_secs(3))
         .requeue_every(Duration::from_secs(1))
-        .start();
+        .start()
+        .expect("start the pool");
     // A second pool watching for expired leases must find none.
-    let watcher = h.pool(registry).requeue_every(Duration::from_secs(1)).start();
+    let watcher = h
+        .pool(registry)
+        .requeue_every(Duration::from_secs(1))
+        .start()
+        .expect("start the pool");
     let id = h.enqueue(NewTask::new("long")).await;
     let task = h.wait_finished(id).await;
     assert_eq!((task.status, task.attempts), (TaskStatus::Completed, 1));
@@ -426,7 +443,11 @@ async fn a_dead_workers_task_is_taken_over_when_its_lease_expires() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
-    let pool = h.pool(adder()).requeue_every(Duration::from_secs(5)).start();
+    let pool = h
+        .pool(adder())
+        .requeue_every(Duration::from_secs(5))
+        .start()
+        .expect("start the pool");
     let task = h.wait_finished(id).await;
     assert_eq!((task.status, task.attempts), (TaskStatus::Completed, 2));
     assert_eq!(task.result, Some(json!(42)));
@@ -444,7 +465,8 @@ async fn cancelling_a_running_task_stops_its_handler() {
     let pool = h
         .pool(registry)
         .lease(Duration::from_secs(30), Duration::from_secs(2))
-        .start();
+        .start()
+        .expect("start the pool");
     let id = h.enqueue(NewTask::new("wait")).await;
     h.wait_for(id, |t| t.status == TaskStatus::Running).await;
     h.store.cancel(id, h.clock.now()).await.unwrap();
@@ -474,7 +496,11 @@ fn counting(runs: &Arc<Mutex<HashMap<u32, u32>>>) -> Registry {
 async fn shutdown_waits_for_running_tasks_until_the_deadline() {
     let h = Harness::new();
     let runs = Arc::new(Mutex::new(HashMap::new()));
-    let pool = h.pool(counting(&runs)).concurrency(4).start();
+    let pool = h
+        .pool(counting(&runs))
+        .concurrency(4)
+        .start()
+        .expect("start the pool");
     let mut ids = Vec::new();
     for n in 0..4 {
         ids.push(h.enqueue(NewTask::with_payload("job", &n).unwrap()).await);
@@ -492,7 +518,11 @@ async fn shutdown_waits_for_running_tasks_until_the_deadline() {
 async fn shutdown_mid_batch_loses_nothing_and_runs_nothing_twice() {
     let h = Harness::new();
     let runs = Arc::new(Mutex::new(HashMap::new()));
-    let pool: Pool = h.pool(counting(&runs)).concurrency(4).start();
+    let pool: Pool = h
+        .pool(counting(&runs))
+        .concurrency(4)
+        .start()
+        .expect("start the pool");
     let mut ids = Vec::new();
     for n in 0..20u32 {
         ids.push(h.enqueue(NewTask::with_payload("job", &n).unwrap()).await);
@@ -511,7 +541,11 @@ async fn shutdown_mid_batch_loses_nothing_and_runs_nothing_twice() {
     }
 
     // A new pool finishes the rest; every task ran to completion exactly once.
-    let pool = h.pool(counting(&runs)).concurrency(4).start();
+    let pool = h
+        .pool(counting(&runs))
+        .concurrency(4)
+        .start()
+        .expect("start the pool");
     for id in &ids {
         h.wait_finished(*id).await;
     }
@@ -591,7 +625,8 @@ async fn a_store_that_panics_while_recording_does_not_stop_the_recorder() {
         .clock(Arc::new(TokioClock::new()))
         .signals(signals.clone())
         .concurrency(1)
-        .start();
+        .start()
+        .expect("start the pool");
     let settings = Settings::default();
     let mut ids = Vec::new();
     for i in 0..3i64 {
@@ -615,4 +650,26 @@ async fn a_store_that_panics_while_recording_does_not_stop_the_recorder() {
     }
     assert_eq!(pool.stats().unrecorded, 1);
     assert!(pool.shutdown(Duration::from_secs(1)).await.drained);
+}
+
+#[tokio::test]
+async fn a_lease_renewed_no_sooner_than_it_expires_is_refused() {
+    let h = Harness::new();
+    let refused = h
+        .pool(adder())
+        .lease(Duration::from_secs(10), Duration::from_secs(10))
+        .start();
+    match refused {
+        Err(omniq_core::Error::InvalidConfig { name, reason }) => {
+            assert_eq!(name, "renew_every");
+            assert!(reason.contains("twice"), "{reason}");
+        }
+        Err(other) => panic!("expected a refusal of the lease, got {other:?}"),
+        Ok(_) => panic!("a lease renewed no sooner than it expires was accepted"),
+    }
+    assert!(h
+        .pool(adder())
+        .lease(Duration::from_secs(10), Duration::from_secs(3))
+        .start()
+        .is_ok());
 }

@@ -19,7 +19,8 @@ async fn sigterm_shuts_the_pool_down_and_hands_tasks_back() {
     let signals = Signals::new();
     let pool = WorkerPool::new(store.clone(), registry)
         .signals(signals.clone())
-        .start();
+        .start()
+        .expect("start the pool");
     let id = store
         .enqueue_one(NewTask::new("forever"), &Settings::default())
         .await
@@ -54,7 +55,8 @@ async fn zero_periods_do_not_panic_or_spin() {
         .lease(Duration::from_secs(1), Duration::ZERO)
         .requeue_every(Duration::ZERO)
         .poll_interval(Duration::ZERO)
-        .start();
+        .start()
+        .expect("start the pool");
     let id = store
         .enqueue_one(NewTask::new("one"), &Settings::default())
         .await

@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     registry.register("shout", |text: String| async move {
         Ok::<_, HandlerError>(text.to_uppercase())
     });
-    let pool = queue.worker(registry).start();
+    let pool = queue.worker(registry).start()?;
     let result = queue.wait_result(id, Duration::from_secs(10)).await?;
     println!("result: {}", result.value.unwrap_or_default());
     pool.shutdown(Duration::from_secs(5)).await;

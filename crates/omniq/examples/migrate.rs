@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     registry.register("broken", |_: ()| async {
         Err::<(), _>(HandlerError::fatal("always broken"))
     });
-    let pool = queue.worker(registry).start();
+    let pool = queue.worker(registry).start()?;
     let done = queue.enqueue("ok", &7).await?;
     let failed = queue.task("broken", &())?.max_retries(0).enqueue().await?;
     queue.wait_result(done, Duration::from_secs(10)).await?;

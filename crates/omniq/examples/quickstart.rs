@@ -60,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             initial: Duration::from_millis(200),
             ..Backoff::default()
         })
-        .start();
+        .start()?;
 
     let started = Instant::now();
     let add = queue.enqueue("math.add", &(2, 3)).await?;

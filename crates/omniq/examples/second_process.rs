@@ -51,7 +51,7 @@ async fn worker(queue: OmniQ) -> Result<(), Box<dyn std::error::Error>> {
     let pool = queue
         .worker(registry)
         .poll_interval(Duration::from_millis(50))
-        .start();
+        .start()?;
     let mut stdin = tokio::io::stdin();
     let mut buffer = [0u8; 64];
     while stdin.read(&mut buffer).await? > 0 {}

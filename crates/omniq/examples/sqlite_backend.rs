@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut registry = Registry::new();
     registry.register("square", |n: u64| async move { Ok::<_, HandlerError>(n * n) });
-    let pool = queue.worker(registry).concurrency(8).start();
+    let pool = queue.worker(registry).concurrency(8).start()?;
     let mut sum = 0;
     for id in &ids {
         sum += queue

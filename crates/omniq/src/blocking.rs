@@ -100,17 +100,19 @@ impl OmniQ {
 
     /// Starts a worker pool on this client's runtime; `configure` sets it up
     /// (concurrency, polling, ...). It runs in the background until shut down.
+    /// A configuration that would run tasks twice is refused (see
+    /// [`WorkerPool::start`]).
     pub fn start_worker(
         &self,
         registry: Registry,
         configure: impl FnOnce(WorkerPool) -> WorkerPool,
-    ) -> Worker {
+    ) -> Result<Worker> {
         let _entered = self.runtime.enter();
-        let pool = configure(self.inner.worker(registry)).start();
-        Worker {
+        let pool = configure(self.inner.worker(registry)).start()?;
+        Ok(Worker {
             runtime: self.runtime.clone(),
             pool: Some(pool),
-        }
+        })
     }
 }
 

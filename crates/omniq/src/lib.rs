@@ -17,7 +17,7 @@
 //! registry.register("greet", |name: String| async move {
 //!     Ok::<_, HandlerError>(format!("hello, {name}"))
 //! });
-//! let pool = queue.worker(registry).concurrency(4).start();
+//! let pool = queue.worker(registry).concurrency(4).start()?;
 //!
 //! let id = queue
 //!     .task("greet", "Ada")?

@@ -75,7 +75,7 @@ async fn enqueue_options_are_recorded() {
 async fn results_are_waited_for_and_read() {
     let dir = tempfile::tempdir().unwrap();
     for q in clients(dir.path()).await {
-        let pool = q.worker(registry()).start();
+        let pool = q.worker(registry()).start().expect("start the pool");
         let ids = q
             .enqueue_many(
                 (0..20)
@@ -107,7 +107,7 @@ async fn results_are_waited_for_and_read() {
 async fn list_cancel_retry_counts_and_purge() {
     let dir = tempfile::tempdir().unwrap();
     for q in clients(dir.path()).await {
-        let pool = q.worker(registry()).start();
+        let pool = q.worker(registry()).start().expect("start the pool");
         let ok = q.enqueue("add", &(1, 1)).await.unwrap();
         let bad = q.enqueue("fail", &()).await.unwrap();
         q.wait_result(ok, Duration::from_secs(20)).await.unwrap();
@@ -172,7 +172,9 @@ fn the_blocking_client_needs_no_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let settings = Settings::builder().base_dir(dir.path()).build().unwrap();
     let q = omniq::blocking::OmniQ::open(settings).unwrap();
-    let worker = q.start_worker(registry(), |pool| pool.concurrency(2));
+    let worker = q
+        .start_worker(registry(), |pool| pool.concurrency(2))
+        .expect("start the pool");
     let id = q.enqueue("add", &(20, 22)).unwrap();
     let later = q
         .enqueue_task(

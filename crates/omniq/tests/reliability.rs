@@ -146,7 +146,7 @@ async fn ten_megabyte_payloads_and_results_round_trip() {
             "echo",
             |text: String| async move { Ok::<_, HandlerError>(text.len()) },
         );
-        let pool = queue.worker(registry).start();
+        let pool = queue.worker(registry).start().expect("start the pool");
         let payload = "é".repeat(5 << 20); // 10 MB of UTF-8
         let id = queue.enqueue("echo", &payload).await.unwrap();
         let result = queue.wait_result(id, Duration::from_secs(60)).await.unwrap();
@@ -168,7 +168,7 @@ async fn hostile_handler_names_are_only_data() {
     for backend in [BackendKind::File, BackendKind::Sqlite] {
         let dir = tempfile::tempdir().unwrap();
         let queue = OmniQ::open(settings(backend, dir.path())).await.unwrap();
-        let pool = queue.worker(Registry::new()).start();
+        let pool = queue.worker(Registry::new()).start().expect("start the pool");
         let names = [
             "../../etc/passwd",
             "/absolute/path",
