@@ -145,6 +145,10 @@ impl Storage for MemoryStorage {
         Ok(answers)
     }
 
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>> {
+        Ok(self.lock().pending.first().map(|(eta, _)| *eta))
+    }
+
     async fn get(&self, id: TaskId) -> Result<Task> {
         self.lock()
             .tasks

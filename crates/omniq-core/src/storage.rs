@@ -224,6 +224,12 @@ pub trait Storage: Send + Sync + Debug {
     /// `finishes`.
     async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>>;
 
+    /// The earliest `eta` among pending tasks, due or not; `None` when no task
+    /// is pending. An idle pool sleeps until then, so a task starts on time
+    /// rather than at its next poll. A backend may answer from a view that
+    /// lags other processes' enqueues by its own refresh period.
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>>;
+
     /// The whole record of one task, or [`Error::NotFound`].
     async fn get(&self, id: TaskId) -> Result<Task>;
 

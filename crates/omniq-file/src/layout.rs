@@ -91,6 +91,12 @@ pub fn time_key(time: OffsetDateTime) -> String {
     format!("{:020}", (ns - i128::from(i64::MIN)) as u64)
 }
 
+/// The time a [`time_key`] stands for.
+pub fn key_time(key: &str) -> Option<OffsetDateTime> {
+    let shifted: u64 = key.parse().ok()?;
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(shifted) + i128::from(i64::MIN)).ok()
+}
+
 /// The entry name of a task in `status` (pending entries sort by eta then id,
 /// finished ones by finish time then id, running ones are the bare id).
 pub fn entry_name(
@@ -414,6 +420,9 @@ mod tests {
         ];
         let keys: Vec<String> = times.iter().map(|t| time_key(*t)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        for (time, key) in times.iter().zip(&keys) {
+            assert_eq!(key_time(key), Some(*time));
+        }
         assert!(keys.iter().all(|k| k.len() == 20));
     }
 

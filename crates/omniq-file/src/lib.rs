@@ -191,6 +191,10 @@ impl Storage for FileStorage {
         self.run(move |store| store.finish(finishes, now)).await
     }
 
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>> {
+        self.run(|store| store.next_due()).await
+    }
+
     async fn get(&self, id: TaskId) -> Result<Task> {
         self.run(move |store| store.get(id)).await
     }

@@ -65,14 +65,15 @@ impl StoreLock {
     /// Takes the lock, waiting at most the timeout for another process to
     /// let it go.
     pub fn lock(&self) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
+        // A timeout too long to add waits for ever.
+        let deadline = Instant::now().checked_add(self.timeout);
         loop {
             match self.file.try_lock() {
                 Ok(()) => return Ok(()),
                 Err(std::fs::TryLockError::WouldBlock) => {}
                 Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&self.path, e)),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
             if left.is_zero() || !self.wait_until_free(left)? {
                 return Err(self.timeout_error());
             }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::layout::{
-    entry_id, entry_key, entry_name, names, read_optional, record_id, time_key, Disk, Layout,
+    entry_id, entry_key, entry_name, key_time, names, read_optional, record_id, time_key, Disk, Layout,
 };
 use crate::lock::StoreLock;
 use crate::quarantine;
@@ -738,6 +738,24 @@ impl Store {
             self.apply(state, saves, Vec::new())?;
             Ok(answers)
         })
+    }
+
+    /// The earliest eta in this process's sorted view of `pending/`, read
+    /// again from the folder when stale, as claims do. Takes only this
+    /// process's mutex: the view is this process's own.
+    pub fn next_due(&self) -> Result<Option<OffsetDateTime>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state
+            .view_read_at
+            .is_none_or(|at| at.elapsed() > VIEW_STALE_AFTER)
+        {
+            self.refresh_view(&mut state)?;
+        }
+        Ok(state
+            .view
+            .iter()
+            .find_map(|name| entry_key(name))
+            .and_then(key_time))
     }
 
     pub fn get(&self, id: TaskId) -> Result<Task> {

@@ -386,6 +386,15 @@ impl Storage for SqliteStorage {
         self.write(|reply| Op::Finish(finishes, now, reply)).await
     }
 
+    async fn next_due(&self) -> Result<Option<OffsetDateTime>> {
+        // `pending_due` is ordered by eta: this reads one index entry.
+        let eta: Option<i64> = sqlx::query_scalar("SELECT min(eta) FROM pending")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(|e| locate(&self.path, sql_error(e)))?;
+        Ok(eta.map(rows::from_ns))
+    }
+
     async fn get(&self, id: TaskId) -> Result<Task> {
         let sql = format!("SELECT json_group_array({TASK_JSON}) {TASK_FROM} WHERE t.id = ?1");
         rows::fetch(&self.readers, sqlx::query(&sql).bind(id.to_string()), &self.path)

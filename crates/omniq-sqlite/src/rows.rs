@@ -37,7 +37,7 @@ pub fn to_ns(time: OffsetDateTime) -> Result<i64> {
         .map_err(|_| Error::invalid_config("time", format!("{time} is outside the years 1677 to 2262")))
 }
 
-fn from_ns(ns: i64) -> OffsetDateTime {
+pub fn from_ns(ns: i64) -> OffsetDateTime {
     // Every i64 of nanoseconds is a valid time, so this cannot fail.
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }

@@ -27,8 +27,10 @@ mod backoff;
 mod clock;
 mod handler;
 mod pool;
+mod signals;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use handler::{HandlerError, Registry, Retry, TaskContext};
-pub use pool::{Pool, PoolConfig, PoolStats, ShutdownReport, Signals, WorkerPool};
+pub use pool::{Pool, PoolConfig, PoolStats, ShutdownReport, WorkerPool};
+pub use signals::{Signals, TaskWatch};

@@ -23,33 +23,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::clock::{Clock, SystemClock};
 use crate::handler::{Failure, HandlerError, Registry, Retry, TaskContext};
-
-/// Wake-ups shared by the pools and clients of one process: an enqueue wakes
-/// idle pools at once, and a finish wakes whoever waits for a result, so nothing
-/// in the process waits for a poll.
-#[derive(Debug, Default)]
-pub struct Signals {
-    enqueued: Notify,
-    finished: Notify,
-}
-
-impl Signals {
-    /// New signals, to share between a client and its pools.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Tells every idle pool sharing these signals that tasks were enqueued.
-    pub fn task_enqueued(&self) {
-        self.enqueued.notify_waiters();
-    }
-
-    /// Completes when a pool sharing these signals next finishes a task. Create
-    /// it before checking the store, then await it, so no finish is missed.
-    pub fn finished(&self) -> tokio::sync::futures::Notified<'_> {
-        self.finished.notified()
-    }
-}
+use crate::signals::Signals;
 
 /// How a pool runs.
 #[derive(Clone, Debug)]
@@ -403,11 +377,11 @@ async fn supervise(shared: Arc<Shared>) {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cannot requeue expired leases"),
             }
-            next_requeue = Instant::now() + config.requeue_every;
+            next_requeue = in_(config.requeue_every);
         }
         // Listen before looking, so an enqueue or a free slot between the
         // claim and the wait is not missed.
-        let mut enqueued = pin!(shared.signals.enqueued.notified());
+        let mut enqueued = pin!(shared.signals.enqueued());
         enqueued.as_mut().enable();
         let mut slot = pin!(shared.slot_freed.notified());
         slot.as_mut().enable();
@@ -437,6 +411,9 @@ async fn supervise(shared: Arc<Shared>) {
                     if full {
                         continue;
                     }
+                    // Nothing more is due: sleep until the next task is, if
+                    // that comes before the next poll.
+                    wait = wait.min(until_next_due(&shared).await);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim tasks; trying again after the poll interval");
@@ -460,6 +437,35 @@ async fn supervise(shared: Arc<Shared>) {
     }
 }
 
+/// The instant `period` from now, or about thirty years from now for a
+/// period too long to add (a user's `Duration::MAX`), as tokio's own timers do.
+fn in_(period: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(period)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 60 * 60))
+}
+
+/// How long until the store's earliest pending task is due, by the pool's
+/// clock; `Duration::MAX` when none is pending, when it is due already (a task
+/// another worker is about to take; the poll looks again), or when the store
+/// cannot say.
+async fn until_next_due(shared: &Shared) -> Duration {
+    match shared.storage.next_due().await {
+        Ok(Some(eta)) => {
+            let until = eta - shared.clock.now();
+            match until > time::Duration::ZERO {
+                true => Duration::try_from(until).unwrap_or(Duration::MAX),
+                false => Duration::MAX,
+            }
+        }
+        Ok(None) => Duration::MAX,
+        Err(error) => {
+            tracing::debug!(%error, "cannot read when the next task is due");
+            Duration::MAX
+        }
+    }
+}
+
 fn spawn_executor(shared: &Arc<Shared>, task: Task) {
     shared.in_flight.fetch_add(1, Ordering::AcqRel);
     bump(&shared.counters.claimed);
@@ -474,8 +480,9 @@ fn spawn_executor(shared: &Arc<Shared>, task: Task) {
     shared.executors.spawn(
         async move {
             let shared = shared_for_task;
+            let id = task.id;
             run_task(&shared, task, Slot(Some(&shared))).await;
-            shared.signals.finished.notify_waiters();
+            shared.signals.task_finished(id);
         }
         .instrument(span),
     );
@@ -672,7 +679,7 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
         }
     });
     let config = &shared.config;
-    let mut renew = tokio::time::interval_at(Instant::now() + config.renew_every, config.renew_every);
+    let mut renew = tokio::time::interval_at(in_(config.renew_every), config.renew_every);
     loop {
         tokio::select! {
             joined = &mut call => {

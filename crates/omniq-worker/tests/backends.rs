@@ -144,3 +144,59 @@ async fn shutdown_hands_running_tasks_back_on_every_backend() {
         }
     }
 }
+
+/// A pool with nothing to do sleeps until the next task comes due, not until
+/// its next poll: a task due while the pool is idle starts within a few
+/// milliseconds of its eta, on every backend, in real time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_due_while_the_pool_is_idle_start_on_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut memory: Vec<Arc<dyn Storage>> = vec![Arc::new(omniq_core::MemoryStorage::new())];
+    memory.extend(stores(dir.path()).await);
+    for store in memory {
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut registry = Registry::new();
+        let log = started.clone();
+        registry.register("stamp", move |_: ()| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push(time::OffsetDateTime::now_utc());
+                Ok::<_, HandlerError>(())
+            }
+        });
+        let signals = Signals::new();
+        // The default poll interval (500 ms) is longer than the waits below.
+        let pool = WorkerPool::new(store.clone(), registry)
+            .signals(signals.clone())
+            .start()
+            .expect("start the pool");
+        let now = time::OffsetDateTime::now_utc();
+        let etas = [now + Duration::from_millis(300), now + Duration::from_millis(700)];
+        let mut ids = Vec::new();
+        for eta in etas {
+            ids.push(
+                store
+                    .enqueue_one(NewTask::new("stamp").eta(eta), &Settings::default())
+                    .await
+                    .unwrap(),
+            );
+            signals.task_enqueued();
+        }
+        for id in &ids {
+            assert_eq!(
+                wait_finished(&*store, &signals, *id).await.status,
+                TaskStatus::Completed
+            );
+        }
+        let started = started.lock().unwrap().clone();
+        for (eta, at) in etas.iter().zip(&started) {
+            let late = *at - *eta;
+            assert!(
+                late >= time::Duration::ZERO && late < time::Duration::milliseconds(20),
+                "{}: started {late} after its eta",
+                store.backend_name()
+            );
+        }
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
+}

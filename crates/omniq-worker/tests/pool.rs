@@ -591,6 +591,9 @@ impl Storage for PanicsOnce {
         }
         self.inner.finish(finishes, now).await
     }
+    async fn next_due(&self) -> omniq_core::Result<Option<time::OffsetDateTime>> {
+        self.inner.next_due().await
+    }
     async fn get(&self, id: TaskId) -> omniq_core::Result<Task> {
         self.inner.get(id).await
     }
@@ -672,4 +675,21 @@ async fn a_lease_renewed_no_sooner_than_it_expires_is_refused() {
         .lease(Duration::from_secs(10), Duration::from_secs(3))
         .start()
         .is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn periods_too_long_to_add_do_not_panic() {
+    let h = Harness::new();
+    let pool = h
+        .pool(adder())
+        .lease(Duration::MAX, Duration::from_secs(u64::MAX))
+        .requeue_every(Duration::MAX)
+        .poll_interval(Duration::MAX)
+        .start()
+        .expect("start the pool");
+    let id = h
+        .enqueue(NewTask::with_payload("math.add", &(1, 2)).unwrap())
+        .await;
+    assert_eq!(h.wait_finished(id).await.result, Some(json!(3)));
+    assert!(pool.shutdown(Duration::MAX).await.drained);
 }

@@ -95,20 +95,25 @@ impl OmniQ {
     }
 
     /// Waits until the task is completed, failed or cancelled, then returns its
-    /// result; [`omniq_core::Error::Timeout`] after `timeout`. A pool of this
-    /// process wakes the wait as soon as it finishes a task; for workers in other
+    /// result; [`omniq_core::Error::Timeout`] after `timeout` (`Duration::MAX`
+    /// waits for ever). A pool of this process wakes the wait as soon as it
+    /// finishes this task (and no other finish wakes it); for workers in other
     /// processes the store is checked again after 10 ms, then less often, up to
     /// once a second.
     pub async fn wait_result(&self, id: TaskId, timeout: Duration) -> Result<TaskResult> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         let mut pause = Duration::from_millis(10);
+        // Only the finish of this task wakes this wait.
+        let watch = self.signals.watch(id);
         loop {
-            let finished = self.signals.finished();
+            let finished = watch.finished();
             let result = self.result(id).await?;
             if result.status.is_finished() {
                 return Ok(result);
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
             if left.is_zero() {
                 return Err(omniq_core::Error::Timeout {
                     id: id.to_string(),
