@@ -1,6 +1,7 @@
 //! Scenarios at the edges of the status machine: a claim used after its lease
 //! ran out but before anyone requeued the task, the status a finish answers,
-//! an interval task handed back, and a retried occurrence of a series.
+//! an interval task handed back, a retried occurrence of a series, and when
+//! the next task is due.
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ scenarios![
     finish_answers_the_status_it_led_to,
     an_interval_task_handed_back_keeps_its_series_and_schedules_nothing,
     a_retried_occurrence_is_cancelled_alone,
+    next_due_is_the_earliest_pending_eta,
 ];
 
 fn at(secs: u64) -> OffsetDateTime {
@@ -210,4 +212,25 @@ async fn a_retried_occurrence_is_cancelled_alone(store: &dyn Storage) {
         store.cancel(next, at(5)).await,
         Err(Error::Conflict { .. })
     ));
+}
+
+async fn next_due_is_the_earliest_pending_eta(store: &dyn Storage) {
+    assert_eq!(store.next_due().await.unwrap(), None);
+    let later = make(NewTask::new("x").eta(at(100)), T0);
+    let sooner = make(NewTask::new("x").eta(at(50)).max_retries(1), T0);
+    store.enqueue(vec![later.clone(), sooner.clone()]).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), Some(at(50)));
+    // A running task is not pending; a retry's time counts once it waits.
+    let claimed = claim_one(store, at(60)).await;
+    assert_eq!(claimed.id, sooner.id);
+    assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
+    let retry = Outcome::Retry {
+        error: fail(1, true),
+        at: at(70),
+    };
+    finish(store, &claimed, retry, at(61)).await;
+    assert_eq!(store.next_due().await.unwrap(), Some(at(70)));
+    store.cancel(sooner.id, at(62)).await.unwrap();
+    store.cancel(later.id, at(62)).await.unwrap();
+    assert_eq!(store.next_due().await.unwrap(), None);
 }
