@@ -221,6 +221,27 @@ async fn open_existing(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn St
     Ok(url.open(settings.durability).await?)
 }
 
+/// Opens the existing store only to read it, and says on stderr when a
+/// SQLite database is older than this build (a writing command upgrades it).
+async fn open_to_read(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
+    ensure_exists(url)?;
+    let store = url.open_read_only(settings.lock_timeout).await?;
+    if url.backend == BackendKind::Sqlite {
+        let version = SqliteStorage::open_read_only(&url.path, settings.lock_timeout)
+            .await?
+            .schema_version()
+            .await?;
+        let current = omniq::sqlite_schema_version();
+        if version < current {
+            eprintln!(
+                "note: {} has schema version {version}; commands that write (cancel, retry, purge) upgrade it to {current}",
+                url.path.display()
+            );
+        }
+    }
+    Ok(store)
+}
+
 /// Fails unless `url` names a store that exists.
 fn ensure_exists(url: &StoreUrl) -> Result<(), Failure> {
     let hint = "check --backend, --base-dir and --db-path (or OMNIQ_BACKEND, OMNIQ_BASE_DIR, OMNIQ_DB_PATH)";
@@ -265,7 +286,16 @@ async fn run(cli: Cli) -> Outcome {
         ensure_exists(&url)?;
         return check(&url, &settings, args).await;
     }
-    let store = open_existing(&url, &settings).await?;
+    // Only commands that change tasks open the store for writing; the others
+    // leave every byte of it as it was (no folder, lock file or migration).
+    let writes = matches!(
+        cli.command,
+        Command::Cancel { .. } | Command::Retry(_) | Command::Purge(_)
+    );
+    let store = match writes {
+        true => open_existing(&url, &settings).await?,
+        false => open_to_read(&url, &settings).await?,
+    };
     let now = OffsetDateTime::now_utc();
     let colour = output::colour();
     match &cli.command {
@@ -301,27 +331,20 @@ async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateT
         print_json(&counts)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let pending = store
-        .list(ListQuery {
-            status: Some(TaskStatus::Pending),
-            ..Default::default()
-        })
-        .await?;
+    // Counts and the oldest due time come without loading any payload; of
+    // the running tasks only the first few are loaded, to show their leases.
+    let oldest_due = store.next_due().await?;
     let running = store
         .list(ListQuery {
             status: Some(TaskStatus::Running),
+            limit: Some(RUNNING_SHOWN),
             ..Default::default()
         })
         .await?;
     out!("store      {url}");
     for status in TaskStatus::ALL {
-        let extra = match status {
-            TaskStatus::Pending => pending
-                .iter()
-                .map(|t| t.eta)
-                .min()
-                .map(|eta| format!("   oldest due {}", output::relative(eta, now)))
-                .unwrap_or_default(),
+        let extra = match (status, oldest_due) {
+            (TaskStatus::Pending, Some(eta)) => format!("   oldest due {}", output::relative(eta, now)),
             _ => String::new(),
         };
         out!("{:<10} {:>6}{extra}", status.as_str(), counts.get(status));
@@ -342,9 +365,16 @@ async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateT
             })
             .collect();
         output::table(&["ID", "FUNC_PATH", "WORKER", "LEASE"], &rows);
+        let more = counts.running.saturating_sub(running.len() as u64);
+        if more > 0 {
+            out!("... and {more} more (omniq list --status running)");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How many running tasks `stats` lists with their leases.
+const RUNNING_SHOWN: usize = 20;
 
 async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour: bool) -> Outcome {
     let tasks = store
@@ -560,7 +590,7 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
             }
             let version = match healthy {
                 true => Some(
-                    SqliteStorage::open_with(&url.path, settings.durability, settings.lock_timeout)
+                    SqliteStorage::open_read_only(&url.path, settings.lock_timeout)
                         .await?
                         .schema_version()
                         .await?,
@@ -591,7 +621,12 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
             })
         }
         _ => {
-            let store = FileStorage::open_with(&url.path, settings.durability, settings.lock_timeout).await?;
+            // Without --repair, a check only reads: unreadable records are
+            // reported where they are, not moved.
+            let store = match args.repair {
+                true => FileStorage::open_with(&url.path, settings.durability, settings.lock_timeout).await?,
+                false => FileStorage::open_read_only(&url.path, settings.lock_timeout).await?,
+            };
             let report = store.check(args.repair).await?;
             let fixed = report.problems.is_empty() || (args.repair && report.quarantined.is_empty());
             let healthy = fixed && report.held.is_empty();

@@ -249,7 +249,10 @@ fn check_reports_and_repairs_a_file_store() {
     assert_eq!(report["healthy"], false);
     let problems = report["problems"].to_string();
     assert!(problems.contains(&waiting), "{problems}");
-    assert_eq!(report["quarantined"].as_array().unwrap().len(), 1, "{report}");
+    assert!(problems.contains(&s.done.to_string()), "{problems}");
+    // A check without --repair only reads: the damaged record stays put.
+    assert_eq!(report["quarantined"].as_array().unwrap().len(), 0, "{report}");
+    assert!(s.base.join(format!("tasks/task-{}.json", s.done)).exists());
     // Repair fixes the entries; the quarantined record stays listed (and the
     // check unhealthy) until a person deals with it.
     let out = s.omniq().args(["check", "--repair"]).output().unwrap();
@@ -300,14 +303,18 @@ fn bad_input_gets_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected file or sqlite"));
 
-    // A corrupt task file: reading it says so and where it went.
+    // A corrupt task file: reading it says so and where it is (a read leaves
+    // it in place).
     std::fs::write(
         s.base.join(format!("tasks/task-{}.json", s.done)),
         b"\x00\x01garbage",
     )
     .unwrap();
     let err = s.fail(&["show", &s.done.to_string()]);
-    assert!(err.contains("corrupt") && err.contains("quarantine"), "{err}");
+    assert!(
+        err.contains("corrupt") && err.contains(&s.done.to_string()),
+        "{err}"
+    );
     assert!(
         s.run(&["list"]).contains("broken"),
         "the other tasks are still listed"
@@ -403,11 +410,23 @@ fn warnings_reach_stderr_and_check_lists_the_quarantine() {
     let s = store(BackendKind::File);
     let record = s.base.join(format!("tasks/task-{}.json", s.waiting));
     std::fs::write(&record, b"{ not json").unwrap();
+    // A command that writes moves the record aside, and says so on stderr.
+    let out = s
+        .omniq()
+        .args(["cancel", &s.waiting.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unreadable file quarantined"),
+        "the warning is shown: {stderr}"
+    );
+    // Reading it afterwards names where it went.
     let out = s.omniq().args(["show", &s.waiting.to_string()]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("quarantined"), "the warning is shown: {stderr}");
-    assert!(stderr.contains("quarantine"), "{stderr}");
+    assert!(stderr.contains("quarantine/"), "{stderr}");
     let out = s.omniq().args(["check"]).output().unwrap();
     assert!(!out.status.success(), "a quarantined record is not healthy");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -473,4 +492,56 @@ fn check_reports_a_damaged_sqlite_file_by_name() {
         stdout.contains("integrity_check:") && !stdout.contains("integrity_check: ok"),
         "{stdout}"
     );
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => stack.push(path),
+                false => {
+                    files.insert(path.clone(), std::fs::read(&path).unwrap());
+                }
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn read_commands_leave_every_byte_of_the_store_unchanged() {
+    for s in both() {
+        // Let the store settle as its last writer left it.
+        let before = snapshot(&s.base);
+        let id = s.done.to_string();
+        for args in [
+            vec!["stats"],
+            vec!["stats", "--json"],
+            vec!["list"],
+            vec!["list", "--json", "--status", "failed"],
+            vec!["show", &id],
+            vec!["result", &id],
+            vec!["check"],
+        ] {
+            s.run(&args);
+            let after = snapshot(&s.base);
+            // SQLite's `-shm` is the shared-memory index of the WAL, which any
+            // reader rebuilds; it holds no data.
+            let changed: Vec<_> = after
+                .keys()
+                .chain(before.keys())
+                .filter(|path| !path.to_string_lossy().ends_with("-shm"))
+                .filter(|path| after.get(*path) != before.get(*path))
+                .collect();
+            assert!(
+                changed.is_empty(),
+                "{} {args:?} changed {changed:?}",
+                s.backend.as_str()
+            );
+        }
+    }
 }

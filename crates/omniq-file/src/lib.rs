@@ -109,8 +109,13 @@ impl FileStorage {
     /// exactly one entry, in the folder of its status. Corrupt records are moved
     /// to `quarantine/`; with `repair`, entries that are missing, misplaced or
     /// without a record are fixed as well.
+    ///
+    /// On a store opened read-only, a check without `repair` moves nothing:
+    /// it reports unreadable records where they are.
     pub async fn check(&self, repair: bool) -> Result<CheckReport> {
-        self.writable()?;
+        if repair {
+            self.writable()?;
+        }
         self.run(move |store| store.check(repair)).await
     }
 

@@ -302,7 +302,10 @@ impl Store {
             Loaded::Found(task) => Ok(task),
             Loaded::Corrupt { path, reason } => Err(Error::Corrupt {
                 path,
-                reason: format!("{reason}; the record was moved to quarantine/"),
+                reason: match self.read_only {
+                    true => format!("{reason} (left in place: the store was opened read-only)"),
+                    false => format!("{reason}; the record was moved to quarantine/"),
+                },
             }),
             Loaded::Missing => match quarantine::record_of(self.layout(), id) {
                 Some(held) => Err(Error::Corrupt {

@@ -83,7 +83,8 @@ pub(crate) fn sql_error(error: sqlx::Error) -> Error {
 #[derive(Clone, Debug)]
 pub struct SqliteStorage {
     path: PathBuf,
-    writer: mpsc::Sender<Op>,
+    /// `None` when opened read-only.
+    writer: Option<mpsc::Sender<Op>>,
     readers: SqlitePool,
 }
 
@@ -194,7 +195,39 @@ impl SqliteStorage {
         tokio::spawn(writer::run(writer, reconnect, path.clone(), receiver));
         Ok(SqliteStorage {
             path,
-            writer: sender,
+            writer: Some(sender),
+            readers,
+        })
+    }
+
+    /// Opens the existing OmniQ database at `path` only to read it: the file
+    /// is not created, its schema is not migrated (an older database keeps
+    /// its version; commands that write upgrade it), its journal mode is not
+    /// switched, and every change is refused with [`Error::Unsupported`].
+    /// Reads wait up to `lock_timeout` where SQLite makes them wait.
+    pub async fn open_read_only(path: impl AsRef<Path>, lock_timeout: Duration) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if !path.is_file() {
+            return Err(Error::io(
+                &path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no database file here"),
+            ));
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .read_only(true)
+            .busy_timeout(lock_timeout)
+            .log_statements(tracing::log::LevelFilter::Trace);
+        let mut conn = options.connect().await.map_err(|e| open_error(&path, e))?;
+        let checked = schema::check_readable(&mut conn, &path).await;
+        let _ = conn.close().await;
+        checked.map_err(|e| locate(&path, e))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_lazy_with(options);
+        Ok(SqliteStorage {
+            path,
+            writer: None,
             readers,
         })
     }
@@ -246,8 +279,14 @@ impl SqliteStorage {
     }
 
     async fn write_unlocated<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Op) -> Result<T> {
+        let Some(writer) = &self.writer else {
+            return Err(Error::Unsupported(format!(
+                "the SQLite store at {} was opened read-only",
+                self.path.display()
+            )));
+        };
         let (reply, answer) = oneshot::channel();
-        self.writer
+        writer
             .send(make(reply))
             .await
             .map_err(|_| Error::backend("sqlite", "the writer task has stopped"))?;

@@ -176,6 +176,45 @@ pub async fn prepare(conn: &mut SqliteConnection, path: &Path) -> Result<i64> {
     Ok(from)
 }
 
+/// Checks, without writing, that the database at `path` is an OmniQ database
+/// this build can read: written by this build or an older one. Returns its
+/// schema version.
+pub async fn check_readable(conn: &mut SqliteConnection, path: &Path) -> Result<i64> {
+    let incompatible = |reason: String| Error::Incompatible {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let header = async {
+        let app_id: i32 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut *conn)
+            .await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>((app_id, version))
+    }
+    .await;
+    let (app_id, version) = match header {
+        Ok(header) => header,
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => {
+            return Err(incompatible("the file is not a SQLite database".into()))
+        }
+        Err(other) => return Err(sql_error(other)),
+    };
+    if app_id != APPLICATION_ID {
+        return Err(incompatible(format!(
+            "not an OmniQ database (application_id {app_id:#x}); point OMNIQ_DB_PATH at another file"
+        )));
+    }
+    if version > CURRENT_VERSION {
+        return Err(incompatible(format!(
+            "written by a newer OmniQ (schema version {version}; this build knows up to {CURRENT_VERSION}); \
+             upgrade OmniQ to open it"
+        )));
+    }
+    Ok(version)
+}
+
 /// The schema version recorded in a database.
 pub async fn version(conn: &mut SqliteConnection) -> Result<i64> {
     let row = sqlx::query("PRAGMA user_version")

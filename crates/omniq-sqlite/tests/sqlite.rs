@@ -559,3 +559,50 @@ async fn the_database_and_its_journal_files_are_owner_only() {
         assert_eq!(mode(&dir.path().join("store").join(file)), 0o600, "{file}");
     }
 }
+
+/// Opening to read changes nothing: an older database keeps its version and
+/// every byte, and changes are refused.
+#[tokio::test]
+async fn a_read_only_open_leaves_an_older_database_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let mut conn = raw(&path).await;
+    conn.execute(MIGRATIONS[0]).await.unwrap();
+    conn.execute(MIGRATIONS[1]).await.unwrap();
+    conn.execute(format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 2").as_str())
+        .await
+        .unwrap();
+    conn.execute(
+        "INSERT INTO tasks VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 'old.job', '[1]', '{}', 'pending', \
+         0, NULL, 3, NULL, 0, 0, 0, NULL, NULL, NULL); \
+         INSERT INTO pending VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 0);",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let files = |dir: &Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut all: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(dir.path());
+
+    let store = SqliteStorage::open_read_only(&path, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.counts().await.unwrap().pending, 1);
+    assert_eq!(store.list(Default::default()).await.unwrap().len(), 1);
+    assert!(store.next_due().await.unwrap().is_some());
+    assert!(store.damaged().await.unwrap().is_empty());
+    assert!(matches!(
+        store.enqueue_one(NewTask::new("t"), &Settings::default()).await,
+        Err(Error::Unsupported(_))
+    ));
+    drop(store);
+    assert_eq!(files(dir.path()), before, "a read changed the database");
+}

@@ -101,6 +101,27 @@ impl StoreUrl {
     pub async fn open(&self, durability: Durability) -> Result<Arc<dyn Storage>> {
         open_at(self.backend, &self.path, durability).await
     }
+
+    /// Opens the existing store only to read it: nothing in it is created,
+    /// migrated, replayed or moved, and every change is refused with
+    /// [`Error::Unsupported`](crate::Error::Unsupported). Reads wait at most
+    /// `lock_timeout` for a writer's lock.
+    pub async fn open_read_only(&self, lock_timeout: std::time::Duration) -> Result<Arc<dyn Storage>> {
+        // Unused only in a build with no backend compiled in.
+        let _ = lock_timeout;
+        match self.backend {
+            #[cfg(feature = "file")]
+            BackendKind::File => Ok(Arc::new(
+                omniq_file::FileStorage::open_read_only(&self.path, lock_timeout).await?,
+            )),
+            #[cfg(feature = "sqlite")]
+            BackendKind::Sqlite => Ok(Arc::new(
+                omniq_sqlite::SqliteStorage::open_read_only(&self.path, lock_timeout).await?,
+            )),
+            #[allow(unreachable_patterns)]
+            other => Err(not_compiled(other)),
+        }
+    }
 }
 
 async fn open_at(kind: BackendKind, path: &Path, durability: Durability) -> Result<Arc<dyn Storage>> {

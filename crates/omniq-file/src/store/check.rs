@@ -70,6 +70,9 @@ impl Store {
                     Loaded::Found(task) => {
                         records.insert(id, task);
                     }
+                    Loaded::Corrupt { reason, .. } if self.read_only => report.problems.push(format!(
+                        "tasks/{name}: {reason} (left in place: opened read-only)"
+                    )),
                     Loaded::Corrupt { reason, .. } => {
                         report.quarantined.push(format!("tasks/{name}"));
                         report
