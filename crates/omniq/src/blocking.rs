@@ -93,6 +93,11 @@ impl OmniQ {
         self.runtime.block_on(self.inner.purge())
     }
 
+    /// Deletes tasks that finished more than `age` ago; returns how many.
+    pub fn purge_older_than(&self, age: Duration) -> Result<u64> {
+        self.runtime.block_on(self.inner.purge_older_than(age))
+    }
+
     /// How many tasks are in each status.
     pub fn counts(&self) -> Result<StatusCounts> {
         self.runtime.block_on(self.inner.counts())

@@ -192,4 +192,5 @@ fn the_blocking_client_needs_no_runtime() {
     assert_eq!(q.result(id).unwrap().status, TaskStatus::Completed);
     assert_eq!(q.purge().unwrap(), 0);
     assert!(worker.shutdown(Duration::from_secs(5)).drained);
+    assert_eq!(q.purge_older_than(Duration::ZERO).unwrap(), 2);
 }
