@@ -492,8 +492,11 @@ const CLAIM: &str = "DELETE FROM temp.claimed; \
 /// per-connection tables that hold the ids one claim picked and one finish
 /// completed.
 pub async fn setup(conn: &mut SqliteConnection) -> Result<()> {
+    // `journal_size_limit`: once a checkpoint has copied the WAL back into
+    // the database, the WAL file is cut back to 64 MB, so a burst of writes (a
+    // migration) does not leave it hundreds of megabytes long.
     conn.execute(
-        "PRAGMA temp_store = MEMORY; \
+        "PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864; \
          CREATE TEMP TABLE IF NOT EXISTS claimed (n INTEGER PRIMARY KEY, id TEXT NOT NULL); \
          CREATE TEMP TABLE IF NOT EXISTS done (id TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID",
     )

@@ -43,8 +43,34 @@ impl MigrationReport {
     }
 }
 
-/// Tasks read and written per batch.
+/// The most tasks read and written per batch.
 const BATCH: usize = 500;
+
+/// About how many bytes of payloads and results one batch may hold: batches
+/// start small and grow while their tasks are small, so a store of big
+/// payloads is copied in small batches and memory stays bounded by bytes.
+const BATCH_BYTES: usize = 16 << 20;
+
+/// The size of the next batch, from how many bytes the last one of `size`
+/// tasks held.
+fn next_batch(size: usize, bytes: usize) -> usize {
+    match bytes {
+        0 => (size * 2).min(BATCH),
+        _ if bytes > BATCH_BYTES => (size * BATCH_BYTES / bytes).max(1),
+        _ => (size * 2).min(BATCH).min((size * BATCH_BYTES / bytes).max(1)),
+    }
+}
+
+/// About how many bytes a task's payload and result take.
+fn payload_bytes(task: &Task) -> usize {
+    serde_json::to_vec(&task.args).map_or(0, |v| v.len())
+        + serde_json::to_vec(&task.kwargs).map_or(0, |v| v.len())
+        + task
+            .result
+            .as_ref()
+            .and_then(|r| serde_json::to_vec(r).ok())
+            .map_or(0, |v| v.len())
+}
 
 /// Copies every task of `from` into `to`, keeping ids, status, attempts,
 /// errors, results, eta, interval and series; `from` is only read (open a
@@ -68,11 +94,12 @@ pub async fn migrate(
     let mut report = MigrationReport::default();
     let mut done = 0;
     let mut after = None;
+    let mut size = 16;
     loop {
         let page = from
             .list(ListQuery {
                 status: None,
-                limit: Some(BATCH),
+                limit: Some(size),
                 order: ListOrder::OldestFirst,
                 after,
             })
@@ -80,6 +107,7 @@ pub async fn migrate(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         done += page.len() as u64;
+        size = next_batch(size, page.iter().map(payload_bytes).sum());
         let mut batch = Vec::with_capacity(page.len());
         let mut reset = Vec::new();
         for task in page {
@@ -161,4 +189,22 @@ async fn copy(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_bytes() {
+        // Small tasks: the batch doubles up to its most.
+        assert_eq!(next_batch(16, 16 * 100), 32);
+        assert_eq!(next_batch(400, 400 * 100), BATCH);
+        // Tasks of 10 MB: one at a time.
+        assert_eq!(next_batch(16, 16 * (10 << 20)), 1);
+        assert_eq!(next_batch(1, 10 << 20), 1);
+        // Tasks of 100 KB: about 160 to a batch, never more.
+        let size = next_batch(128, 128 * 100_000);
+        assert!(size * 100_000 <= BATCH_BYTES, "{size}");
+    }
 }
