@@ -232,6 +232,41 @@ impl SqliteStorage {
         })
     }
 
+    /// Copies everything in the WAL back into the database file and empties
+    /// the WAL (`PRAGMA wal_checkpoint(TRUNCATE)`), waiting for writers up to
+    /// the busy timeout: before copying the file for a backup, say. Runs on a
+    /// connection of its own, so it waits for no change queued in this
+    /// process.
+    pub async fn checkpoint(&self) -> Result<()> {
+        if self.writer.is_none() {
+            return Err(Error::Unsupported(format!(
+                "the SQLite store at {} was opened read-only",
+                self.path.display()
+            )));
+        }
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| open_error(&self.path, e))?;
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| locate(&self.path, sql_error(e)))?;
+        let _ = conn.close().await;
+        match busy {
+            0 => Ok(()),
+            _ => Err(Error::backend(
+                "sqlite",
+                format!(
+                    "{}: the checkpoint could not finish: a reader or writer kept it busy",
+                    self.path.display()
+                ),
+            )),
+        }
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -322,9 +322,31 @@ impl Pool {
     }
 
     /// Runs until Ctrl-C (SIGINT) or SIGTERM, then shuts down with `deadline`.
-    pub async fn run_until_signal(self, deadline: Duration) -> ShutdownReport {
-        wait_for_signal().await;
-        tracing::info!("stop signal received");
+    /// The SIGTERM handler is installed when this is called (inside a tokio
+    /// runtime), before the returned future first runs, so a signal sent
+    /// right after the call is not missed.
+    pub fn run_until_signal(
+        self,
+        deadline: Duration,
+    ) -> impl std::future::Future<Output = ShutdownReport> + Send {
+        let signal = stop_signal();
+        self.shutdown_on(
+            async move {
+                signal.await;
+                tracing::info!("stop signal received");
+            },
+            deadline,
+        )
+    }
+
+    /// Runs until `stop` completes, then shuts down with `deadline`: for
+    /// programs with their own signal handling or their own reason to stop.
+    pub async fn shutdown_on(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+        deadline: Duration,
+    ) -> ShutdownReport {
+        stop.await;
         self.shutdown(deadline).await
     }
 }
@@ -335,26 +357,39 @@ impl Drop for Pool {
     }
 }
 
-async fn wait_for_signal() {
+/// Completes on Ctrl-C or SIGTERM. The SIGTERM handler is installed now when
+/// a tokio runtime is at hand, else when the future first runs.
+fn stop_signal() -> impl std::future::Future<Output = ()> + Send {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        let listen = || match signal(SignalKind::terminate()) {
+            Ok(term) => Some(term),
             Err(error) => {
                 tracing::warn!(%error, "cannot listen for SIGTERM; waiting for Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
+                None
+            }
+        };
+        let now: Option<Option<Signal>> = tokio::runtime::Handle::try_current().ok().map(|_| listen());
+        async move {
+            match now.unwrap_or_else(listen) {
+                Some(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

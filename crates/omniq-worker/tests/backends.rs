@@ -128,7 +128,13 @@ async fn shutdown_hands_running_tasks_back_on_every_backend() {
             .await
             .unwrap();
         signals.task_enqueued();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while store.counts().await.unwrap().running < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: two tasks never ran at once",
+                store.backend_name()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let report = pool.shutdown(Duration::from_millis(50)).await;

@@ -693,3 +693,23 @@ async fn periods_too_long_to_add_do_not_panic() {
     assert_eq!(h.wait_finished(id).await.result, Some(json!(3)));
     assert!(pool.shutdown(Duration::MAX).await.drained);
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_on_stops_when_the_program_says() {
+    let h = Harness::new();
+    let pool = h.pool(adder()).start().expect("start the pool");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(pool.shutdown_on(
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
+    let id = h
+        .enqueue(NewTask::with_payload("math.add", &(2, 2)).unwrap())
+        .await;
+    assert_eq!(h.wait_finished(id).await.result, Some(json!(4)));
+    assert!(!running.is_finished(), "the pool stopped before it was told to");
+    stop.send(()).unwrap();
+    assert!(running.await.unwrap().drained);
+}

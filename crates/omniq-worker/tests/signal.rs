@@ -26,12 +26,13 @@ async fn sigterm_shuts_the_pool_down_and_hands_tasks_back() {
         .await
         .unwrap();
     signals.task_enqueued();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while store.get(id).await.unwrap().status != TaskStatus::Running {
+        assert!(tokio::time::Instant::now() < deadline, "the task never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The handler is installed by the call itself, before anything is spawned.
     let stopping = tokio::spawn(pool.run_until_signal(Duration::from_millis(50)));
-    // Give the pool time to install its handler before the signal is sent.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let status = std::process::Command::new("kill")
         .args(["-TERM", &std::process::id().to_string()])
         .status()

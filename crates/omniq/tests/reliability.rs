@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use omniq::core::{ClaimRequest, Finish, Outcome};
+use omniq::Storage as _;
 use omniq::{BackendKind, Error, HandlerError, NewTask, OmniQ, Registry, Settings, StorageExt, TaskStatus};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -204,36 +205,37 @@ async fn hostile_handler_names_are_only_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_truncated_database_is_an_error_not_a_crash() {
+async fn a_truncated_database_is_an_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = OmniQ::open(settings(BackendKind::Sqlite, dir.path()))
+    let path = dir.path().join("omniq.db");
+    let store = omniq::SqliteStorage::open_path(&path, omniq::Durability::Normal)
         .await
         .unwrap();
     let tasks = (0..2_000)
         .map(|n| NewTask::with_payload("t", &"z".repeat(n % 300)).unwrap())
         .collect();
-    queue.enqueue_many(tasks).await.unwrap();
-    drop(queue);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let path = dir.path().join("omniq.db");
+    store.enqueue_many(tasks, &Settings::default()).await.unwrap();
+    // Everything into the database file, the WAL emptied: what is cut below
+    // is the only copy.
+    store.checkpoint().await.unwrap();
+    drop(store);
     let bytes = std::fs::read(&path).unwrap();
-    let _ = std::fs::remove_file(dir.path().join("omniq.db-wal"));
-    let _ = std::fs::remove_file(dir.path().join("omniq.db-shm"));
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
-    match OmniQ::open(settings(BackendKind::Sqlite, dir.path())).await {
-        Err(err) => println!("open: {err}"),
-        Ok(queue) => {
-            let listed = queue.list(Default::default()).await;
-            let counted = queue.counts().await;
-            assert!(listed.is_err() || counted.is_err() || listed.unwrap().len() < 2_000);
-            let store = omniq::SqliteStorage::open_path(&path, omniq::Durability::Normal)
-                .await
-                .unwrap();
-            let integrity = store.integrity_check().await;
-            assert!(
-                integrity.map_or(true, |lines| lines != ["ok"]),
-                "a truncated file is not reported sound"
-            );
+
+    let found = omniq::sqlite_integrity_check(&path).await.unwrap();
+    assert_ne!(found, ["ok"], "a truncated file is not reported sound");
+    let failed = match omniq::SqliteStorage::open_path(&path, omniq::Durability::Normal).await {
+        Err(error) => error,
+        Ok(store) => store
+            .list(Default::default())
+            .await
+            .expect_err("listing 2,000 tasks of a file cut to a third"),
+    };
+    match failed {
+        Error::Corrupt { path: at, reason } => {
+            assert_eq!(at, path);
+            assert!(reason.contains("backup"), "{reason}");
         }
+        other => panic!("expected an error naming the damaged file, got {other:?}"),
     }
 }

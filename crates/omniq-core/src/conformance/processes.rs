@@ -41,9 +41,16 @@ use crate::task::{NewTask, Outcome, TaskId, TaskStatus};
 /// would then be a real double claim, not at-least-once delivery.
 const LEASE: Duration = Duration::from_secs(600);
 
+/// How many children the parent starts.
+const CHILDREN: usize = 3;
+
 /// A child's work: claim up to 8 tasks at a time, append each id to `log` (one
 /// line per execution), complete it, until `stop` exists and nothing is due.
-async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Path) {
+/// It holds its first claim until every child holds one (a file each in
+/// `barrier`), so every child runs tasks while the others do: the test then
+/// shows claims from all of them at once, not from whichever started first.
+async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Path, barrier: &Path) {
+    let mut waited = false;
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -79,6 +86,10 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Pat
             });
         }
         log.flush().expect("flush the execution log");
+        if !waited {
+            wait_for_every_child(barrier, worker_id).await;
+            waited = true;
+        }
         let answers = store
             .finish(finishes, OffsetDateTime::now_utc())
             .await
@@ -87,6 +98,22 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Pat
             answers.iter().all(|a| matches!(a, FinishOutcome::Applied { .. })),
             "a finish was refused although no lease expired: {answers:?}"
         );
+    }
+}
+
+/// Marks this child as holding a claim, then waits until every child does.
+/// Other processes write the files, so there is nothing to be woken by: it
+/// looks every 2 ms, for at most a minute.
+async fn wait_for_every_child(barrier: &Path, worker_id: &str) {
+    std::fs::create_dir_all(barrier).expect("create the barrier folder");
+    std::fs::write(barrier.join(worker_id), b"").expect("mark the barrier");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(barrier).map_or(0, |d| d.count()) < CHILDREN {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every child claimed a task within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -136,9 +163,9 @@ async fn assert_exactly_once(store: &dyn Storage, ids: &[TaskId], logs: &[&Path]
         assert_eq!(store.get(*id).await.expect("get").status, TaskStatus::Completed);
     }
     assert_eq!(runs.len(), ids.len());
-    assert!(
-        busy_children >= 2,
-        "only {busy_children} child process(es) ran tasks; the test proves nothing"
+    assert_eq!(
+        busy_children, CHILDREN,
+        "every child holds a claim at the barrier, so every one ran tasks"
     );
 }
 
@@ -158,7 +185,8 @@ where
         let store = open(PathBuf::from(var("OMNIQ_TEST_STORE"))).await;
         let log = PathBuf::from(var("OMNIQ_TEST_LOG"));
         let stop = PathBuf::from(var("OMNIQ_TEST_STOP"));
-        child_loop(&*store, &var("OMNIQ_TEST_WORKER"), &log, &stop).await;
+        let barrier = PathBuf::from(var("OMNIQ_TEST_BARRIER"));
+        child_loop(&*store, &var("OMNIQ_TEST_WORKER"), &log, &stop, &barrier).await;
     });
 }
 
@@ -167,7 +195,9 @@ where
 /// `work_dir` receives the children's logs.
 pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
     let stop = work_dir.join("stop");
-    let logs: Vec<PathBuf> = (0..3).map(|i| work_dir.join(format!("child-{i}.log"))).collect();
+    let logs: Vec<PathBuf> = (0..CHILDREN)
+        .map(|i| work_dir.join(format!("child-{i}.log")))
+        .collect();
     let mut children = Vec::new();
     for (i, log) in logs.iter().enumerate() {
         let child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
@@ -182,6 +212,7 @@ pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
             .env("OMNIQ_TEST_STORE", store_path)
             .env("OMNIQ_TEST_LOG", log)
             .env("OMNIQ_TEST_STOP", &stop)
+            .env("OMNIQ_TEST_BARRIER", work_dir.join("barrier"))
             .env("OMNIQ_TEST_WORKER", format!("child-{i}"))
             .stdout(Stdio::null())
             .kill_on_drop(true)
