@@ -1,0 +1,42 @@
+//! `PoolConfig`: how a pool runs, and its defaults.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+
+/// How a pool runs.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// How many tasks run at once (default 4).
+    pub concurrency: usize,
+    /// How often an idle pool looks for tasks enqueued by other processes or
+    /// coming due (default 500 ms). Tasks enqueued through the same
+    /// [`Signals`] start at once.
+    pub poll_interval: Duration,
+    /// How long a claim lasts without renewal (default 30 s). A worker that dies
+    /// holds its tasks this long before others take them over.
+    pub lease: Duration,
+    /// How often a running task's lease is renewed (default 10 s).
+    pub renew_every: Duration,
+    /// How often the pool hands back tasks whose worker died (default 15 s).
+    pub requeue_every: Duration,
+    /// The delay between a failed attempt and the next.
+    pub backoff: Backoff,
+    /// This pool's name in leases and logs (default `pid<pid>-<random>`).
+    pub worker_id: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        PoolConfig {
+            concurrency: 4,
+            poll_interval: Duration::from_millis(500),
+            lease: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+            requeue_every: Duration::from_secs(15),
+            backoff: Backoff::default(),
+            worker_id: format!("pid{}-{}", std::process::id(), &unique[unique.len() - 8..]),
+        }
+    }
+}
