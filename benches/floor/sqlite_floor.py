@@ -3,7 +3,7 @@ driver thread in between: Python's sqlite3 module runs the statements in the
 calling thread, one C call each.
 
 It builds the schema from crates/omniq-sqlite/src/schema.rs and runs the claim
-and finish commands of crates/omniq-sqlite/src/writer.rs word for word, with the
+and finish commands of crates/omniq-sqlite/src/writer/ops.rs word for word, with the
 pragmas the backend sets for Durability::Normal (WAL, synchronous=NORMAL), in a
 fresh database under target/omniq-bench. Ids are sequential, as UUID v7 ids are.
 
@@ -43,8 +43,8 @@ def source(name):
 
 SCHEMA = re.findall(r'r#"(.*?)"#', source("schema.rs"), re.S)
 TASK_JSON = rust_const(source("rows.rs"), "TASK_JSON")
-CLAIM = rust_const(source("writer.rs"), "CLAIM").replace("TASK_JSON", TASK_JSON)
-FINISH = rust_const(source("writer.rs"), "FINISH_COMPLETED")
+CLAIM = rust_const(source("writer/ops.rs"), "CLAIM").replace("TASK_JSON", TASK_JSON)
+FINISH = rust_const(source("writer/ops.rs"), "FINISH_COMPLETED")
 
 
 def statements(command):

@@ -1,0 +1,383 @@
+//! The SQL of each change: enqueue, claim, renew, finish, cancel, retry,
+//! purge and the lease pass, each reading first and writing with one command
+//! at its end.
+
+// The writer's types, helpers and imports, which this part works with.
+use super::merge::{run_single, Single};
+use super::*;
+
+/// Refuses what no enqueue may store: a running task, or one id twice in a call.
+pub(super) async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
+    omniq_core::check_new_records(&tasks)?;
+    rows::insert(s, &tasks).await
+}
+
+/// The claim, as one command: SQLite picks the due tasks, moves them from
+/// `pending` to `running` with their leases, and returns them. It makes the
+/// same change as `Task::claim` (one more attempt, started and updated now, a
+/// lease per task with the token made here), which the shared conformance
+/// suite checks against the other backends.
+pub(super) const CLAIM: &str = "DELETE FROM temp.claimed; \
+    INSERT INTO temp.claimed (id) SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2; \
+    UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1 \
+        WHERE id IN (SELECT id FROM temp.claimed); \
+    DELETE FROM pending WHERE id IN (SELECT id FROM temp.claimed); \
+    INSERT INTO running (id, worker_id, token, expires_at) \
+        SELECT id, ?3, ?5 ->> (n - 1), ?4 FROM temp.claimed; \
+    SELECT json_group_array(TASK_JSON) FROM temp.claimed c JOIN tasks t ON t.id = c.id \
+        LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id";
+
+/// Makes the write connection ready for [`claim`] and [`finish`]: the
+/// per-connection tables that hold the ids one claim picked and one finish
+/// completed.
+pub async fn setup(conn: &mut SqliteConnection) -> Result<()> {
+    // `journal_size_limit`: once a checkpoint has copied the WAL back into
+    // the database, the WAL file is cut back to 64 MB, so a burst of writes (a
+    // migration) does not leave it hundreds of megabytes long.
+    conn.execute(
+        "PRAGMA temp_store = MEMORY; PRAGMA journal_size_limit = 67108864; \
+         CREATE TEMP TABLE IF NOT EXISTS claimed (n INTEGER PRIMARY KEY, id TEXT NOT NULL); \
+         CREATE TEMP TABLE IF NOT EXISTS done (id TEXT PRIMARY KEY NOT NULL, value TEXT) WITHOUT ROWID",
+    )
+    .await
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+/// The binds of a claim; `None` when it asks for nothing.
+pub(super) fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
+    if request.limit == 0 {
+        return Ok(None);
+    }
+    let limit = request.limit.min(100_000);
+    let tokens: Vec<String> = (0..limit).map(|_| LeaseToken::new().to_string()).collect();
+    Ok(Some(Single::Claim(vec![
+        Value::Int(to_ns(request.now)?),
+        Value::Int(limit as i64),
+        Value::Text(request.worker_id.clone()),
+        Value::Int(to_ns(omniq_core::later(request.now, request.lease_for))?),
+        Value::Text(serde_json::to_string(&tokens)?),
+    ])))
+}
+
+/// The claimed tasks in a claim's row, in claim order.
+pub(super) fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
+    let json: Option<String> = row.try_get(0).map_err(sql_error)?;
+    // A row that cannot be read is claimed all the same; no worker runs it,
+    // and the lease pass fails it once its lease runs out.
+    let (mut tasks, unreadable) = rows::split_rows(json.as_deref(), db)?;
+    rows::report_unreadable(&unreadable, db, "claim");
+    tasks.sort_by_key(|task| (task.eta, task.id));
+    Ok(tasks)
+}
+
+pub(super) async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest) -> Result<Vec<Task>> {
+    let Some(mut single) = prepare_claim(&request)? else {
+        return Ok(Vec::new());
+    };
+    match run_single(s, &mut single).await?.as_ref() {
+        Some(row) => read_claim(row, db),
+        None => Ok(Vec::new()),
+    }
+}
+
+pub(super) async fn renew(
+    s: &mut Session<'_>,
+    leases: &[LeaseRef],
+    lease_for: Duration,
+    now: OffsetDateTime,
+) -> Result<Vec<RenewOutcome>> {
+    let expires_at = omniq_core::later(now, lease_for);
+    let pairs: Vec<(String, String)> = leases
+        .iter()
+        .map(|lease| (lease.id.to_string(), lease.token.to_string()))
+        .collect();
+    // The running row exists exactly while the task runs under that token.
+    let sql = s.sql(
+        "UPDATE running SET expires_at = ?1 \
+         WHERE (id, token) IN (SELECT value->>0, value->>1 FROM json_each(?2)) RETURNING id, token",
+    );
+    let renewed: Vec<(String, String)> = sqlx::query_as(&sql)
+        .bind(to_ns(expires_at)?)
+        .bind(serde_json::to_string(&pairs)?)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
+    Ok(pairs
+        .iter()
+        .map(|pair| {
+            if renewed.contains(pair) {
+                RenewOutcome::Renewed { expires_at }
+            } else {
+                RenewOutcome::Lost
+            }
+        })
+        .collect())
+}
+
+/// The common finish, as one command: tasks that completed, none of them an
+/// interval task (whose next occurrence needs `Task::finish`). `CROSS JOIN`
+/// keeps SQLite from scanning a table once per given task. It makes the
+/// same change as `Task::finish` with `Outcome::Complete`, for each task still
+/// running under the given token; if any task of the batch is a running
+/// interval task, it changes nothing and says so, and the general path runs.
+pub(super) const FINISH_COMPLETED: &str = "DELETE FROM temp.done; \
+    INSERT INTO temp.done (id, value) \
+        SELECT j.value->>0, j.value->>2 FROM json_each(?1) j \
+        CROSS JOIN running rn ON rn.id = j.value->>0 AND rn.token = j.value->>1 \
+        CROSS JOIN tasks t ON t.id = rn.id AND t.status = 'running' \
+        WHERE NOT EXISTS (SELECT 1 FROM json_each(?1) k CROSS JOIN tasks u ON u.id = k.value->>0 \
+                          WHERE u.interval_ns IS NOT NULL AND u.status = 'running'); \
+    UPDATE tasks SET status = 'completed', updated_at = ?2, finished_at = ?2 \
+        WHERE id IN (SELECT id FROM temp.done); \
+    DELETE FROM running WHERE id IN (SELECT id FROM temp.done); \
+    INSERT INTO completed (id, status, finished_at) SELECT id, 'completed', ?2 FROM temp.done; \
+    REPLACE INTO results (id, value, error) SELECT id, value, NULL FROM temp.done; \
+    SELECT (SELECT json_group_array(id) FROM temp.done), \
+        EXISTS (SELECT 1 FROM json_each(?1) k CROSS JOIN tasks u ON u.id = k.value->>0 \
+                WHERE u.interval_ns IS NOT NULL AND u.status = 'running')";
+
+/// The binds of a finish that [`FINISH_COMPLETED`] can do; `None` when the
+/// batch has other outcomes or an id twice, and must take the general path.
+pub(super) fn prepare_finish(finishes: &[Finish], now: OffsetDateTime) -> Result<Option<Single>> {
+    let mut seen = std::collections::HashSet::with_capacity(finishes.len());
+    let mut rows = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        // A result too deep to read back is turned into a failure by `Task::finish`.
+        let Outcome::Complete { result } = &finish.outcome else {
+            return Ok(None);
+        };
+        if !finish.outcome.result_fits() {
+            return Ok(None);
+        }
+        if !seen.insert(finish.id) {
+            return Ok(None);
+        }
+        rows.push((
+            finish.id.to_string(),
+            finish.token.to_string(),
+            serde_json::to_string(result)?,
+        ));
+    }
+    let binds = vec![
+        Value::Text(serde_json::to_string(&rows)?),
+        Value::Int(to_ns(now)?),
+    ];
+    Ok(Some(Single::Finish(
+        binds,
+        rows.into_iter().map(|(id, _, _)| id).collect(),
+    )))
+}
+
+/// The answers in a finish's row; `None` when it was blocked by an interval
+/// task and wrote nothing.
+pub(super) fn read_finish(row: &SqliteRow, ids: &[String]) -> Result<Option<Vec<FinishOutcome>>> {
+    let done: Option<String> = row.try_get(0).map_err(sql_error)?;
+    let blocked: bool = row.try_get(1).map_err(sql_error)?;
+    if blocked {
+        return Ok(None);
+    }
+    let done: std::collections::HashSet<String> = serde_json::from_str(done.as_deref().unwrap_or("[]"))?;
+    Ok(Some(
+        ids.iter()
+            .map(|id| match done.contains(id) {
+                true => FinishOutcome::Applied {
+                    status: TaskStatus::Completed,
+                    next: None,
+                },
+                false => FinishOutcome::LeaseLost,
+            })
+            .collect(),
+    ))
+}
+
+/// Finishes a batch of completed tasks with [`FINISH_COMPLETED`]; `None` when
+/// it must take the general path.
+async fn finish_completed(
+    s: &mut Session<'_>,
+    finishes: &[Finish],
+    now: OffsetDateTime,
+) -> Result<Option<Vec<FinishOutcome>>> {
+    let Some(mut single) = prepare_finish(finishes, now)? else {
+        return Ok(None);
+    };
+    let row = run_single(s, &mut single).await?;
+    let Single::Finish(_, ids) = &single else {
+        unreachable!("prepare_finish makes a finish")
+    };
+    let answers = match row.as_ref() {
+        Some(row) => read_finish(row, ids)?,
+        None => None,
+    };
+    if answers.is_none() {
+        // Nothing was written; the `COMMIT`, if it rode along, only closed
+        // the changes before this one.
+        s.reopen();
+    }
+    Ok(answers)
+}
+
+pub(super) async fn finish(
+    s: &mut Session<'_>,
+    db: &Path,
+    finishes: Vec<Finish>,
+    now: OffsetDateTime,
+) -> Result<Vec<FinishOutcome>> {
+    if let Some(answers) = finish_completed(s, &finishes, now).await? {
+        return Ok(answers);
+    }
+    let ids: Vec<TaskId> = finishes.iter().map(|f| f.id).collect();
+    // A task whose row cannot be read answers `LeaseLost`, and the lease pass
+    // fails it; the others of the batch finish.
+    let (tasks, unreadable) = rows::load_split(s, &ids, db).await?;
+    rows::report_unreadable(&unreadable, db, "finish");
+    let mut tasks: HashMap<TaskId, Task> = tasks.into_iter().map(|task| (task.id, task)).collect();
+    let mut changed = HashMap::new();
+    let mut created = Vec::new();
+    let mut answers = Vec::with_capacity(finishes.len());
+    for finish in finishes {
+        let Some(task) = tasks.get_mut(&finish.id) else {
+            answers.push(FinishOutcome::LeaseLost);
+            continue;
+        };
+        match task.finish(finish.token, finish.outcome, now)? {
+            Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
+            Finished::Applied { status, next } => {
+                changed.insert(task.id, task.clone());
+                answers.push(FinishOutcome::Applied {
+                    status,
+                    next: next.as_ref().map(|n| n.id),
+                });
+                created.extend(next);
+            }
+        }
+    }
+    let mut writes: Vec<Task> = changed.into_values().collect();
+    writes.extend(created);
+    rows::save(s, &writes).await?;
+    Ok(answers)
+}
+
+async fn load_one(s: &mut Session<'_>, db: &Path, id: TaskId) -> Result<Task> {
+    rows::load(s, &[id], db)
+        .await?
+        .pop()
+        .ok_or_else(|| Error::not_found(id))
+}
+
+pub(super) async fn cancel(
+    s: &mut Session<'_>,
+    db: &Path,
+    id: TaskId,
+    now: OffsetDateTime,
+) -> Result<Vec<TaskId>> {
+    let target = rows::load(s, &[id], db).await?.pop();
+    let scope = match CancelScope::of(id, target.as_ref()) {
+        CancelScope::Task(_) => target.iter().cloned().collect(),
+        CancelScope::Series(series) => {
+            let sql = s.sql(&format!(
+                "SELECT json_group_array({TASK_JSON}) {TASK_FROM} \
+                 WHERE t.series = ?1 AND t.status IN ('pending', 'running')"
+            ));
+            rows::fetch(s.conn(), sqlx::query(&sql).bind(series.to_string()), db).await?
+        }
+    };
+    let cancelled = cancel_in_scope(id, target.as_ref(), scope, now)?;
+    rows::save(s, &cancelled).await?;
+    Ok(cancelled.iter().map(|t| t.id).collect())
+}
+
+pub(super) async fn retry(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<()> {
+    let mut task = load_one(s, db, id).await?;
+    task.retry(now)?;
+    rows::save(s, &[task]).await
+}
+
+pub(super) async fn purge(s: &mut Session<'_>, before: OffsetDateTime) -> Result<u64> {
+    let before = to_ns(before)?;
+    let sql = s.sql("SELECT count(*) FROM completed WHERE finished_at < ?1");
+    let count: i64 = sqlx::query_scalar(&sql)
+        .bind(before)
+        .fetch_one(s.conn())
+        .await
+        .map_err(sql_error)?;
+    sqlx::query("DELETE FROM task_rows WHERE id IN (SELECT id FROM completed WHERE finished_at < ?1)")
+        .bind(before)
+        .execute(s.conn())
+        .await
+        .map_err(sql_error)?;
+    Ok(count as u64)
+}
+
+pub(super) async fn requeue_expired(
+    s: &mut Session<'_>,
+    db: &Path,
+    now: OffsetDateTime,
+) -> Result<Vec<TaskId>> {
+    let sql = s.sql(&format!(
+        "SELECT json_group_array({TASK_JSON}) {TASK_FROM} \
+         WHERE t.id IN (SELECT id FROM running WHERE expires_at <= ?1 ORDER BY expires_at LIMIT {})",
+        omniq_core::storage::REQUEUE_BATCH
+    ));
+    let (mut tasks, unreadable) =
+        rows::fetch_split(s.conn(), sqlx::query(&sql).bind(to_ns(now)?), db).await?;
+    if !unreadable.is_empty() {
+        fail_unreadable(s, &unreadable, now, tasks.is_empty()).await?;
+    }
+    if tasks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut created = Vec::new();
+    for task in &mut tasks {
+        created.extend(task.expire_lease(now)?);
+    }
+    let expired = tasks.iter().map(|t| t.id).collect();
+    tasks.extend(created);
+    rows::save(s, &tasks).await?;
+    Ok(expired)
+}
+
+/// Fails, for good, running tasks whose rows cannot be read, with an
+/// `unreadable` error saying why, so the lease pass goes on for the others
+/// and the tasks are not stranded as `running`. Their stored arguments stay
+/// for a person to inspect. `last` says whether this is the change's final write.
+async fn fail_unreadable(
+    s: &mut Session<'_>,
+    unreadable: &[rows::Unreadable],
+    now: OffsetDateTime,
+    last: bool,
+) -> Result<()> {
+    let rows: Vec<(&str, &str)> = unreadable
+        .iter()
+        .map(|u| (u.id.as_str(), u.reason.as_str()))
+        .collect();
+    tracing::error!(
+        tasks = ?rows,
+        "failing running tasks whose stored rows cannot be read"
+    );
+    const SQL: &str = "UPDATE tasks SET status = 'failed', updated_at = ?2, finished_at = ?2 \
+            WHERE status = 'running' AND id IN (SELECT value->>0 FROM json_each(?1)); \
+        REPLACE INTO results (id, value, error) \
+            SELECT t.id, NULL, json_object('type', 'unreadable', 'message', j.value->>1, \
+                                           'attempt', t.attempts, 'retryable', json('false')) \
+            FROM json_each(?1) j JOIN tasks t ON t.id = j.value->>0 \
+            WHERE t.status = 'failed' AND t.finished_at = ?2; \
+        DELETE FROM running WHERE id IN (SELECT value->>0 FROM json_each(?1)); \
+        REPLACE INTO completed (id, status, finished_at) \
+            SELECT id, 'failed', ?2 FROM tasks \
+            WHERE id IN (SELECT value->>0 FROM json_each(?1)) AND status = 'failed'";
+    let sql = match last {
+        true => s.final_sql(SQL),
+        false => s.sql(SQL),
+    };
+    sqlx::query(&sql)
+        .bind(serde_json::to_string(&rows)?)
+        .bind(to_ns(now)?)
+        .execute(s.conn())
+        .await
+        .map_err(sql_error)?;
+    if last {
+        s.final_ran();
+    }
+    Ok(())
+}
