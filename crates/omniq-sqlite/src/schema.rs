@@ -127,26 +127,7 @@ pub async fn prepare(conn: &mut SqliteConnection, path: &Path) -> Result<i64> {
         }
         other => sql_error(other),
     })?;
-    let header = async {
-        let app_id: i32 = sqlx::query_scalar("PRAGMA application_id")
-            .fetch_one(&mut *tx)
-            .await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
-            .await?;
-        let objects: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema")
-            .fetch_one(&mut *tx)
-            .await?;
-        Ok::<_, sqlx::Error>((app_id, version, objects))
-    }
-    .await;
-    let (app_id, version, objects) = match header {
-        Ok(header) => header,
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => {
-            return Err(incompatible("the file is not a SQLite database".into()))
-        }
-        Err(other) => return Err(sql_error(other)),
-    };
+    let (app_id, version, objects) = header(&mut tx, path).await?;
     let from = match (app_id, objects) {
         (0, 0) => 0,
         (APPLICATION_ID, _) => version,
@@ -184,23 +165,7 @@ pub async fn check_readable(conn: &mut SqliteConnection, path: &Path) -> Result<
         path: path.to_path_buf(),
         reason,
     };
-    let header = async {
-        let app_id: i32 = sqlx::query_scalar("PRAGMA application_id")
-            .fetch_one(&mut *conn)
-            .await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok::<_, sqlx::Error>((app_id, version))
-    }
-    .await;
-    let (app_id, version) = match header {
-        Ok(header) => header,
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => {
-            return Err(incompatible("the file is not a SQLite database".into()))
-        }
-        Err(other) => return Err(sql_error(other)),
-    };
+    let (app_id, version, _) = header(conn, path).await?;
     if app_id != APPLICATION_ID {
         return Err(incompatible(format!(
             "not an OmniQ database (application_id {app_id:#x}); point OMNIQ_DB_PATH at another file"
@@ -213,6 +178,33 @@ pub async fn check_readable(conn: &mut SqliteConnection, path: &Path) -> Result<
         )));
     }
     Ok(version)
+}
+
+/// What identifies a database: its `application_id`, its `user_version`
+/// (the schema version) and how many schema objects it has. A file that is
+/// not a SQLite database is an [`Error::Incompatible`] naming `path`.
+async fn header(conn: &mut SqliteConnection, path: &Path) -> Result<(i32, i64, i64)> {
+    let read = async {
+        let app_id: i32 = sqlx::query_scalar("PRAGMA application_id")
+            .fetch_one(&mut *conn)
+            .await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *conn)
+            .await?;
+        let objects: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_schema")
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok::<_, sqlx::Error>((app_id, version, objects))
+    }
+    .await;
+    match read {
+        Ok(header) => Ok(header),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("26") => Err(Error::Incompatible {
+            path: path.to_path_buf(),
+            reason: "the file is not a SQLite database".into(),
+        }),
+        Err(other) => Err(sql_error(other)),
+    }
 }
 
 /// The schema version recorded in a database.

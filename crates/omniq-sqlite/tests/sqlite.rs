@@ -18,6 +18,28 @@ async fn raw(path: &Path) -> sqlx::SqliteConnection {
         .unwrap()
 }
 
+/// A database at schema `version`, as the release that wrote it left it,
+/// holding one pending task (`old.job`).
+async fn older_database(path: &Path, version: usize) {
+    let mut conn = raw(path).await;
+    for migration in &MIGRATIONS[..version] {
+        conn.execute(*migration).await.unwrap();
+    }
+    conn.execute(
+        format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {version}").as_str(),
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        "INSERT INTO tasks VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 'old.job', '[1]', '{}', 'pending', \
+         0, NULL, 3, NULL, 0, 0, 0, NULL, NULL, NULL); \
+         INSERT INTO pending VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 0);",
+    )
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn layout_has_the_five_tables_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
@@ -165,19 +187,7 @@ async fn an_older_database_is_migrated_forward() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("omniq.db");
     // A version 1 database with a task in it, as the first release wrote it.
-    let mut conn = raw(&path).await;
-    conn.execute(MIGRATIONS[0]).await.unwrap();
-    conn.execute(format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 1").as_str())
-        .await
-        .unwrap();
-    conn.execute(
-        "INSERT INTO tasks VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 'old.job', '[1]', '{}', 'pending', \
-         0, NULL, 3, NULL, 0, 0, 0, NULL, NULL, NULL); \
-         INSERT INTO pending VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 0);",
-    )
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    older_database(&path, 1).await;
 
     let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
     assert_eq!(store.schema_version().await.unwrap(), CURRENT_VERSION);
@@ -566,20 +576,7 @@ async fn the_database_and_its_journal_files_are_owner_only() {
 async fn a_read_only_open_leaves_an_older_database_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("omniq.db");
-    let mut conn = raw(&path).await;
-    conn.execute(MIGRATIONS[0]).await.unwrap();
-    conn.execute(MIGRATIONS[1]).await.unwrap();
-    conn.execute(format!("PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 2").as_str())
-        .await
-        .unwrap();
-    conn.execute(
-        "INSERT INTO tasks VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 'old.job', '[1]', '{}', 'pending', \
-         0, NULL, 3, NULL, 0, 0, 0, NULL, NULL, NULL); \
-         INSERT INTO pending VALUES ('0190f0c2-8c4e-7a3b-9f1e-2d4c6b8a0e1f', 0);",
-    )
-    .await
-    .unwrap();
-    conn.close().await.unwrap();
+    older_database(&path, 2).await;
     let files = |dir: &Path| -> Vec<(std::path::PathBuf, Vec<u8>)> {
         let mut all: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
