@@ -37,7 +37,9 @@ macro_rules! scenarios {
 }
 
 mod edges;
+mod finishing;
 mod hostile;
+mod lifecycle;
 mod model;
 pub mod processes;
 mod scenarios;
@@ -92,6 +94,8 @@ pub trait Factory: Send + Sync + 'static {
 /// method, the edges of the status machine, then hostile and extreme input.
 pub fn scenarios() -> Vec<Scenario> {
     let mut all = scenarios::all();
+    all.extend(finishing::all());
+    all.extend(lifecycle::all());
     all.extend(edges::all());
     all.extend(hostile::all());
     all

@@ -1,4 +1,7 @@
-//! The scenarios of the conformance suite, one per promise of the `Storage` trait.
+//! The scenarios of the conformance suite, one per promise of the `Storage`
+//! trait: the helpers they share, then enqueue and claim. Finishing and leases
+//! are in `finishing.rs`; intervals, cancel, retry, results, purge, list and
+//! counts in `lifecycle.rs`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -10,9 +13,7 @@ use time::OffsetDateTime;
 use super::Scenario;
 use crate::error::Error;
 use crate::settings::Settings;
-use crate::storage::{
-    ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
-};
+use crate::storage::{ClaimRequest, Finish, FinishOutcome, ListQuery, Storage};
 use crate::task::{NewTask, Outcome, Task, TaskError, TaskId, TaskStatus};
 
 scenarios![
@@ -31,51 +32,21 @@ scenarios![
     claimed_tasks_are_not_claimed_again,
     concurrent_claimers_never_get_the_same_task,
     enqueues_claims_and_finishes_at_once_run_every_task_once,
-    complete_stores_the_result,
-    finish_with_a_stale_token_is_refused,
-    finish_of_an_unknown_task_is_refused,
-    finish_answers_in_order_for_a_batch,
-    a_batch_mixing_interval_and_plain_tasks_finishes_each_rightly,
-    retry_outcome_waits_for_its_time,
-    retries_are_bounded_by_max_retries,
-    final_failure_keeps_its_error,
-    fail_outcome_ends_the_task_with_retries_left,
-    hand_back_does_not_count_the_attempt,
-    renew_extends_the_lease,
-    renew_of_a_lost_lease_answers_lost,
-    expired_leases_are_requeued,
-    live_leases_are_not_requeued,
-    old_owner_cannot_finish_after_requeue,
-    expired_lease_without_retries_fails,
-    interval_completion_enqueues_the_next_occurrence,
-    interval_final_failure_enqueues_the_next_occurrence,
-    interval_retry_does_not_enqueue_an_occurrence,
-    cancel_pending_task,
-    cancel_running_task_fences_its_worker,
-    cancel_of_a_finished_task_is_refused,
-    cancel_stops_a_series_by_any_id,
-    manual_retry_of_a_failed_task,
-    manual_retry_of_other_statuses_is_refused,
-    results_report_value_error_and_attempts,
-    purge_removes_only_old_finished_tasks,
-    list_orders_filters_and_pages,
-    counts_per_status,
-    large_batches,
 ];
 
 /// The suite's clock starts here; every time is derived from it.
-const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
-const LEASE: Duration = Duration::from_secs(30);
+pub(super) const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
+pub(super) const LEASE: Duration = Duration::from_secs(30);
 
-fn at(ms: u64) -> OffsetDateTime {
+pub(super) fn at(ms: u64) -> OffsetDateTime {
     T0 + Duration::from_millis(ms)
 }
 
-fn secs(s: u64) -> Duration {
+pub(super) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-fn new(func: &str) -> NewTask {
+pub(super) fn new(func: &str) -> NewTask {
     NewTask::new(func)
 }
 
@@ -83,18 +54,18 @@ pub(super) fn make(task: NewTask, now: OffsetDateTime) -> Task {
     task.into_task(&Settings::default(), now).expect("valid task")
 }
 
-async fn enqueue_at(store: &dyn Storage, tasks: Vec<NewTask>, now: OffsetDateTime) -> Vec<TaskId> {
+pub(super) async fn enqueue_at(store: &dyn Storage, tasks: Vec<NewTask>, now: OffsetDateTime) -> Vec<TaskId> {
     let tasks: Vec<Task> = tasks.into_iter().map(|t| make(t, now)).collect();
     let ids = tasks.iter().map(|t| t.id).collect();
     store.enqueue(tasks).await.expect("enqueue");
     ids
 }
 
-async fn enqueue_one(store: &dyn Storage, task: NewTask) -> TaskId {
+pub(super) async fn enqueue_one(store: &dyn Storage, task: NewTask) -> TaskId {
     enqueue_at(store, vec![task], T0).await[0]
 }
 
-async fn claim(store: &dyn Storage, worker: &str, limit: usize, now: OffsetDateTime) -> Vec<Task> {
+pub(super) async fn claim(store: &dyn Storage, worker: &str, limit: usize, now: OffsetDateTime) -> Vec<Task> {
     store
         .claim(ClaimRequest {
             worker_id: worker.into(),
@@ -106,7 +77,7 @@ async fn claim(store: &dyn Storage, worker: &str, limit: usize, now: OffsetDateT
         .expect("claim")
 }
 
-async fn claim_one(store: &dyn Storage, now: OffsetDateTime) -> Task {
+pub(super) async fn claim_one(store: &dyn Storage, now: OffsetDateTime) -> Task {
     let mut claimed = claim(store, "w1", 1, now).await;
     assert_eq!(claimed.len(), 1, "expected one due task");
     claimed.remove(0)
@@ -134,23 +105,23 @@ pub(super) async fn finish(
     answers.remove(0)
 }
 
-fn complete(value: Value) -> Outcome {
+pub(super) fn complete(value: Value) -> Outcome {
     Outcome::Complete { result: value }
 }
 
-fn error(attempt: u32) -> TaskError {
+pub(super) fn error(attempt: u32) -> TaskError {
     TaskError::new("handler", "boom", attempt, true)
 }
 
-async fn get(store: &dyn Storage, id: TaskId) -> Task {
+pub(super) async fn get(store: &dyn Storage, id: TaskId) -> Task {
     store.get(id).await.expect("get")
 }
 
-async fn all_tasks(store: &dyn Storage) -> Vec<Task> {
+pub(super) async fn all_tasks(store: &dyn Storage) -> Vec<Task> {
     store.list(ListQuery::default()).await.expect("list")
 }
 
-fn applied_next(outcome: FinishOutcome) -> Option<TaskId> {
+pub(super) fn applied_next(outcome: FinishOutcome) -> Option<TaskId> {
     match outcome {
         FinishOutcome::Applied { next, .. } => next,
         FinishOutcome::LeaseLost => panic!("finish was refused as lease lost"),
@@ -514,670 +485,4 @@ async fn enqueues_claims_and_finishes_at_once_run_every_task_once(store: &dyn St
         assert_eq!(task.status, TaskStatus::Completed);
         assert_eq!(task.result.as_ref(), task.args.first());
     }
-}
-
-async fn complete_stores_the_result(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let claimed = claim_one(store, at(1)).await;
-    assert_eq!(
-        applied_next(finish(store, &claimed, complete(json!(42)), at(2)).await),
-        None
-    );
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Completed);
-    assert_eq!(task.result, Some(json!(42)));
-    assert_eq!(task.finished_at, Some(at(2)));
-    assert_eq!(task.lease, None);
-    assert_eq!(task.error, None);
-}
-
-async fn finish_with_a_stale_token_is_refused(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let mut claimed = claim_one(store, T0).await;
-    claimed.lease.as_mut().unwrap().token = crate::task::LeaseToken::new();
-    assert_eq!(
-        finish(store, &claimed, complete(json!(1)), at(1)).await,
-        FinishOutcome::LeaseLost
-    );
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Running);
-    assert_eq!(task.result, None);
-}
-
-async fn finish_of_an_unknown_task_is_refused(store: &dyn Storage) {
-    let answers = store
-        .finish(
-            vec![Finish {
-                id: TaskId::new(),
-                token: crate::task::LeaseToken::new(),
-                outcome: complete(json!(1)),
-            }],
-            T0,
-        )
-        .await
-        .unwrap();
-    assert_eq!(answers, vec![FinishOutcome::LeaseLost]);
-    assert_eq!(store.counts().await.unwrap().total(), 0);
-}
-
-async fn finish_answers_in_order_for_a_batch(store: &dyn Storage) {
-    enqueue_at(store, (0..4).map(|_| new("t")).collect(), T0).await;
-    let claimed = claim(store, "w", 4, T0).await;
-    let mut finishes: Vec<Finish> = claimed
-        .iter()
-        .enumerate()
-        .map(|(i, t)| Finish {
-            id: t.id,
-            token: t.lease.as_ref().unwrap().token,
-            outcome: complete(json!(i)),
-        })
-        .collect();
-    finishes[2].token = crate::task::LeaseToken::new();
-    let answers = store.finish(finishes, at(1)).await.unwrap();
-    let expected = [true, true, false, true];
-    for ((answer, ok), task) in answers.iter().zip(expected).zip(&claimed) {
-        assert_eq!(matches!(answer, FinishOutcome::Applied { .. }), ok);
-        let status = get(store, task.id).await.status;
-        assert_eq!(
-            status,
-            if ok {
-                TaskStatus::Completed
-            } else {
-                TaskStatus::Running
-            }
-        );
-    }
-}
-
-/// Backends may take a fast path for the common batch (plain tasks that
-/// completed); a batch with an interval task, or one task finished twice, must
-/// still get every answer right.
-async fn a_batch_mixing_interval_and_plain_tasks_finishes_each_rightly(store: &dyn Storage) {
-    let plain = enqueue_one(store, new("plain")).await;
-    let series = enqueue_one(store, new("tick").interval(secs(60))).await;
-    let claimed = claim(store, "w", 2, T0).await;
-    assert_eq!(claimed.len(), 2);
-    let finishes = |outcome: fn(usize) -> Outcome| -> Vec<Finish> {
-        claimed
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Finish {
-                id: t.id,
-                token: t.lease.as_ref().unwrap().token,
-                outcome: outcome(i),
-            })
-            .collect()
-    };
-    let answers = store
-        .finish(finishes(|i| complete(json!(i))), at(1))
-        .await
-        .unwrap();
-    let by_id: Vec<(TaskId, FinishOutcome)> = claimed.iter().map(|t| t.id).zip(answers).collect();
-    for (id, answer) in &by_id {
-        let FinishOutcome::Applied { next, .. } = answer else {
-            panic!("{id}: {answer:?}");
-        };
-        assert_eq!(next.is_some(), *id == series, "{id}: {answer:?}");
-        assert_eq!(get(store, *id).await.status, TaskStatus::Completed);
-    }
-    assert!(get(store, plain).await.result.is_some());
-    assert_eq!(store.counts().await.unwrap().pending, 1, "the next occurrence");
-
-    // The same task finished twice in one batch: the first wins.
-    let again = enqueue_one(store, new("plain")).await;
-    let task = claim_one(store, at(2)).await;
-    assert_eq!(task.id, again);
-    let token = task.lease.as_ref().unwrap().token;
-    let twice = vec![
-        Finish {
-            id: again,
-            token,
-            outcome: complete(json!("first")),
-        },
-        Finish {
-            id: again,
-            token,
-            outcome: complete(json!("second")),
-        },
-    ];
-    let answers = store.finish(twice, at(3)).await.unwrap();
-    assert!(
-        matches!(answers[0], FinishOutcome::Applied { next: None, .. }),
-        "{answers:?}"
-    );
-    assert_eq!(answers[1], FinishOutcome::LeaseLost);
-    assert_eq!(get(store, again).await.result, Some(json!("first")));
-}
-
-async fn retry_outcome_waits_for_its_time(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").max_retries(3)).await;
-    let claimed = claim_one(store, T0).await;
-    let outcome = Outcome::Retry {
-        error: error(1),
-        at: at(5_000),
-    };
-    applied_next(finish(store, &claimed, outcome, at(10)).await);
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Pending);
-    assert_eq!(task.eta, at(5_000));
-    assert_eq!(task.attempts, 1);
-    assert_eq!(task.error, Some(error(1)));
-    assert_eq!(task.lease, None);
-    assert!(claim(store, "w", 1, at(4_999)).await.is_empty());
-    assert_eq!(claim_one(store, at(5_000)).await.attempts, 2);
-}
-
-async fn retries_are_bounded_by_max_retries(store: &dyn Storage) {
-    // max_retries = 2 means three runs at most.
-    let id = enqueue_one(store, new("t").max_retries(2)).await;
-    for attempt in 1..=3u32 {
-        let now = at(u64::from(attempt) * 1_000);
-        let claimed = claim_one(store, now).await;
-        assert_eq!(claimed.attempts, attempt);
-        let outcome = Outcome::Retry {
-            error: error(attempt),
-            at: now,
-        };
-        applied_next(finish(store, &claimed, outcome, now).await);
-    }
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.attempts, 3);
-    assert!(claim(store, "w", 1, at(1_000_000)).await.is_empty());
-}
-
-async fn final_failure_keeps_its_error(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").max_retries(0)).await;
-    let claimed = claim_one(store, T0).await;
-    let err = TaskError::new("timeout", "ran past 5s", 1, true);
-    applied_next(
-        finish(
-            store,
-            &claimed,
-            Outcome::Retry {
-                error: err.clone(),
-                at: at(1),
-            },
-            at(7),
-        )
-        .await,
-    );
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.error, Some(err));
-    assert_eq!(task.finished_at, Some(at(7)));
-    assert_eq!(task.lease, None);
-}
-
-async fn fail_outcome_ends_the_task_with_retries_left(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").max_retries(5)).await;
-    let claimed = claim_one(store, T0).await;
-    let err = TaskError::new("unknown_handler", "no handler named t", 1, false);
-    applied_next(finish(store, &claimed, Outcome::Fail { error: err.clone() }, at(1)).await);
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.error, Some(err));
-    assert_eq!(task.attempts, 1);
-}
-
-async fn hand_back_does_not_count_the_attempt(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").eta(at(5))).await;
-    let claimed = claim_one(store, at(10)).await;
-    applied_next(finish(store, &claimed, Outcome::HandBack, at(20)).await);
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Pending);
-    assert_eq!(task.attempts, 0);
-    assert_eq!(task.lease, None);
-    assert_eq!(task.eta, at(5), "a handed-back task keeps its place in line");
-    assert_eq!(claim_one(store, at(20)).await.attempts, 1);
-}
-
-async fn renew_extends_the_lease(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let claimed = claim_one(store, T0).await;
-    let token = claimed.lease.as_ref().unwrap().token;
-    let answers = store
-        .renew(&[LeaseRef { id, token }], secs(60), at(20_000))
-        .await
-        .unwrap();
-    let expected = at(20_000) + secs(60);
-    assert_eq!(answers, vec![RenewOutcome::Renewed { expires_at: expected }]);
-    assert_eq!(get(store, id).await.lease.unwrap().expires_at, expected);
-    // Renewed past its first expiry, the task is not requeued.
-    assert!(store.requeue_expired(at(40_000)).await.unwrap().is_empty());
-}
-
-async fn renew_of_a_lost_lease_answers_lost(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let claimed = claim_one(store, T0).await;
-    let token = claimed.lease.as_ref().unwrap().token;
-    let stale = crate::task::LeaseToken::new();
-    let unknown = LeaseRef {
-        id: TaskId::new(),
-        token,
-    };
-    let answers = store
-        .renew(
-            &[LeaseRef { id, token: stale }, unknown, LeaseRef { id, token }],
-            LEASE,
-            at(1),
-        )
-        .await
-        .unwrap();
-    assert_eq!(answers[0], RenewOutcome::Lost);
-    assert_eq!(answers[1], RenewOutcome::Lost);
-    assert!(matches!(answers[2], RenewOutcome::Renewed { .. }));
-}
-
-async fn expired_leases_are_requeued(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").max_retries(3)).await;
-    let claimed = claim(store, "dead-worker", 1, T0).await.remove(0);
-    let expiry = claimed.lease.unwrap().expires_at;
-    assert!(store
-        .requeue_expired(expiry - Duration::from_millis(1))
-        .await
-        .unwrap()
-        .is_empty());
-    assert_eq!(store.requeue_expired(expiry).await.unwrap(), vec![id]);
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Pending);
-    assert_eq!(task.lease, None);
-    assert_eq!(
-        task.error.as_ref().map(|e| e.kind.as_str()),
-        Some("lease_expired")
-    );
-    let again = claim(store, "live-worker", 1, expiry).await.remove(0);
-    assert_eq!(again.id, id);
-    assert_eq!(again.attempts, 2);
-    assert_eq!(again.lease.unwrap().worker_id, "live-worker");
-}
-
-async fn live_leases_are_not_requeued(store: &dyn Storage) {
-    enqueue_at(store, vec![new("a"), new("b")], T0).await;
-    claim(store, "w", 2, T0).await;
-    assert!(store.requeue_expired(at(29_999)).await.unwrap().is_empty());
-    assert_eq!(store.counts().await.unwrap().running, 2);
-}
-
-async fn old_owner_cannot_finish_after_requeue(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let old = claim(store, "slow", 1, T0).await.remove(0);
-    store.requeue_expired(at(30_000)).await.unwrap();
-    let new_claim = claim(store, "fast", 1, at(30_000)).await.remove(0);
-    assert_eq!(
-        finish(store, &old, complete(json!("stale")), at(30_001)).await,
-        FinishOutcome::LeaseLost
-    );
-    let token = old.lease.as_ref().unwrap().token;
-    let renewed = store
-        .renew(&[LeaseRef { id, token }], LEASE, at(30_001))
-        .await
-        .unwrap();
-    assert_eq!(renewed, vec![RenewOutcome::Lost]);
-    assert_eq!(
-        get(store, id).await.lease,
-        new_claim.lease,
-        "the new owner's lease stands"
-    );
-    applied_next(finish(store, &new_claim, complete(json!("fresh")), at(30_002)).await);
-    assert_eq!(get(store, id).await.result, Some(json!("fresh")));
-}
-
-async fn expired_lease_without_retries_fails(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").max_retries(0)).await;
-    claim_one(store, T0).await;
-    assert_eq!(store.requeue_expired(at(60_000)).await.unwrap(), vec![id]);
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Failed);
-    assert_eq!(task.error.unwrap().kind, "lease_expired");
-    assert_eq!(task.finished_at, Some(at(60_000)));
-}
-
-async fn interval_completion_enqueues_the_next_occurrence(store: &dyn Storage) {
-    let first = enqueue_one(store, new("tick").args(vec![json!(1)]).interval(secs(60))).await;
-    let claimed = claim_one(store, T0).await;
-    let next =
-        applied_next(finish(store, &claimed, complete(json!("ok")), at(500)).await).expect("next occurrence");
-    assert_ne!(next, first);
-    let task = get(store, next).await;
-    assert_eq!(task.status, TaskStatus::Pending);
-    assert_eq!(task.eta, at(500) + secs(60));
-    assert_eq!(task.func_path, "tick");
-    assert_eq!(task.args, vec![json!(1)]);
-    assert_eq!(task.interval, Some(secs(60)));
-    assert_eq!(task.attempts, 0);
-    assert_eq!(task.series, Some(first));
-    assert_eq!(get(store, first).await.result, Some(json!("ok")));
-    assert!(claim(store, "w", 1, at(60_499)).await.is_empty());
-    assert_eq!(claim_one(store, at(60_500)).await.id, next);
-}
-
-async fn interval_final_failure_enqueues_the_next_occurrence(store: &dyn Storage) {
-    let first = enqueue_one(store, new("tick").interval(secs(10)).max_retries(0)).await;
-    let claimed = claim_one(store, T0).await;
-    let outcome = Outcome::Retry {
-        error: error(1),
-        at: at(1),
-    };
-    let next = applied_next(finish(store, &claimed, outcome, at(100)).await).expect("next occurrence");
-    assert_eq!(get(store, first).await.status, TaskStatus::Failed);
-    assert_eq!(get(store, next).await.eta, at(100) + secs(10));
-}
-
-async fn interval_retry_does_not_enqueue_an_occurrence(store: &dyn Storage) {
-    enqueue_one(store, new("tick").interval(secs(10)).max_retries(2)).await;
-    let claimed = claim_one(store, T0).await;
-    let outcome = Outcome::Retry {
-        error: error(1),
-        at: at(1),
-    };
-    assert_eq!(applied_next(finish(store, &claimed, outcome, at(1)).await), None);
-    assert_eq!(store.counts().await.unwrap().total(), 1);
-}
-
-async fn cancel_pending_task(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    assert_eq!(store.cancel(id, at(5)).await.unwrap(), vec![id]);
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Cancelled);
-    assert_eq!(task.finished_at, Some(at(5)));
-    assert!(claim(store, "w", 1, at(10)).await.is_empty());
-}
-
-async fn cancel_running_task_fences_its_worker(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let claimed = claim_one(store, T0).await;
-    store.cancel(id, at(1)).await.unwrap();
-    let token = claimed.lease.as_ref().unwrap().token;
-    let renewed = store
-        .renew(&[LeaseRef { id, token }], LEASE, at(2))
-        .await
-        .unwrap();
-    assert_eq!(renewed, vec![RenewOutcome::Lost]);
-    assert_eq!(
-        finish(store, &claimed, complete(json!(1)), at(3)).await,
-        FinishOutcome::LeaseLost
-    );
-    assert!(store.requeue_expired(at(1_000_000)).await.unwrap().is_empty());
-    assert_eq!(get(store, id).await.status, TaskStatus::Cancelled);
-}
-
-async fn cancel_of_a_finished_task_is_refused(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t")).await;
-    let claimed = claim_one(store, T0).await;
-    finish(store, &claimed, complete(json!(1)), at(1)).await;
-    assert!(matches!(
-        store.cancel(id, at(2)).await,
-        Err(Error::Conflict { .. })
-    ));
-    assert_eq!(get(store, id).await.status, TaskStatus::Completed);
-    let cancelled = enqueue_one(store, new("u")).await;
-    store.cancel(cancelled, at(1)).await.unwrap();
-    assert!(matches!(
-        store.cancel(cancelled, at(2)).await,
-        Err(Error::Conflict { .. })
-    ));
-}
-
-async fn cancel_stops_a_series_by_any_id(store: &dyn Storage) {
-    let first = enqueue_one(store, new("tick").interval(secs(1))).await;
-    let claimed = claim_one(store, T0).await;
-    let second = applied_next(finish(store, &claimed, complete(json!(1)), at(1)).await).unwrap();
-    // The finished first occurrence's id stops the pending second one.
-    assert_eq!(store.cancel(first, at(2)).await.unwrap(), vec![second]);
-    assert_eq!(get(store, second).await.status, TaskStatus::Cancelled);
-    assert_eq!(get(store, first).await.status, TaskStatus::Completed);
-    assert!(claim(store, "w", 10, at(100_000)).await.is_empty());
-    assert!(matches!(
-        store.cancel(first, at(3)).await,
-        Err(Error::Conflict { .. })
-    ));
-
-    // A running occurrence is cancelled too, and schedules no successor.
-    let other = enqueue_one(store, new("tock").interval(secs(1))).await;
-    let running = claim_one(store, at(10)).await;
-    assert_eq!(store.cancel(other, at(11)).await.unwrap(), vec![other]);
-    assert_eq!(
-        finish(store, &running, complete(json!(1)), at(12)).await,
-        FinishOutcome::LeaseLost
-    );
-    assert_eq!(store.counts().await.unwrap().pending, 0);
-}
-
-async fn manual_retry_of_a_failed_task(store: &dyn Storage) {
-    let id = enqueue_one(store, new("t").max_retries(0)).await;
-    let claimed = claim_one(store, T0).await;
-    finish(store, &claimed, Outcome::Fail { error: error(1) }, at(1)).await;
-    store.retry(id, at(50)).await.unwrap();
-    let task = get(store, id).await;
-    assert_eq!(task.status, TaskStatus::Pending);
-    assert_eq!(task.attempts, 0);
-    assert_eq!(task.eta, at(50));
-    assert_eq!(task.finished_at, None);
-    let again = claim_one(store, at(50)).await;
-    assert_eq!(again.id, id);
-    applied_next(finish(store, &again, complete(json!("second time")), at(60)).await);
-    assert_eq!(get(store, id).await.error, None);
-}
-
-async fn manual_retry_of_other_statuses_is_refused(store: &dyn Storage) {
-    let pending = enqueue_one(store, new("p")).await;
-    assert!(matches!(
-        store.retry(pending, T0).await,
-        Err(Error::Conflict { .. })
-    ));
-    let done = enqueue_one(store, new("d").eta(at(1))).await;
-    let claimed = claim(store, "w", 10, at(1)).await;
-    assert_eq!(claimed.len(), 2);
-    assert!(
-        matches!(store.retry(done, at(2)).await, Err(Error::Conflict { .. })),
-        "running"
-    );
-    for task in &claimed {
-        finish(store, task, complete(json!(null)), at(2)).await;
-    }
-    assert!(
-        matches!(store.retry(done, at(3)).await, Err(Error::Conflict { .. })),
-        "completed"
-    );
-    assert_eq!(get(store, done).await.status, TaskStatus::Completed);
-}
-
-async fn results_report_value_error_and_attempts(store: &dyn Storage) {
-    use crate::storage::StorageExt;
-    let ok = enqueue_one(store, new("ok")).await;
-    let bad = enqueue_one(store, new("bad").max_retries(1).eta(at(1))).await;
-    let pending = store.get_result(ok).await.unwrap();
-    assert_eq!(
-        (pending.status, pending.value, pending.finished_at),
-        (TaskStatus::Pending, None, None)
-    );
-
-    let claimed = claim_one(store, T0).await;
-    finish(store, &claimed, complete(json!({"sum": 3})), at(2)).await;
-    let result = store.get_result(ok).await.unwrap();
-    assert_eq!(result.status, TaskStatus::Completed);
-    assert_eq!(result.value, Some(json!({"sum": 3})));
-    assert_eq!(result.attempts, 1);
-    assert_eq!(result.finished_at, Some(at(2)));
-
-    for attempt in 1..=2 {
-        let claimed = claim_one(store, at(10)).await;
-        finish(
-            store,
-            &claimed,
-            Outcome::Retry {
-                error: error(attempt),
-                at: at(10),
-            },
-            at(10),
-        )
-        .await;
-    }
-    let result = store.get_result(bad).await.unwrap();
-    assert_eq!(result.status, TaskStatus::Failed);
-    assert_eq!(result.value, None);
-    assert_eq!(result.error, Some(error(2)));
-    assert_eq!(result.attempts, 2);
-    assert!(matches!(
-        store.get_result(TaskId::new()).await,
-        Err(Error::NotFound { .. })
-    ));
-}
-
-async fn purge_removes_only_old_finished_tasks(store: &dyn Storage) {
-    let ids = enqueue_at(store, (0..5).map(|_| new("t")).collect(), T0).await;
-    let claimed = claim(store, "w", 3, T0).await;
-    finish(store, &claimed[0], complete(json!(0)), at(100)).await;
-    finish(store, &claimed[1], Outcome::Fail { error: error(1) }, at(200)).await;
-    store.cancel(ids[3], at(300)).await.unwrap();
-    // claimed[2] stays running, ids[4] stays pending.
-    assert_eq!(
-        store.purge(at(200)).await.unwrap(),
-        1,
-        "only the one finished before 200ms"
-    );
-    assert!(matches!(store.get(ids[0]).await, Err(Error::NotFound { .. })));
-    assert_eq!(store.purge(at(1_000_000)).await.unwrap(), 2);
-    let left: HashSet<TaskId> = all_tasks(store).await.iter().map(|t| t.id).collect();
-    assert_eq!(left, HashSet::from([ids[2], ids[4]]));
-    assert_eq!(store.purge(at(1_000_000)).await.unwrap(), 0);
-}
-
-async fn list_orders_filters_and_pages(store: &dyn Storage) {
-    let ids = enqueue_at(store, (0..7).map(|i| new("t").args(vec![json!(i)])).collect(), T0).await;
-    assert_eq!(
-        all_tasks(store).await.iter().map(|t| t.id).collect::<Vec<_>>(),
-        ids
-    );
-    store.cancel(ids[1], at(1)).await.unwrap();
-    store.cancel(ids[4], at(1)).await.unwrap();
-
-    let query = |status, limit, order, after| ListQuery {
-        status,
-        limit,
-        order,
-        after,
-    };
-    let listed = |tasks: Vec<Task>| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
-    let newest = listed(
-        store
-            .list(query(None, None, ListOrder::NewestFirst, None))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(newest, ids.iter().rev().copied().collect::<Vec<_>>());
-    let cancelled = listed(
-        store
-            .list(query(
-                Some(TaskStatus::Cancelled),
-                None,
-                ListOrder::OldestFirst,
-                None,
-            ))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(cancelled, vec![ids[1], ids[4]]);
-    let page1 = listed(
-        store
-            .list(query(
-                Some(TaskStatus::Pending),
-                Some(2),
-                ListOrder::OldestFirst,
-                None,
-            ))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(page1, vec![ids[0], ids[2]]);
-    let page2 = listed(
-        store
-            .list(query(
-                Some(TaskStatus::Pending),
-                Some(2),
-                ListOrder::OldestFirst,
-                Some(ids[2]),
-            ))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(page2, vec![ids[3], ids[5]]);
-    let back = listed(
-        store
-            .list(query(None, Some(3), ListOrder::NewestFirst, Some(ids[5])))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(back, vec![ids[4], ids[3], ids[2]]);
-    let none = listed(
-        store
-            .list(query(
-                Some(TaskStatus::Running),
-                None,
-                ListOrder::OldestFirst,
-                None,
-            ))
-            .await
-            .unwrap(),
-    );
-    assert!(none.is_empty());
-    assert!(store
-        .list(query(None, Some(0), ListOrder::OldestFirst, None))
-        .await
-        .unwrap()
-        .is_empty());
-}
-
-async fn counts_per_status(store: &dyn Storage) {
-    assert_eq!(store.counts().await.unwrap(), StatusCounts::default());
-    let ids = enqueue_at(store, (0..6).map(|_| new("t").max_retries(0)).collect(), T0).await;
-    let claimed = claim(store, "w", 4, T0).await;
-    finish(store, &claimed[0], complete(json!(1)), at(1)).await;
-    finish(store, &claimed[1], Outcome::Fail { error: error(1) }, at(1)).await;
-    store.cancel(ids[5], at(1)).await.unwrap();
-    let counts = store.counts().await.unwrap();
-    assert_eq!(
-        counts,
-        StatusCounts {
-            pending: 1,
-            running: 2,
-            completed: 1,
-            failed: 1,
-            cancelled: 1
-        }
-    );
-    assert_eq!(counts.total(), 6);
-}
-
-async fn large_batches(store: &dyn Storage) {
-    const N: usize = 5_000;
-    let ids = enqueue_at(
-        store,
-        (0..N).map(|i| new("bulk").args(vec![json!(i)])).collect(),
-        T0,
-    )
-    .await;
-    assert_eq!(store.counts().await.unwrap().pending, N as u64);
-    let mut done = 0;
-    loop {
-        let claimed = claim(store, "w", 1_000, at(1)).await;
-        if claimed.is_empty() {
-            break;
-        }
-        let finishes = claimed
-            .iter()
-            .map(|t| Finish {
-                id: t.id,
-                token: t.lease.as_ref().unwrap().token,
-                outcome: complete(t.args[0].clone()),
-            })
-            .collect();
-        let answers = store.finish(finishes, at(2)).await.unwrap();
-        assert!(answers.iter().all(|a| matches!(a, FinishOutcome::Applied { .. })));
-        done += claimed.len();
-    }
-    assert_eq!(done, N);
-    assert_eq!(store.counts().await.unwrap().completed, N as u64);
-    assert_eq!(get(store, ids[N - 1]).await.result, Some(json!(N - 1)));
 }

@@ -1,0 +1,118 @@
+//! The pool against a store that fails in ways a real one should not: a
+//! custom backend that panics while the pool records outcomes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq_core::{ClaimRequest, MemoryStorage, NewTask, Settings, Storage, StorageExt, Task, TaskId};
+use omniq_worker::{HandlerError, Registry, Signals, TokioClock, WorkerPool};
+use tokio::time::Instant;
+
+fn adder() -> Registry {
+    let mut registry = Registry::new();
+    registry.register("math.add", |(a, b): (i64, i64)| async move {
+        Ok::<_, HandlerError>(a + b)
+    });
+    registry
+}
+
+/// A store whose `finish` panics once, as a buggy custom backend might.
+#[derive(Debug)]
+struct PanicsOnce {
+    inner: MemoryStorage,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[omniq_core::async_trait]
+impl Storage for PanicsOnce {
+    fn backend_name(&self) -> &'static str {
+        "panics-once"
+    }
+    async fn enqueue(&self, tasks: Vec<Task>) -> omniq_core::Result<()> {
+        self.inner.enqueue(tasks).await
+    }
+    async fn claim(&self, request: ClaimRequest) -> omniq_core::Result<Vec<Task>> {
+        self.inner.claim(request).await
+    }
+    async fn renew(
+        &self,
+        leases: &[omniq_core::LeaseRef],
+        lease_for: Duration,
+        now: time::OffsetDateTime,
+    ) -> omniq_core::Result<Vec<omniq_core::RenewOutcome>> {
+        self.inner.renew(leases, lease_for, now).await
+    }
+    async fn finish(
+        &self,
+        finishes: Vec<omniq_core::Finish>,
+        now: time::OffsetDateTime,
+    ) -> omniq_core::Result<Vec<omniq_core::FinishOutcome>> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            panic!("a store bug");
+        }
+        self.inner.finish(finishes, now).await
+    }
+    async fn next_due(&self) -> omniq_core::Result<Option<time::OffsetDateTime>> {
+        self.inner.next_due().await
+    }
+    async fn get(&self, id: TaskId) -> omniq_core::Result<Task> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, query: omniq_core::ListQuery) -> omniq_core::Result<Vec<Task>> {
+        self.inner.list(query).await
+    }
+    async fn cancel(&self, id: TaskId, now: time::OffsetDateTime) -> omniq_core::Result<Vec<TaskId>> {
+        self.inner.cancel(id, now).await
+    }
+    async fn retry(&self, id: TaskId, now: time::OffsetDateTime) -> omniq_core::Result<()> {
+        self.inner.retry(id, now).await
+    }
+    async fn counts(&self) -> omniq_core::Result<omniq_core::StatusCounts> {
+        self.inner.counts().await
+    }
+    async fn purge(&self, before: time::OffsetDateTime) -> omniq_core::Result<u64> {
+        self.inner.purge(before).await
+    }
+    async fn requeue_expired(&self, now: time::OffsetDateTime) -> omniq_core::Result<Vec<TaskId>> {
+        self.inner.requeue_expired(now).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_panics_while_recording_does_not_stop_the_recorder() {
+    let store = Arc::new(PanicsOnce {
+        inner: MemoryStorage::new(),
+        armed: std::sync::atomic::AtomicBool::new(true),
+    });
+    let signals = Signals::new();
+    let pool = WorkerPool::new(store.clone(), adder())
+        .clock(Arc::new(TokioClock::new()))
+        .signals(signals.clone())
+        .concurrency(1)
+        .start()
+        .expect("start the pool");
+    let settings = Settings::default();
+    let mut ids = Vec::new();
+    for i in 0..3i64 {
+        let id = store
+            .enqueue_one(NewTask::with_payload("math.add", &(i, 1)).unwrap(), &settings)
+            .await
+            .unwrap();
+        signals.task_enqueued();
+        ids.push(id);
+    }
+    // The first record panics inside the store; its task runs again after its
+    // lease, and every task ends completed.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = store.counts().await.unwrap();
+        if counts.completed == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "tasks never completed: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(pool.stats().unrecorded, 1);
+    assert!(pool.shutdown(Duration::from_secs(1)).await.drained);
+}
