@@ -551,3 +551,48 @@ fn read_commands_leave_every_byte_of_the_store_unchanged() {
         }
     }
 }
+
+/// Runs `omniq args` with the store's folder mounted read-only over itself, in
+/// a mount namespace of its own (`unshare -m`, root only). `None` where that
+/// cannot be done here.
+fn on_a_read_only_mount(s: &Store, args: &[&str]) -> Option<std::process::Output> {
+    let probe = std::process::Command::new("unshare")
+        .args(["-m", "true"])
+        .output()
+        .ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let base = s.base.display().to_string();
+    let bin = assert_cmd::cargo::cargo_bin("omniq");
+    let script = "mount --bind -o ro \"$1\" \"$1\" && shift && exec \"$@\"";
+    let mut command = std::process::Command::new("unshare");
+    command
+        .args(["-m", "sh", "-c", script, "sh", &base])
+        .arg(bin)
+        .args(["--backend", s.backend.as_str(), "--base-dir", &base])
+        .args(args)
+        .env_remove("OMNIQ_BACKEND")
+        .env_remove("OMNIQ_BASE_DIR")
+        .env_remove("OMNIQ_DB_PATH");
+    Some(command.output().unwrap())
+}
+
+#[test]
+fn read_commands_work_on_a_read_only_mount() {
+    for s in both() {
+        let id = s.done.to_string();
+        for args in [vec!["stats"], vec!["list"], vec!["show", &id], vec!["check"]] {
+            let Some(out) = on_a_read_only_mount(&s, &args) else {
+                eprintln!("cannot make a read-only mount here (needs root and unshare): skipped");
+                return;
+            };
+            assert!(
+                out.status.success(),
+                "{} {args:?} on a read-only mount: {}",
+                s.backend.as_str(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

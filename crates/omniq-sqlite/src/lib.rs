@@ -213,14 +213,23 @@ impl SqliteStorage {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no database file here"),
             ));
         }
-        let options = SqliteConnectOptions::new()
+        let mut options = SqliteConnectOptions::new()
             .filename(&path)
             .read_only(true)
             .busy_timeout(lock_timeout)
             .log_statements(tracing::log::LevelFilter::Trace);
-        let mut conn = options.connect().await.map_err(|e| open_error(&path, e))?;
-        let checked = schema::check_readable(&mut conn, &path).await;
-        let _ = conn.close().await;
+        let checked = match check_open(&options, &path).await {
+            // SQLITE_CANTOPEN: a WAL database whose `-shm` cannot be written
+            // (a read-only file system, a folder the user cannot write). No
+            // writer can be running without writing that file, so the
+            // database is read as it is, without locks.
+            Err(error) if is_cantopen(&error) => {
+                tracing::info!(db = %path.display(), "reading without locks: the database's folder cannot be written");
+                options = options.immutable(true);
+                check_open(&options, &path).await
+            }
+            other => other,
+        };
         checked.map_err(|e| locate(&path, e))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -341,6 +350,29 @@ impl SqliteStorage {
     }
 }
 
+/// Opens one connection with `options` and checks the database is one this
+/// build can read.
+async fn check_open(options: &SqliteConnectOptions, path: &Path) -> Result<i64> {
+    let mut conn = options.connect().await.map_err(|e| open_error(path, e))?;
+    let checked = schema::check_readable(&mut conn, path).await;
+    let _ = conn.close().await;
+    checked
+}
+
+/// Whether `error` is SQLite's `SQLITE_CANTOPEN` (or one of its extended codes).
+fn is_cantopen(error: &Error) -> bool {
+    match error {
+        Error::Backend { source, .. } => match source.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(db)) => db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 14),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Creates the database file (and its folder) if missing, before SQLite
 /// does, so it is owner-only (`0600`, folder `0700`) whatever the umask:
 /// payloads often hold secrets. SQLite gives the `-wal` and `-shm` files the
@@ -401,16 +433,19 @@ fn open_error(path: &Path, error: sqlx::Error) -> Error {
 /// nor changes the file: `["ok"]` when it is sound, else what SQLite found.
 /// It works on a file too damaged to open as a store.
 pub async fn integrity_check_file(path: &Path) -> Result<Vec<String>> {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(path)
-        .read_only(true)
-        .connect()
-        .await
-        .map_err(|e| open_error(path, e))?;
-    let found = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_all(&mut conn)
-        .await;
-    let _ = conn.close().await;
+    let options = SqliteConnectOptions::new().filename(path).read_only(true);
+    let mut found = integrity_check_with(&options, path).await?;
+    // As in `open_read_only`: a `-shm` that cannot be written (a read-only
+    // file system) means no writer runs; read without locks.
+    if let Err(sqlx::Error::Database(db)) = &found {
+        if db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| c & 0xff == 14)
+        {
+            found = integrity_check_with(&options.clone().immutable(true), path).await?;
+        }
+    }
     match found {
         Ok(found) => Ok(found),
         // So damaged that SQLite cannot even walk it: that is the finding.
@@ -421,6 +456,20 @@ pub async fn integrity_check_file(path: &Path) -> Result<Vec<String>> {
         )]),
         Err(other) => Err(locate(path, sql_error(other))),
     }
+}
+
+/// `PRAGMA integrity_check` on one connection with `options`: the rows, or
+/// the error of the check itself (a failure to connect is an error here).
+async fn integrity_check_with(
+    options: &SqliteConnectOptions,
+    path: &Path,
+) -> Result<sqlx::Result<Vec<String>>> {
+    let mut conn = options.connect().await.map_err(|e| open_error(path, e))?;
+    let found = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    Ok(found)
 }
 
 #[async_trait]
