@@ -38,10 +38,12 @@ impl Store {
                     self.place_entry(&save.task, Before::Was(old))?;
                 }
             }
-            if save.old.as_ref().is_none_or(|old| old.series != save.task.series) {
-                self.point_series(&save.task)?;
-            }
         }
+        self.update_series(
+            saves
+                .iter()
+                .map(|save| (&save.task, save.old.as_ref().and_then(|old| old.series))),
+        )?;
         for task in &deletes {
             self.delete(task.id, Some(task))?;
         }
@@ -68,9 +70,7 @@ impl Store {
 
     pub(super) fn delete(&self, id: TaskId, task: Option<&Task>) -> Result<()> {
         if let Some(series) = task.and_then(|t| t.series) {
-            if self.live_in_series(series) == Some(id) {
-                self.disk.remove(&self.layout().series_pointer(series))?;
-            }
+            self.forget_in_series(series, id)?;
         }
         self.disk.remove(&self.layout().record(id))?;
         self.remove_entries(task, id)
@@ -104,8 +104,11 @@ impl Store {
         for task in &intent.save {
             self.write_record(task)?;
             self.place_entry(task, Before::Unknown)?;
-            self.point_series(task)?;
         }
+        // Which series a saved task left is not known here; a finished or
+        // detached task stays listed until its series is next cancelled or
+        // changed, which skips what is no longer live.
+        self.update_series(intent.save.iter().map(|task| (task, None)))?;
         for id in &intent.delete {
             let task = match self.load(*id)? {
                 Loaded::Found(task) => Some(task),
@@ -113,9 +116,7 @@ impl Store {
             };
             self.delete(*id, None)?;
             if let Some(series) = task.and_then(|t| t.series) {
-                if self.live_in_series(series) == Some(*id) {
-                    self.disk.remove(&self.layout().series_pointer(series))?;
-                }
+                self.forget_in_series(series, *id)?;
             }
         }
         self.disk.clear(path)?;

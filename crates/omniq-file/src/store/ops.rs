@@ -253,9 +253,13 @@ impl Store {
             };
             let mut scope: Vec<Task> = target.iter().cloned().collect();
             if let CancelScope::Series(series) = CancelScope::of(id, target.as_ref()) {
-                if let Some(live) = self.live_in_series(series).filter(|live| *live != id) {
+                // Every live occurrence the list knows; `cancel_in_scope`
+                // skips any that finished since.
+                for live in self.live_in_series(series).into_iter().filter(|live| *live != id) {
                     if let Loaded::Found(task) = self.load(live)? {
-                        scope.push(task);
+                        if task.series == Some(series) {
+                            scope.push(task);
+                        }
                     }
                 }
             }

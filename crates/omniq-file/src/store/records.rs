@@ -212,20 +212,72 @@ impl Store {
             .write_atomic(&self.layout().record(task.id), &serde_json::to_vec_pretty(task)?)
     }
 
-    /// Records `task` as the live occurrence of its series, so cancelling the
-    /// series finds it without reading every record.
-    pub(super) fn point_series(&self, task: &Task) -> Result<()> {
-        match task.series {
-            Some(series) if !task.status.is_finished() => self.disk.write_atomic(
-                &self.layout().series_pointer(series),
-                task.id.to_string().as_bytes(),
-            ),
-            _ => Ok(()),
+    /// Keeps `series/<series>` listing the live (pending or running)
+    /// occurrences of each series that `tasks` (as they are now) belong to or
+    /// left (`was`: their series before), so cancelling a series finds every
+    /// live occurrence without reading every record, and finds them all even
+    /// if a series ever had more than one. Idempotent, so a replay can run it
+    /// again.
+    pub(super) fn update_series<'t>(
+        &self,
+        tasks: impl IntoIterator<Item = (&'t Task, Option<TaskId>)>,
+    ) -> Result<()> {
+        let mut changes: HashMap<TaskId, Vec<(TaskId, bool)>> = HashMap::new();
+        for (task, was) in tasks {
+            let live = !task.status.is_finished();
+            if let Some(series) = task.series {
+                changes.entry(series).or_default().push((task.id, live));
+            }
+            if let Some(old) = was.filter(|old| Some(*old) != task.series) {
+                changes.entry(old).or_default().push((task.id, false));
+            }
+        }
+        for (series, moves) in changes {
+            let before = self.live_in_series(series);
+            let mut after = before.clone();
+            for (id, live) in moves {
+                after.retain(|known| *known != id);
+                if live {
+                    after.push(id);
+                }
+            }
+            if after != before {
+                self.write_series(series, &after)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `id` off the list of its series' live occurrences (it is deleted).
+    pub(super) fn forget_in_series(&self, series: TaskId, id: TaskId) -> Result<()> {
+        let mut live = self.live_in_series(series);
+        let before = live.len();
+        live.retain(|known| *known != id);
+        match live.len() == before {
+            true => Ok(()),
+            false => self.write_series(series, &live),
         }
     }
 
-    pub(super) fn live_in_series(&self, series: TaskId) -> Option<TaskId> {
-        let bytes = read_optional(&self.layout().series_pointer(series)).ok()??;
-        TaskId::parse(std::str::from_utf8(&bytes).ok()?.trim()).ok()
+    fn write_series(&self, series: TaskId, live: &[TaskId]) -> Result<()> {
+        let path = self.layout().series_pointer(series);
+        if live.is_empty() {
+            return self.disk.remove(&path);
+        }
+        let text: String = live.iter().map(|id| format!("{id}\n")).collect();
+        self.disk.write_atomic(&path, text.as_bytes())
+    }
+
+    /// The live occurrences of a series, as `series/<series>` lists them (one
+    /// id a line; a store written by an earlier release holds one id).
+    pub(super) fn live_in_series(&self, series: TaskId) -> Vec<TaskId> {
+        let bytes = read_optional(&self.layout().series_pointer(series))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| TaskId::parse(line.trim()).ok())
+            .collect()
     }
 }
