@@ -603,3 +603,32 @@ async fn a_read_only_open_leaves_an_older_database_as_it_is() {
     drop(store);
     assert_eq!(files(dir.path()), before, "a read changed the database");
 }
+
+/// A burst bigger than the WAL's size limit (64 MB) does not leave the WAL
+/// file that long: once a checkpoint has copied it back, the next write cuts
+/// it back to the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_cut_back_after_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("omniq.db");
+    let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
+    let settings = Settings::default();
+    let big = "x".repeat(100_000);
+    // About 100 MB in one transaction: the WAL must hold all of it at once.
+    let tasks = (0..1_000)
+        .map(|_| NewTask::new("t").args(vec![serde_json::json!(big)]))
+        .collect();
+    store.enqueue_many(tasks, &settings).await.unwrap();
+    let wal = dir.path().join("omniq.db-wal");
+    let after_burst = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        after_burst > 90 << 20,
+        "the burst went through the WAL: {after_burst}"
+    );
+    // Commits after the checkpoint reuse the WAL from its start and cut it back.
+    for _ in 0..3 {
+        store.enqueue_one(NewTask::new("small"), &settings).await.unwrap();
+    }
+    let now = std::fs::metadata(&wal).unwrap().len();
+    assert!(now <= 64 << 20, "the WAL stayed {now} bytes long");
+}
