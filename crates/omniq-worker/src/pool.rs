@@ -368,7 +368,7 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send {
 
 /// The instant `period` from now, or about thirty years from now for a
 /// period too long to add (a user's `Duration::MAX`), as tokio's own timers do.
-fn in_(period: Duration) -> Instant {
+fn from_now(period: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(period)
         .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 60 * 60))

@@ -159,7 +159,7 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
         }
     });
     let config = &shared.config;
-    let mut renew = tokio::time::interval_at(in_(config.renew_every), config.renew_every);
+    let mut renew = tokio::time::interval_at(from_now(config.renew_every), config.renew_every);
     loop {
         tokio::select! {
             joined = &mut call => {

@@ -26,7 +26,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "cannot requeue expired leases"),
             }
-            next_requeue = in_(config.requeue_every);
+            next_requeue = from_now(config.requeue_every);
         }
         // Listen before looking, so an enqueue or a free slot between the
         // claim and the wait is not missed.
