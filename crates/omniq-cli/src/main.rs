@@ -225,21 +225,19 @@ async fn open_existing(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn St
 /// SQLite database is older than this build (a writing command upgrades it).
 async fn open_to_read(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn Storage>, Failure> {
     ensure_exists(url)?;
-    let store = url.open_read_only(settings.lock_timeout).await?;
-    if url.backend == BackendKind::Sqlite {
-        let version = SqliteStorage::open_read_only(&url.path, settings.lock_timeout)
-            .await?
-            .schema_version()
-            .await?;
-        let current = omniq::sqlite_schema_version();
-        if version < current {
-            eprintln!(
-                "note: {} has schema version {version}; commands that write (cancel, retry, purge) upgrade it to {current}",
-                url.path.display()
-            );
-        }
+    if url.backend != BackendKind::Sqlite {
+        return Ok(url.open_read_only(settings.lock_timeout).await?);
     }
-    Ok(store)
+    let store = SqliteStorage::open_read_only(&url.path, settings.lock_timeout).await?;
+    let version = store.schema_version().await?;
+    let current = omniq::sqlite_schema_version();
+    if version < current {
+        eprintln!(
+            "note: {} has schema version {version}; commands that write (cancel, retry, purge) upgrade it to {current}",
+            url.path.display()
+        );
+    }
+    Ok(Arc::new(store))
 }
 
 /// Fails unless `url` names a store that exists.

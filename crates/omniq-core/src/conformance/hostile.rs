@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -381,18 +381,5 @@ async fn drive(store: &dyn Storage, x: Extremes) -> Result<(), TestCaseError> {
 /// Runs the extreme-values property test: 24 random inputs, each on a fresh
 /// store from `factory`.
 pub(super) fn check(factory: &dyn Factory) -> Result<(), String> {
-    let runtime = super::runtime();
-    let mut runner = TestRunner::new(Config {
-        cases: 24,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
-        .run(&extremes(), |x| {
-            runtime.block_on(async {
-                let fresh = factory.open().await;
-                drive(&*fresh.store, x).await
-            })
-        })
-        .map_err(|e| e.to_string())
+    super::property(factory, 24, extremes(), |store, x| Box::pin(drive(store, x)))
 }

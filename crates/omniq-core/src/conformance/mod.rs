@@ -136,6 +136,34 @@ pub fn run_main(factory: impl Factory) -> ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
+/// What a property test's run of one input returns.
+type CaseFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), proptest::test_runner::TestCaseError>> + Send + 'a>>;
+
+/// Runs a property test: `cases` random inputs from `strategy`, each driven
+/// by `run` against a fresh store from `factory`.
+fn property<S: proptest::strategy::Strategy>(
+    factory: &dyn Factory,
+    cases: u32,
+    strategy: S,
+    run: for<'a> fn(&'a dyn Storage, S::Value) -> CaseFuture<'a>,
+) -> Result<(), String> {
+    let runtime = runtime();
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    });
+    runner
+        .run(&strategy, |input| {
+            runtime.block_on(async {
+                let fresh = factory.open().await;
+                run(&*fresh.store, input).await
+            })
+        })
+        .map_err(|e| e.to_string())
+}
+
 /// The runtime each scenario runs on: multi-threaded, so backends that hand work
 /// to other threads really race where a scenario runs calls concurrently.
 fn runtime() -> tokio::runtime::Runtime {

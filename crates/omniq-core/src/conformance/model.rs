@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::json;
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -440,18 +440,10 @@ async fn compare(store: &dyn Storage, model: &Model, ctx: &str) -> Result<(), Te
 /// Runs the property test: 32 random sequences of up to 60 operations, each on
 /// a fresh store from `factory`.
 pub(super) fn check(factory: &dyn Factory) -> Result<(), String> {
-    let runtime = super::runtime();
-    let mut runner = TestRunner::new(Config {
-        cases: 32,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    runner
-        .run(&proptest::collection::vec(op(), 1..60), |ops| {
-            runtime.block_on(async {
-                let fresh = factory.open().await;
-                run(&*fresh.store, ops).await
-            })
-        })
-        .map_err(|e| e.to_string())
+    super::property(
+        factory,
+        32,
+        proptest::collection::vec(op(), 1..60),
+        |store, ops| Box::pin(run(store, ops)),
+    )
 }

@@ -3,7 +3,6 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
-#[allow(unused_imports)] // `Task` is named in the docs.
 use super::{Task, TaskError, TaskStatus};
 use crate::limits;
 
