@@ -81,6 +81,7 @@ pub async fn drain(store: &dyn Storage, workers: usize, batch: usize) -> usize {
             let now = OffsetDateTime::now_utc();
             let claimed = store
                 .claim(ClaimRequest {
+                    queue: omniq_core::DEFAULT_QUEUE.into(),
                     worker_id: format!("bench-{w}"),
                     limit: batch,
                     lease_for: Duration::from_secs(60),
@@ -112,6 +113,7 @@ pub async fn drain_n(store: &dyn Storage, n: usize) {
         let now = OffsetDateTime::now_utc();
         let claimed = store
             .claim(ClaimRequest {
+                queue: omniq_core::DEFAULT_QUEUE.into(),
                 worker_id: "bench".into(),
                 limit: 1,
                 lease_for: Duration::from_secs(60),

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use omniq::{
-    BackendKind, Error, FileStorage, ListOrder, ListQuery, Settings, SqliteStorage, Storage, StoreUrl,
-    TaskId, TaskStatus,
+    BackendKind, Error, FileStorage, ListOrder, ListQuery, QueueStats, Settings, SqliteStorage, Storage,
+    StoreUrl, TaskId, TaskStatus,
 };
 use time::OffsetDateTime;
 
@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Counts per status, the oldest pending task, and running leases.
-    Stats(JsonFlag),
+    Stats(StatsArgs),
     /// Lists tasks, newest first.
     List(ListArgs),
     /// Shows a task's whole record.
@@ -57,6 +57,22 @@ enum Command {
     Migrate(MigrateArgs),
     /// Checks a store: file records and entries, or SQLite's integrity and schema.
     Check(CheckArgs),
+    /// Each queue: counts per status, paused or not, oldest pending age.
+    Queues(JsonFlag),
+    /// Pauses a queue: no process claims its tasks until it is resumed.
+    Pause { queue: String },
+    /// Resumes a paused queue.
+    Resume { queue: String },
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    /// Only the tasks of this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Print JSON for scripts: an object of counts per status.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -80,6 +96,9 @@ struct ListArgs {
     /// Only tasks in this status (pending, running, completed, failed, cancelled).
     #[arg(long, value_parser = parse_status)]
     status: Option<TaskStatus>,
+    /// Only tasks of this queue.
+    #[arg(long)]
+    queue: Option<String>,
     /// At most this many tasks.
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -288,7 +307,11 @@ async fn run(cli: Cli) -> Outcome {
     // leave every byte of it as it was (no folder, lock file or migration).
     let writes = matches!(
         cli.command,
-        Command::Cancel { .. } | Command::Retry(_) | Command::Purge(_)
+        Command::Cancel { .. }
+            | Command::Retry(_)
+            | Command::Purge(_)
+            | Command::Pause { .. }
+            | Command::Resume { .. }
     );
     let store = match writes {
         true => open_existing(&url, &settings).await?,
@@ -297,7 +320,18 @@ async fn run(cli: Cli) -> Outcome {
     let now = OffsetDateTime::now_utc();
     let colour = output::colour();
     match &cli.command {
-        Command::Stats(flag) => stats(&*store, &url, flag.json, now).await,
+        Command::Stats(args) => stats(&*store, &url, args, now).await,
+        Command::Queues(flag) => queues(&*store, flag.json, now).await,
+        Command::Pause { queue } => {
+            store.set_paused(queue, true).await?;
+            out!("paused queue {queue}: no worker claims its tasks until `omniq resume {queue}`");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume { queue } => {
+            store.set_paused(queue, false).await?;
+            out!("resumed queue {queue}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List(args) => list(&*store, args, now, colour).await,
         Command::Show(args) => show(&*store, args, now, colour).await,
         Command::Result(args) => result(&*store, args, now, colour).await,
@@ -323,23 +357,40 @@ async fn run(cli: Cli) -> Outcome {
     }
 }
 
-async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateTime) -> Outcome {
-    let counts = store.counts().await?;
-    if json {
+async fn stats(store: &dyn Storage, url: &StoreUrl, args: &StatsArgs, now: OffsetDateTime) -> Outcome {
+    // Counts and the oldest due time come without loading any payload; of
+    // the running tasks only the first few are loaded, to show their leases.
+    let queues = store.queue_stats().await?;
+    let (counts, oldest_due, paused) = match &args.queue {
+        Some(queue) => {
+            omniq::queue::check_name(queue)?;
+            let stats = queues
+                .into_iter()
+                .find(|stats| stats.queue == *queue)
+                .unwrap_or_else(|| QueueStats::empty(queue.clone()));
+            (stats.counts, stats.oldest_eta, Some(stats.paused))
+        }
+        None => {
+            let counts = store.counts().await?;
+            (counts, queues.iter().filter_map(|q| q.oldest_eta).min(), None)
+        }
+    };
+    if args.json {
         print_json(&counts)?;
         return Ok(ExitCode::SUCCESS);
     }
-    // Counts and the oldest due time come without loading any payload; of
-    // the running tasks only the first few are loaded, to show their leases.
-    let oldest_due = store.next_due().await?;
     let running = store
         .list(ListQuery {
             status: Some(TaskStatus::Running),
             limit: Some(RUNNING_SHOWN),
+            queue: args.queue.clone(),
             ..Default::default()
         })
         .await?;
     out!("store      {url}");
+    if let (Some(queue), Some(paused)) = (&args.queue, paused) {
+        out!("queue      {queue}{}", if paused { " (paused)" } else { "" });
+    }
     for status in TaskStatus::ALL {
         let extra = match (status, oldest_due) {
             (TaskStatus::Pending, Some(eta)) => format!("   oldest due {}", output::relative(eta, now)),
@@ -374,10 +425,75 @@ async fn stats(store: &dyn Storage, url: &StoreUrl, json: bool, now: OffsetDateT
 /// How many running tasks `stats` lists with their leases.
 const RUNNING_SHOWN: usize = 20;
 
+async fn queues(store: &dyn Storage, json: bool, now: OffsetDateTime) -> Outcome {
+    let queues = store.queue_stats().await?;
+    // How long the oldest due task has waited; none for a queue whose
+    // earliest task is not due yet.
+    let age = |stats: &QueueStats| stats.oldest_eta.filter(|eta| *eta <= now).map(|eta| now - eta);
+    if json {
+        let rows: Vec<serde_json::Value> = queues
+            .iter()
+            .map(|stats| {
+                let mut row = serde_json::to_value(stats).map_err(Error::from)?;
+                row["oldest_pending_age_s"] = age(stats).map(|a| a.as_seconds_f64()).into();
+                Ok(row)
+            })
+            .collect::<Result<_, Failure>>()?;
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if queues.is_empty() {
+        out!("no queues");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|stats| {
+            let c = &stats.counts;
+            let oldest = match (age(stats), stats.oldest_eta) {
+                (Some(age), _) => {
+                    humantime::format_duration(Duration::from_secs(age.whole_seconds().max(0) as u64))
+                        .to_string()
+                }
+                (None, Some(eta)) => format!("next {}", output::relative(eta, now)),
+                (None, None) => "-".into(),
+            };
+            vec![
+                stats.queue.clone(),
+                c.pending.to_string(),
+                c.running.to_string(),
+                c.completed.to_string(),
+                c.failed.to_string(),
+                c.cancelled.to_string(),
+                if stats.paused { "paused" } else { "" }.into(),
+                oldest,
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "QUEUE",
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "PAUSED",
+            "OLDEST PENDING",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    if let Some(queue) = &args.queue {
+        omniq::queue::check_name(queue)?;
+    }
     let tasks = store
         .list(ListQuery {
             status: args.status,
+            queue: args.queue.clone(),
             limit: Some(args.limit),
             order: if args.oldest {
                 ListOrder::OldestFirst
@@ -395,27 +511,42 @@ async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour:
         out!("no tasks");
         return Ok(ExitCode::SUCCESS);
     }
+    // Priority and unique key get a column only when some task has one.
+    let priorities = tasks.iter().any(|t| t.priority != 0);
+    let keys = tasks.iter().any(|t| t.unique_key.is_some());
     let rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|t| {
-            vec![
+            let mut row = vec![
                 t.id.to_string(),
                 output::status(t.status, colour),
+                t.queue.clone(),
                 t.func_path.clone(),
-                format!("{}/{}", t.attempts, t.max_retries + 1),
-                if t.status == TaskStatus::Pending {
-                    output::relative(t.eta, now)
-                } else {
-                    String::new()
-                },
-                output::relative(t.updated_at, now),
-            ]
+            ];
+            if priorities {
+                row.push(t.priority.to_string());
+            }
+            row.push(format!("{}/{}", t.attempts, t.max_retries + 1));
+            row.push(match t.status {
+                TaskStatus::Pending => output::relative(t.eta, now),
+                _ => String::new(),
+            });
+            row.push(output::relative(t.updated_at, now));
+            if keys {
+                row.push(t.unique_key.clone().unwrap_or_default());
+            }
+            row
         })
         .collect();
-    output::table(
-        &["ID", "STATUS", "FUNC_PATH", "ATTEMPTS", "DUE", "UPDATED"],
-        &rows,
-    );
+    let mut header = vec!["ID", "STATUS", "QUEUE", "FUNC_PATH"];
+    if priorities {
+        header.push("PRIORITY");
+    }
+    header.extend(["ATTEMPTS", "DUE", "UPDATED"]);
+    if keys {
+        header.push("UNIQUE_KEY");
+    }
+    output::table(&header, &rows);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -435,6 +566,11 @@ async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: b
     out!("id           {}", task.id);
     out!("func_path    {}", task.func_path);
     out!("status       {}", output::status(task.status, colour));
+    out!("queue        {}", task.queue);
+    out!("priority     {}", task.priority);
+    if let Some(key) = &task.unique_key {
+        out!("unique_key   {key}");
+    }
     out!("args         {}", serde_json::Value::Array(task.args.clone()));
     out!("kwargs       {}", serde_json::Value::Object(task.kwargs.clone()));
     out!("attempts     {} of {}", task.attempts, task.max_retries + 1);

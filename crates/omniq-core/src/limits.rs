@@ -152,6 +152,10 @@ pub fn check_record(task: &Task) -> Result<()> {
             check_duration(what, duration).map_err(named)?;
         }
     }
+    crate::queue::check_name(&task.queue).map_err(named)?;
+    if let Some(key) = &task.unique_key {
+        crate::queue::check_unique_key(key).map_err(named)?;
+    }
     check_depth("args", task.args.iter()).map_err(named)?;
     check_depth("kwargs", task.kwargs.values()).map_err(named)?;
     if let Some(result) = &task.result {

@@ -1,7 +1,7 @@
 //! `MemoryStorage`: a complete in-process backend, for users' tests and for
 //! programs that need no persistence.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::queue::{holds_key, split_duplicates, Enqueued, QueueStats};
 use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
@@ -26,8 +27,15 @@ pub struct MemoryStorage {
 #[derive(Debug, Default)]
 struct Inner {
     tasks: BTreeMap<TaskId, Task>,
-    /// Pending tasks by (eta, id): the claim order, so a claim costs O(log n).
-    pending: BTreeSet<(OffsetDateTime, TaskId)>,
+    /// Pending tasks by queue, then priority, then (eta, id): a claim walks a
+    /// queue's priorities from the highest and takes the due tasks at the
+    /// front of each, so it costs O(priorities + log n), however many tasks
+    /// wait for a later eta.
+    pending: HashMap<String, BTreeMap<i16, BTreeSet<(OffsetDateTime, TaskId)>>>,
+    /// The live task holding each unique key.
+    keys: HashMap<String, TaskId>,
+    /// The paused queues.
+    paused: BTreeSet<String>,
 }
 
 impl MemoryStorage {
@@ -44,23 +52,60 @@ impl MemoryStorage {
 }
 
 impl Inner {
-    /// Writes a task back, keeping the pending index in step.
+    /// Writes a task back, keeping the pending and key indexes in step.
     fn put(&mut self, task: Task) {
-        if let Some(old) = self.tasks.get(&task.id) {
-            if old.status == TaskStatus::Pending {
-                self.pending.remove(&(old.eta, old.id));
-            }
-        }
+        self.unindex(task.id);
         if task.status == TaskStatus::Pending {
-            self.pending.insert((task.eta, task.id));
+            self.pending
+                .entry(task.queue.clone())
+                .or_default()
+                .entry(task.priority)
+                .or_default()
+                .insert((task.eta, task.id));
+        }
+        if let Some(key) = task.unique_key.clone().filter(|_| holds_key(task.status)) {
+            self.keys.insert(key, task.id);
         }
         self.tasks.insert(task.id, task);
     }
 
     fn remove(&mut self, id: TaskId) {
-        if let Some(old) = self.tasks.remove(&id) {
-            self.pending.remove(&(old.eta, old.id));
+        self.unindex(id);
+        self.tasks.remove(&id);
+    }
+
+    /// Takes the stored version of task `id` out of the indexes.
+    fn unindex(&mut self, id: TaskId) {
+        let Some(old) = self.tasks.get(&id) else { return };
+        if old.status == TaskStatus::Pending {
+            if let Some(priorities) = self.pending.get_mut(&old.queue) {
+                if let Some(level) = priorities.get_mut(&old.priority) {
+                    level.remove(&(old.eta, old.id));
+                    if level.is_empty() {
+                        priorities.remove(&old.priority);
+                    }
+                }
+            }
         }
+        if let Some(key) = &old.unique_key {
+            if self.keys.get(key) == Some(&id) {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// The due tasks of `queue` in claim order, at most `limit`.
+    fn due(&self, queue: &str, now: OffsetDateTime, limit: usize) -> Vec<TaskId> {
+        let Some(priorities) = self.pending.get(queue) else {
+            return Vec::new();
+        };
+        priorities
+            .values()
+            .rev()
+            .flat_map(|level| level.iter().take_while(|(eta, _)| *eta <= now))
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
     }
 }
 
@@ -70,27 +115,25 @@ impl Storage for MemoryStorage {
         "memory"
     }
 
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         crate::limits::check_new_records(&tasks)?;
         let mut inner = self.lock();
         if let Some(task) = tasks.iter().find(|task| inner.tasks.contains_key(&task.id)) {
             return Err(Error::conflict(task.id, "a task with this id already exists"));
         }
+        let (tasks, answers) = split_duplicates(tasks, |key| Ok(inner.keys.get(key).copied()))?;
         for task in tasks {
             inner.put(task);
         }
-        Ok(())
+        Ok(answers)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
         let mut inner = self.lock();
-        let due: Vec<TaskId> = inner
-            .pending
-            .iter()
-            .take_while(|(eta, _)| *eta <= request.now)
-            .take(request.limit)
-            .map(|(_, id)| *id)
-            .collect();
+        if inner.paused.contains(&request.queue) {
+            return Ok(Vec::new());
+        }
+        let due = inner.due(&request.queue, request.now, request.limit);
         let mut claimed = Vec::with_capacity(due.len());
         for id in due {
             let mut task = inner.tasks[&id].clone();
@@ -145,8 +188,15 @@ impl Storage for MemoryStorage {
         Ok(answers)
     }
 
-    async fn next_due(&self) -> Result<Option<OffsetDateTime>> {
-        Ok(self.lock().pending.first().map(|(eta, _)| *eta))
+    async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
+        let inner = self.lock();
+        Ok(queues
+            .iter()
+            .filter(|queue| !inner.paused.contains(*queue))
+            .filter_map(|queue| inner.pending.get(queue))
+            .flat_map(|priorities| priorities.values())
+            .filter_map(|level| level.first().map(|(eta, _)| *eta))
+            .min())
     }
 
     async fn get(&self, id: TaskId) -> Result<Task> {
@@ -159,7 +209,10 @@ impl Storage for MemoryStorage {
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
         let inner = self.lock();
-        let matches = |task: &&Task| query.status.is_none_or(|status| task.status == status);
+        let matches = |task: &&Task| {
+            query.status.is_none_or(|status| task.status == status)
+                && query.queue.as_ref().is_none_or(|queue| &task.queue == queue)
+        };
         let limit = query.limit.unwrap_or(usize::MAX);
         let tasks: Vec<Task> = match (query.order, query.after) {
             (ListOrder::OldestFirst, None) => inner
@@ -226,8 +279,32 @@ impl Storage for MemoryStorage {
             .cloned()
             .ok_or_else(|| Error::not_found(id))?;
         task.retry(now)?;
+        if let Some(key) = &task.unique_key {
+            if let Some(holder) = inner.keys.get(key) {
+                return Err(crate::queue::key_held(id, key, *holder));
+            }
+        }
         inner.put(task);
         Ok(())
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        crate::queue::check_name(queue)?;
+        let mut inner = self.lock();
+        match paused {
+            true => inner.paused.insert(queue.to_owned()),
+            false => inner.paused.remove(queue),
+        };
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Vec<String>> {
+        Ok(self.lock().paused.iter().cloned().collect())
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let inner = self.lock();
+        Ok(crate::queue::stats_of(inner.tasks.values(), &inner.paused))
     }
 
     async fn counts(&self) -> Result<StatusCounts> {

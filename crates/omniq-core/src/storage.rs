@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::queue::{Enqueued, QueueStats};
 use crate::settings::Settings;
 use crate::task::{LeaseToken, NewTask, Outcome, Task, TaskId, TaskResult, TaskStatus};
 
@@ -25,6 +26,8 @@ pub const REQUEUE_BATCH: usize = 1_000;
 pub struct ClaimRequest {
     /// The claiming worker, recorded in each lease.
     pub worker_id: String,
+    /// The queue to claim from.
+    pub queue: String,
     /// The most tasks to claim.
     pub limit: usize,
     /// How long the lease lasts unless renewed.
@@ -99,6 +102,8 @@ pub enum ListOrder {
 pub struct ListQuery {
     /// Only tasks in this status.
     pub status: Option<TaskStatus>,
+    /// Only tasks of this queue.
+    pub queue: Option<String>,
     /// At most this many.
     pub limit: Option<usize>,
     /// Sorted this way.
@@ -187,7 +192,9 @@ pub trait Storage: Send + Sync + Debug {
     /// The backend's short name, e.g. `sqlite`.
     fn backend_name(&self) -> &'static str;
 
-    /// Stores new task records, all or none.
+    /// Stores new task records, all or none, and answers for each, in order,
+    /// the id it stored or, for a duplicate, the id of the live task holding
+    /// its unique key.
     ///
     /// Records are normally `pending` (see [`NewTask::into_task`]); records in a
     /// finished status (`completed`, `failed`, `cancelled`) are stored as they
@@ -195,12 +202,20 @@ pub trait Storage: Send + Sync + Debug {
     /// record is refused with [`Error::Conflict`]: its lease belongs to another
     /// store. An id that is already stored, or given twice, is an
     /// [`Error::Conflict`] and nothing is stored.
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()>;
+    ///
+    /// A pending record whose `unique_key` is held by a pending or running task
+    /// (stored, or earlier in the same call) is a duplicate: it is not stored,
+    /// and its answer is the holder's id with `duplicate: true` (see
+    /// [`crate::queue::split_duplicates`]). The check and the store are one
+    /// atomic step across every process sharing the store, so two enqueuers of
+    /// one key store one task.
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>>;
 
-    /// Claims up to `request.limit` due tasks (`pending` with `eta <= now`),
-    /// oldest `eta` first, then lowest id (creation order), and returns them
-    /// `running`, each with one more attempt, `started_at = now` and a fresh
-    /// [`crate::Lease`] for `request.worker_id` lasting until
+    /// Claims up to `request.limit` due tasks (`pending` with `eta <= now`) of
+    /// `request.queue`, unless that queue is paused: highest `priority` first,
+    /// then oldest `eta`, then lowest id (creation order). Returns them in that
+    /// order, `running`, each with one more attempt, `started_at = now` and a
+    /// fresh [`crate::Lease`] for `request.worker_id` lasting until
     /// `now + request.lease_for`.
     ///
     /// Across every caller, in every process, a task is handed to one claimer
@@ -224,11 +239,12 @@ pub trait Storage: Send + Sync + Debug {
     /// `finishes`.
     async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>>;
 
-    /// The earliest `eta` among pending tasks, due or not; `None` when no task
-    /// is pending. An idle pool sleeps until then, so a task starts on time
-    /// rather than at its next poll. A backend may answer from a view that
-    /// lags other processes' enqueues by its own refresh period.
-    async fn next_due(&self) -> Result<Option<OffsetDateTime>>;
+    /// The earliest `eta` among pending tasks of `queues` that are not paused,
+    /// due or not; `None` when no such task is pending. An idle pool sleeps
+    /// until then, so a task starts on time rather than at its next poll. A
+    /// backend may answer from a view that lags other processes' enqueues by
+    /// its own refresh period.
+    async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>>;
 
     /// The whole record of one task, or [`Error::NotFound`].
     async fn get(&self, id: TaskId) -> Result<Task>;
@@ -245,11 +261,26 @@ pub trait Storage: Send + Sync + Debug {
     async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>>;
 
     /// Puts a `failed` task back to `pending` ([`Task::retry`]). Any other status
-    /// is an [`Error::Conflict`]; an unknown id is [`Error::NotFound`].
+    /// is an [`Error::Conflict`], and so is a task whose unique key another
+    /// pending or running task holds now; an unknown id is [`Error::NotFound`].
     async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()>;
 
     /// How many tasks are in each status.
     async fn counts(&self) -> Result<StatusCounts>;
+
+    /// Pauses (`paused = true`) or resumes a queue, for every process sharing
+    /// the store: a paused queue is claimed from by nobody; its pending tasks
+    /// stay pending and its running ones finish. Pausing a paused queue, or
+    /// resuming a running one, changes nothing. A name that breaks
+    /// [`crate::queue::check_name`] is an [`Error::InvalidConfig`].
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
+    /// The names of the paused queues, sorted.
+    async fn paused(&self) -> Result<Vec<String>>;
+
+    /// Every queue that holds a task or is paused, sorted by name, with its
+    /// counts per status, whether it is paused, and its earliest pending eta.
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
 
     /// Deletes finished tasks (`completed`, `failed`, `cancelled`) whose
     /// `finished_at` is before `finished_before`, with their results. Returns how
@@ -277,24 +308,22 @@ pub trait Storage: Send + Sync + Debug {
 /// Conveniences over [`Storage`], for every backend alike.
 #[async_trait]
 pub trait StorageExt: Storage {
-    /// Enqueues one new task with `settings`' defaults; returns its id.
+    /// Enqueues one new task with `settings`' defaults; returns its id (for a
+    /// duplicate, the live task's).
     async fn enqueue_one(&self, task: NewTask, settings: &Settings) -> Result<TaskId> {
-        let task = task.into_task(settings, OffsetDateTime::now_utc())?;
-        let id = task.id;
-        self.enqueue(vec![task]).await?;
-        Ok(id)
+        Ok(self.enqueue_many(vec![task], settings).await?[0])
     }
 
-    /// Enqueues many new tasks in one call, all or none; returns their ids in order.
+    /// Enqueues many new tasks in one call, all or none; returns their ids in
+    /// order (for a duplicate, the live task's).
     async fn enqueue_many(&self, tasks: Vec<NewTask>, settings: &Settings) -> Result<Vec<TaskId>> {
         let now = OffsetDateTime::now_utc();
         let tasks = tasks
             .into_iter()
             .map(|task| task.into_task(settings, now))
             .collect::<Result<Vec<_>>>()?;
-        let ids = tasks.iter().map(|task| task.id).collect();
-        self.enqueue(tasks).await?;
-        Ok(ids)
+        let answers = self.enqueue(tasks).await?;
+        Ok(answers.into_iter().map(|answer| answer.id).collect())
     }
 
     /// The result record of one task, or [`Error::NotFound`].

@@ -113,6 +113,17 @@ pub struct Task {
     /// occurrence of one series shares it, so any of them can cancel the series.
     #[serde(default)]
     pub series: Option<TaskId>,
+    /// The queue the task belongs to; see [`crate::queue`]. Records written
+    /// before queues existed read as [`crate::queue::DEFAULT_QUEUE`].
+    #[serde(default = "crate::queue::default_queue")]
+    pub queue: String,
+    /// Among due tasks of one queue, higher runs first (default 0).
+    #[serde(default)]
+    pub priority: i16,
+    /// While a task with this key is pending or running, enqueueing another
+    /// with the same key stores nothing; see [`crate::Storage::enqueue`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
 }
 
 /// What a user reads back about a task's outcome.

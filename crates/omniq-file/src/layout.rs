@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use omniq_core::{Durability, Error, Result, TaskId, TaskStatus};
+use omniq_core::{Durability, Error, Result, Task, TaskId, TaskStatus, DEFAULT_QUEUE};
 use time::OffsetDateTime;
 
 use crate::safe::{self, Modes, TMP_PREFIX};
@@ -23,6 +23,13 @@ pub struct Layout {
     pub failed: PathBuf,
     pub cancelled: PathBuf,
     pub series: PathBuf,
+    /// One file per unique key held by a live task, named by the key's hash,
+    /// holding the task's id.
+    pub keys: PathBuf,
+    /// The paused queues, a JSON array of names.
+    pub paused: PathBuf,
+    /// The store's format version.
+    pub format: PathBuf,
     pub tmp: PathBuf,
     pub quarantine: PathBuf,
     pub intent: PathBuf,
@@ -40,6 +47,9 @@ impl Layout {
             failed: base.join("failed"),
             cancelled: base.join("cancelled"),
             series: base.join("series"),
+            keys: base.join("keys"),
+            paused: base.join("paused.json"),
+            format: base.join("format"),
             tmp: base.join("tmp"),
             quarantine: base.join("quarantine"),
             intent: base.join("intent.json"),
@@ -48,9 +58,10 @@ impl Layout {
     }
 
     /// Every folder, created on open.
-    pub fn folders(&self) -> [&Path; 9] {
+    pub fn folders(&self) -> [&Path; 10] {
         [
             &self.tasks,
+            &self.keys,
             &self.pending,
             &self.running,
             &self.completed,
@@ -97,23 +108,47 @@ pub fn key_time(key: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(shifted) + i128::from(i64::MIN)).ok()
 }
 
-/// The entry name of a task in `status` (pending entries sort by eta then id,
-/// finished ones by finish time then id, running ones are the bare id).
-pub fn entry_name(
-    status: TaskStatus,
-    id: TaskId,
-    eta: OffsetDateTime,
-    finished: Option<OffsetDateTime>,
-) -> String {
-    match status {
-        TaskStatus::Running => id.to_string(),
-        TaskStatus::Pending => format!("{}-{id}", time_key(eta)),
-        _ => format!("{}-{id}", time_key(finished.unwrap_or(eta))),
+/// The entry name of a task where its status puts it. Pending entries sort by
+/// eta then id, finished ones by finish time then id; both name their queue
+/// and priority after a `~` unless they are `default` and 0 (so a store
+/// written before queues existed reads as it is), so claims and per-queue
+/// counts need no record. Running ones are the bare id.
+pub fn entry_name(task: &Task) -> String {
+    let id = task.id;
+    let key = match task.status {
+        TaskStatus::Running => return id.to_string(),
+        TaskStatus::Pending => time_key(task.eta),
+        _ => time_key(task.finished_at.unwrap_or(task.eta)),
+    };
+    match task.queue == DEFAULT_QUEUE && task.priority == 0 {
+        true => format!("{key}-{id}"),
+        false => format!("{key}-{id}~{}~{}", task.priority, task.queue),
     }
 }
 
-/// The task id an entry name ends with, or `None` for a name OmniQ did not write.
+/// The queue and priority a pending entry name gives: `default` and 0 for a
+/// name without them; `None` for a name OmniQ did not write.
+pub fn entry_queue(name: &str) -> Option<(&str, i16)> {
+    let Some((_, rest)) = name.split_once('~') else {
+        return Some((DEFAULT_QUEUE, 0));
+    };
+    let (priority, queue) = rest.split_once('~')?;
+    omniq_core::queue::check_name(queue).ok()?;
+    Some((queue, priority.parse().ok()?))
+}
+
+/// An entry name without its queue and priority.
+fn entry_base(name: &str) -> &str {
+    match name.split_once('~') {
+        Some((base, _)) if entry_queue(name).is_some() => base,
+        Some(_) => "",
+        None => name,
+    }
+}
+
+/// The task id an entry name holds, or `None` for a name OmniQ did not write.
 pub fn entry_id(name: &str) -> Option<TaskId> {
+    let name = entry_base(name);
     let id = match name.len() {
         36 => name,
         // Byte 20 is an ASCII '-', so 20 and 21 are character boundaries.
@@ -126,6 +161,7 @@ pub fn entry_id(name: &str) -> Option<TaskId> {
 /// The 20-digit time key of a keyed entry name. Names are checked by bytes,
 /// so a name with a multibyte character anywhere is simply not an entry.
 pub fn entry_key(name: &str) -> Option<&str> {
+    let name = entry_base(name);
     let key = name.get(..20)?;
     (name.len() == 57 && key.bytes().all(|b| b.is_ascii_digit())).then_some(key)
 }
@@ -428,11 +464,31 @@ mod tests {
 
     #[test]
     fn entry_names_parse_back() {
-        let id = TaskId::new();
         let now = OffsetDateTime::now_utc();
+        let mut task = omniq_core::NewTask::new("f")
+            .into_task(&omniq_core::Settings::default(), now)
+            .unwrap();
+        let id = task.id;
+        task.finished_at = Some(now);
         for status in TaskStatus::ALL {
-            let name = entry_name(status, id, now, Some(now));
+            task.status = status;
+            let name = entry_name(&task);
             assert_eq!(entry_id(&name), Some(id), "{name}");
+            assert_eq!(entry_queue(&name), Some((DEFAULT_QUEUE, 0)), "{name}");
+        }
+        task.status = TaskStatus::Pending;
+        task.queue = "mail:eu-1.x".into();
+        task.priority = -32768;
+        let name = entry_name(&task);
+        assert_eq!(entry_id(&name), Some(id), "{name}");
+        assert_eq!(entry_key(&name), Some(time_key(now).as_str()));
+        assert_eq!(entry_queue(&name), Some(("mail:eu-1.x", -32768)));
+        for odd in [
+            format!("{name}~x"),
+            name.replace("~-32768~", "~high~"),
+            format!("{name}/.."),
+        ] {
+            assert_eq!(entry_id(&odd), None, "{odd}");
         }
         assert_eq!(entry_id("../../etc/passwd"), None);
         assert_eq!(entry_id("notes.txt"), None);

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use omniq_core::{
-    async_trait, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, LeaseRef, ListQuery,
-    RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId,
+    async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
+    ListQuery, QueueStats, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId,
 };
 use time::OffsetDateTime;
 
@@ -164,10 +164,10 @@ impl Storage for FileStorage {
         "file"
     }
 
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         self.writable()?;
         if tasks.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.run(move |store| store.enqueue(tasks)).await
     }
@@ -196,8 +196,9 @@ impl Storage for FileStorage {
         self.run(move |store| store.finish(finishes, now)).await
     }
 
-    async fn next_due(&self) -> Result<Option<OffsetDateTime>> {
-        self.run(|store| store.next_due()).await
+    async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
+        let queues = queues.to_vec();
+        self.run(move |store| store.next_due(&queues)).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Task> {
@@ -220,6 +221,20 @@ impl Storage for FileStorage {
 
     async fn counts(&self) -> Result<StatusCounts> {
         self.run(|store| store.counts()).await
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.writable()?;
+        let queue = queue.to_owned();
+        self.run(move |store| store.set_paused(&queue, paused)).await
+    }
+
+    async fn paused(&self) -> Result<Vec<String>> {
+        self.run(|store| store.paused()).await
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        self.run(|store| store.queue_stats()).await
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {

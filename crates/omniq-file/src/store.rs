@@ -22,9 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use omniq_core::queue::split_duplicates;
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, Finished,
-    Lease, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome,
+    Finished, Lease, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId,
+    TaskStatus,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -34,11 +36,14 @@ use crate::layout::{
 };
 use crate::lock::StoreLock;
 use crate::quarantine;
+use view::View;
 
 mod check;
 mod journal;
+mod keys;
 mod ops;
 mod records;
+mod view;
 use crate::safe::{self, Modes, TMP_PREFIX};
 pub use check::CheckReport;
 
@@ -87,8 +92,8 @@ enum Loaded {
 
 struct State {
     lock: StoreLock,
-    /// Names in `pending/`, sorted as claims take them (eta, then id).
-    view: BTreeSet<String>,
+    /// Names in `pending/`, sorted as claims take them.
+    view: View,
     view_read_at: Option<Instant>,
     /// When this process last looked for records without entries.
     entries_checked_at: Option<Instant>,
@@ -98,7 +103,7 @@ impl State {
     fn new(lock: StoreLock) -> Self {
         State {
             lock,
-            view: BTreeSet::new(),
+            view: View::default(),
             view_read_at: None,
             entries_checked_at: None,
         }
@@ -143,7 +148,10 @@ impl Store {
         // The journal is OmniQ's own file: a link planted in its place is
         // removed (the link, not its target) before anything reads it.
         safe::remove_link(&store.layout().intent)?;
-        store.locked(|_| store.disk.ensure_file(&store.layout().intent))?;
+        store.locked(|_| {
+            store.disk.ensure_file(&store.layout().intent)?;
+            store.stamp_format()
+        })?;
         store.remove_abandoned_tmp_files();
         Ok(store)
     }
@@ -163,11 +171,13 @@ impl Store {
         }
         let modes = Modes::for_folder(base);
         let lock = StoreLock::open_existing(&layout.lock, lock_timeout)?;
-        Ok(Store {
+        let store = Store {
             disk: Disk::new(layout, modes, durability),
             state: Mutex::new(State::new(lock)),
             read_only: true,
-        })
+        };
+        store.read_format()?;
+        Ok(store)
     }
 
     pub fn is_read_only(&self) -> bool {

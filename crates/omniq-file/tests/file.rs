@@ -38,6 +38,7 @@ async fn enqueue(store: &FileStorage, tasks: Vec<NewTask>) -> Vec<TaskId> {
 async fn claim(store: &FileStorage, limit: usize, now: OffsetDateTime) -> Vec<Task> {
     store
         .claim(ClaimRequest {
+            queue: omniq_core::DEFAULT_QUEUE.into(),
             worker_id: "w".into(),
             limit,
             lease_for: Duration::from_secs(30),
@@ -333,20 +334,20 @@ async fn set_up(store: &FileStorage, change: Change) -> Vec<Task> {
 
 async fn run(store: &FileStorage, change: Change, tasks: &[Task]) -> omniq_core::Result<()> {
     match change {
-        Change::EnqueueOne => {
-            store
-                .enqueue(vec![NewTask::new("d").into_task(&Settings::default(), T0)?])
-                .await
-        }
+        Change::EnqueueOne => store
+            .enqueue(vec![NewTask::new("d").into_task(&Settings::default(), T0)?])
+            .await
+            .map(drop),
         Change::EnqueueBatch => {
             let batch = (0..3)
                 .map(|_| NewTask::new("e").into_task(&Settings::default(), T0))
                 .collect::<omniq_core::Result<Vec<_>>>()?;
-            store.enqueue(batch).await
+            store.enqueue(batch).await.map(drop)
         }
         Change::Claim => {
             store
                 .claim(ClaimRequest {
+                    queue: omniq_core::DEFAULT_QUEUE.into(),
                     worker_id: "w".into(),
                     limit: 2,
                     lease_for: Duration::from_secs(30),

@@ -18,6 +18,7 @@ async fn open(dir: &Path) -> FileStorage {
 async fn claim_all(store: &FileStorage) -> Vec<omniq_core::Task> {
     store
         .claim(ClaimRequest {
+            queue: omniq_core::DEFAULT_QUEUE.into(),
             worker_id: "w".into(),
             limit: 100,
             lease_for: Duration::from_secs(30),

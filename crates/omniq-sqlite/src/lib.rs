@@ -23,18 +23,20 @@ mod rows;
 pub mod schema;
 mod writer;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use omniq_core::{
-    async_trait, ClaimRequest, Damaged, Durability, Error, Finish, FinishOutcome, LeaseRef, ListOrder,
-    ListQuery, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
+    async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
+    ListOrder, ListQuery, QueueStats, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage,
+    Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Connection, Executor, Row};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -230,10 +232,19 @@ impl SqliteStorage {
             }
             other => other,
         };
-        checked.map_err(|e| locate(&path, e))?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_lazy_with(options);
+        let version = checked.map_err(|e| locate(&path, e))?;
+        let mut readers = SqlitePoolOptions::new().max_connections(READERS);
+        if version < schema::CURRENT_VERSION {
+            // An older database is read as it is, through views that show it
+            // in this build's layout.
+            readers = readers.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(schema::OLDER_AS_CURRENT).await?;
+                    Ok(())
+                })
+            });
+        }
+        let readers = readers.connect_lazy_with(options);
         Ok(SqliteStorage {
             path,
             writer: None,
@@ -478,9 +489,9 @@ impl Storage for SqliteStorage {
         "sqlite"
     }
 
-    async fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         if tasks.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.write(|reply| Op::Enqueue(tasks, reply)).await
     }
@@ -509,13 +520,31 @@ impl Storage for SqliteStorage {
         self.write(|reply| Op::Finish(finishes, now, reply)).await
     }
 
-    async fn next_due(&self) -> Result<Option<OffsetDateTime>> {
-        // `pending_due` is ordered by eta: this reads one index entry.
-        let eta: Option<i64> = sqlx::query_scalar("SELECT min(eta) FROM pending")
-            .fetch_one(&self.readers)
-            .await
-            .map_err(|e| locate(&self.path, sql_error(e)))?;
-        Ok(eta.map(rows::from_ns))
+    async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
+        // `pending_claim` orders each priority level of a queue by eta: the
+        // earliest eta is the least of the first entry of each level, which
+        // the walk over the levels reads with one seek each.
+        const NEXT_DUE: &str = "WITH RECURSIVE levels(p) AS ( \
+                SELECT max(priority) FROM pending WHERE queue = ?1 \
+                    AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE name = ?1) \
+                UNION ALL \
+                SELECT (SELECT max(priority) FROM pending WHERE queue = ?1 AND priority < p) \
+                FROM levels WHERE p IS NOT NULL) \
+            SELECT min((SELECT min(eta) FROM pending WHERE queue = ?1 AND priority = levels.p)) \
+            FROM levels WHERE p IS NOT NULL";
+        let mut earliest: Option<i64> = None;
+        for queue in queues {
+            let eta: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+                .bind(queue)
+                .fetch_one(&self.readers)
+                .await
+                .map_err(|e| locate(&self.path, sql_error(e)))?;
+            earliest = match (earliest, eta) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(earliest.map(rows::from_ns))
     }
 
     async fn get(&self, id: TaskId) -> Result<Task> {
@@ -536,13 +565,15 @@ impl Storage for SqliteStorage {
         let sql = format!(
             "SELECT json_group_array({TASK_JSON}) FROM (SELECT id FROM tasks \
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id {compare} ?2) \
+             AND (?4 IS NULL OR queue = ?4) \
              ORDER BY id {order} LIMIT ?3) page JOIN tasks t ON t.id = page.id \
              LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id"
         );
         let query = sqlx::query(&sql)
             .bind(query.status.map(TaskStatus::as_str))
             .bind(query.after.map(|id| id.to_string()))
-            .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)));
+            .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)))
+            .bind(query.queue);
         let (mut tasks, unreadable) = rows::fetch_split(&self.readers, query, &self.path)
             .await
             .map_err(|e| locate(&self.path, e))?;
@@ -579,6 +610,56 @@ impl Storage for SqliteStorage {
             *counts.get_mut(status) = count as u64;
         }
         Ok(counts)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        omniq_core::queue::check_name(queue)?;
+        let queue = queue.to_owned();
+        self.write(|reply| Op::SetPaused(queue, paused, reply)).await
+    }
+
+    async fn paused(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM paused_queues ORDER BY name")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| locate(&self.path, sql_error(e)))
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        // One pass over `tasks` for the counts, one over `pending` for the
+        // earliest etas: a report, not a hot path.
+        let counted: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT queue, status, count(*) FROM tasks GROUP BY queue, status")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(|e| locate(&self.path, sql_error(e)))?;
+        let earliest: Vec<(String, i64)> =
+            sqlx::query_as("SELECT queue, min(eta) FROM pending GROUP BY queue")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(|e| locate(&self.path, sql_error(e)))?;
+        let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
+        for name in self.paused().await? {
+            let mut stats = QueueStats::empty(name.clone());
+            stats.paused = true;
+            queues.insert(name, stats);
+        }
+        for (queue, status, count) in counted {
+            let status = TaskStatus::from_str(&status).map_err(|e| Error::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+            let stats = queues
+                .entry(queue.clone())
+                .or_insert_with(|| QueueStats::empty(queue));
+            *stats.counts.get_mut(status) = count as u64;
+        }
+        for (queue, eta) in earliest {
+            if let Some(stats) = queues.get_mut(&queue) {
+                stats.pending_eta(rows::from_ns(eta));
+            }
+        }
+        Ok(queues.into_values().collect())
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {

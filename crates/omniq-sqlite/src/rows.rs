@@ -26,7 +26,7 @@ use crate::writer::Session;
 pub const TASK_JSON: &str =
     "json_array(t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
      t.max_retries, t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, \
-     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at)";
+     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at, t.queue, t.priority, t.unique_key)";
 
 /// The joins that gather one task from its tables.
 pub const TASK_FROM: &str =
@@ -95,8 +95,10 @@ struct RowOut {
     id: String,
     status: TaskStatus,
     /// The `tasks` columns, in [`TASKS_COLUMNS`] order.
-    record: [Value; 15],
+    record: [Value; 18],
     eta: i64,
+    queue: String,
+    priority: i64,
     finished_at: Option<i64>,
     lease: Option<(String, String, i64)>,
     value: Option<String>,
@@ -105,7 +107,19 @@ struct RowOut {
 
 /// The columns of `tasks`, in the order [`RowOut::record`] holds them.
 const TASKS_COLUMNS: &str = "id, func_path, args, kwargs, status, eta, interval_ns, max_retries, \
-     timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series";
+     timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series, queue, priority, \
+     unique_key";
+
+/// What an update of a stored task sets: every column but the id. An upsert,
+/// not a `REPLACE`: a `REPLACE` that broke the unique-key index would delete
+/// the task holding the key instead of failing.
+const TASKS_UPDATE: &str = " ON CONFLICT (id) DO UPDATE SET func_path = excluded.func_path, \
+     args = excluded.args, kwargs = excluded.kwargs, status = excluded.status, eta = excluded.eta, \
+     interval_ns = excluded.interval_ns, max_retries = excluded.max_retries, \
+     timeout_ns = excluded.timeout_ns, attempts = excluded.attempts, created_at = excluded.created_at, \
+     updated_at = excluded.updated_at, started_at = excluded.started_at, \
+     finished_at = excluded.finished_at, series = excluded.series, queue = excluded.queue, \
+     priority = excluded.priority, unique_key = excluded.unique_key";
 
 impl RowOut {
     fn new(task: &Task) -> Result<Self> {
@@ -129,7 +143,12 @@ impl RowOut {
                 task.started_at.map(to_ns).transpose()?.into(),
                 finished_at.into(),
                 task.series.map(|s| s.to_string()).into(),
+                task.queue.clone().into(),
+                i64::from(task.priority).into(),
+                task.unique_key.clone().into(),
             ],
+            queue: task.queue.clone(),
+            priority: i64::from(task.priority),
             id,
             status: task.status,
             eta,
@@ -191,18 +210,22 @@ impl Command {
 fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> Result<Command> {
     let mut rows = tasks.into_iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
     let mut command = Command::default();
-    let verb = if is_new { "INSERT" } else { "REPLACE" };
     // The records move into the command; the rest of each row is still needed.
-    let records: Vec<[Value; 15]> = rows
+    let records: Vec<[Value; 18]> = rows
         .iter_mut()
         .map(|r| std::mem::replace(&mut r.record, std::array::from_fn(|_| Value::Null)))
         .collect();
     command.insert(
-        &format!("{verb} INTO tasks ({TASKS_COLUMNS})"),
-        15,
+        &format!("INSERT INTO tasks ({TASKS_COLUMNS})"),
+        18,
         records,
         |record, v| v.extend(record),
     );
+    if !is_new {
+        for statement in &mut command.statements {
+            statement.push_str(TASKS_UPDATE);
+        }
+    }
     if !is_new {
         let ids = serde_json::to_string(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
         for table in ["pending", "running", "completed", "results"] {
@@ -213,9 +236,19 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
         }
     }
     let pending: Vec<&RowOut> = rows.iter().filter(|r| r.status == TaskStatus::Pending).collect();
-    command.insert("INSERT INTO pending (id, eta)", 2, pending, |r, v| {
-        v.extend([r.id.clone().into(), r.eta.into()])
-    });
+    command.insert(
+        "INSERT INTO pending (id, eta, queue, priority)",
+        4,
+        pending,
+        |r, v| {
+            v.extend([
+                r.id.clone().into(),
+                r.eta.into(),
+                r.queue.clone().into(),
+                r.priority.into(),
+            ])
+        },
+    );
     let running: Vec<(&RowOut, &(String, String, i64))> = rows
         .iter()
         .filter(|r| r.status == TaskStatus::Running)
@@ -284,6 +317,9 @@ struct RowIn {
     worker_id: Option<String>,
     token: Option<String>,
     expires_at: Option<i64>,
+    queue: String,
+    priority: i16,
+    unique_key: Option<String>,
 }
 
 /// A stored row that does not make a task (damaged by hand, or written by
@@ -405,6 +441,9 @@ fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
             .transpose()
             .map_err(|e| bad("error", &e))?,
         lease,
+        queue: row.queue,
+        priority: row.priority,
+        unique_key: row.unique_key,
     })
 }
 

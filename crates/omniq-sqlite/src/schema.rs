@@ -106,7 +106,55 @@ pub const MIGRATIONS: &[&str] = &[
         DELETE FROM results WHERE id = OLD.id;
     END;
     "#,
+    // v4: queues, priorities and unique keys. Earlier tasks land in `default`
+    // with priority 0. `pending` carries the claim order of each queue
+    // (priority, eta, id) in `pending_claim`, which a claim walks one priority
+    // level at a time. The partial unique index is what makes a unique key
+    // atomic across processes: at most one pending or running task per key.
+    // `task_rows` shows the new columns; its insert trigger, which saving no
+    // longer used, is gone, since its REPLACE would delete the holder of a
+    // unique key instead of failing.
+    r#"
+    ALTER TABLE tasks ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN unique_key TEXT;
+    CREATE UNIQUE INDEX tasks_unique_live ON tasks (unique_key)
+        WHERE unique_key IS NOT NULL AND status IN ('pending', 'running');
+    ALTER TABLE pending ADD COLUMN queue TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE pending ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX pending_due;
+    CREATE INDEX pending_claim ON pending (queue, priority, eta, id);
+    CREATE TABLE paused_queues (name TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;
+
+    DROP TRIGGER task_rows_write;
+    DROP TRIGGER task_rows_delete;
+    DROP VIEW task_rows;
+    CREATE VIEW task_rows AS
+    SELECT t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, t.max_retries,
+           t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, t.series,
+           t.queue, t.priority, t.unique_key,
+           r.value, r.error, rn.worker_id, rn.token, rn.expires_at
+    FROM tasks t LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id;
+    CREATE TRIGGER task_rows_delete INSTEAD OF DELETE ON task_rows BEGIN
+        DELETE FROM tasks WHERE id = OLD.id;
+        DELETE FROM pending WHERE id = OLD.id;
+        DELETE FROM running WHERE id = OLD.id;
+        DELETE FROM completed WHERE id = OLD.id;
+        DELETE FROM results WHERE id = OLD.id;
+    END;
+    "#,
 ];
+
+/// What a connection that only reads runs on a database older than version
+/// 4, so the reads of this build work on it unchanged: temporary views (which
+/// take precedence over the database's own tables of the same name) add the
+/// columns of queues, priorities and unique keys with the values a migration
+/// would give, and an empty table stands for the paused queues.
+pub const OLDER_AS_CURRENT: &str = "\
+    CREATE TEMP VIEW IF NOT EXISTS tasks AS \
+        SELECT *, 'default' AS queue, 0 AS priority, NULL AS unique_key FROM main.tasks; \
+    CREATE TEMP VIEW IF NOT EXISTS pending AS SELECT *, 'default' AS queue, 0 AS priority FROM main.pending; \
+    CREATE TEMP TABLE IF NOT EXISTS paused_queues (name TEXT PRIMARY KEY NOT NULL)";
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

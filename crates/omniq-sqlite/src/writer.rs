@@ -22,9 +22,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::FutureExt;
+use omniq_core::queue::split_duplicates;
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Error, Finish, FinishOutcome, Finished, LeaseRef, LeaseToken,
-    Outcome, RenewOutcome, Result, Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Enqueued, Error, Finish, FinishOutcome, Finished, LeaseRef,
+    LeaseToken, Outcome, RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
@@ -39,7 +40,7 @@ mod ops;
 
 use merge::{apply_merged, merged};
 pub use ops::setup;
-use ops::{cancel, claim, enqueue, finish, purge, renew, requeue_expired, retry};
+use ops::{cancel, claim, enqueue, finish, purge, renew, requeue_expired, retry, set_paused};
 
 /// The most changes one transaction takes, so a flood of callers still gets
 /// answers in bounded time.
@@ -49,7 +50,7 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// A change to apply, with the channel its answer goes back on.
 pub enum Op {
-    Enqueue(Vec<Task>, Reply<()>),
+    Enqueue(Vec<Task>, Reply<Vec<Enqueued>>),
     Claim(ClaimRequest, Reply<Vec<Task>>),
     Renew(Vec<LeaseRef>, Duration, OffsetDateTime, Reply<Vec<RenewOutcome>>),
     Finish(Vec<Finish>, OffsetDateTime, Reply<Vec<FinishOutcome>>),
@@ -57,6 +58,7 @@ pub enum Op {
     Retry(TaskId, OffsetDateTime, Reply<()>),
     Purge(OffsetDateTime, Reply<u64>),
     RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
+    SetPaused(String, bool, Reply<()>),
     /// Test hook: the writer panics while applying this change.
     Panic(Reply<()>),
 }
@@ -298,7 +300,8 @@ async fn apply_group(
 fn fail(op: Op, message: &str) -> Answer {
     let error = || Error::backend("sqlite", format!("cannot start the change: {message}"));
     match op {
-        Op::Enqueue(_, r) | Op::Retry(_, _, r) | Op::Panic(r) => answer(r, Err(error())),
+        Op::Enqueue(_, r) => answer(r, Err(error())),
+        Op::Retry(_, _, r) | Op::SetPaused(_, _, r) | Op::Panic(r) => answer(r, Err(error())),
         Op::Claim(_, r) => answer(r, Err(error())),
         Op::Renew(_, _, _, r) => answer(r, Err(error())),
         Op::Finish(_, _, r) => answer(r, Err(error())),
@@ -331,6 +334,7 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::Retry(id, now, reply) => done(reply, retry(conn, db, id, now).await),
         Op::Purge(before, reply) => done(reply, purge(conn, before).await),
         Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
+        Op::SetPaused(queue, paused, reply) => done(reply, set_paused(conn, &queue, paused).await),
         Op::Panic(_reply) => panic!("test hook: the writer panics while applying a change"),
     }
 }

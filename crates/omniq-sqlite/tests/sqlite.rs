@@ -41,7 +41,7 @@ async fn older_database(path: &Path, version: usize) {
 }
 
 #[tokio::test]
-async fn layout_has_the_five_tables_in_wal_mode() {
+async fn layout_has_the_five_tables_and_the_paused_queues_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("omniq.db");
     let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
@@ -60,7 +60,17 @@ async fn layout_has_the_five_tables_in_wal_mode() {
             .fetch_all(&mut conn)
             .await
             .unwrap();
-    assert_eq!(tables, ["completed", "pending", "results", "running", "tasks"]);
+    assert_eq!(
+        tables,
+        [
+            "completed",
+            "paused_queues",
+            "pending",
+            "results",
+            "running",
+            "tasks"
+        ]
+    );
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(&mut conn)
         .await
@@ -288,6 +298,7 @@ async fn changes_sent_together_are_each_answered_rightly() {
                 loop {
                     let claimed = store
                         .claim(ClaimRequest {
+                            queue: omniq_core::DEFAULT_QUEUE.into(),
                             worker_id: format!("w{w}"),
                             limit: 3,
                             lease_for: Duration::from_secs(60),
@@ -363,6 +374,7 @@ async fn a_failing_change_among_others_loses_nothing() {
     }
     let now = time::OffsetDateTime::now_utc();
     let request = || ClaimRequest {
+        queue: omniq_core::DEFAULT_QUEUE.into(),
         worker_id: "w".into(),
         limit: 1,
         lease_for: Duration::from_secs(60),
@@ -446,6 +458,7 @@ async fn an_unreadable_row_takes_no_other_task_down() {
     let now = OffsetDateTime::now_utc();
     let claimed = store
         .claim(ClaimRequest {
+            queue: omniq_core::DEFAULT_QUEUE.into(),
             worker_id: "w".into(),
             limit: 3,
             lease_for: std::time::Duration::from_secs(1),
@@ -594,7 +607,11 @@ async fn a_read_only_open_leaves_an_older_database_as_it_is() {
     assert_eq!(store.schema_version().await.unwrap(), 2);
     assert_eq!(store.counts().await.unwrap().pending, 1);
     assert_eq!(store.list(Default::default()).await.unwrap().len(), 1);
-    assert!(store.next_due().await.unwrap().is_some());
+    assert!(store
+        .next_due(&[omniq_core::DEFAULT_QUEUE.into()])
+        .await
+        .unwrap()
+        .is_some());
     assert!(store.damaged().await.unwrap().is_empty());
     assert!(matches!(
         store.enqueue_one(NewTask::new("t"), &Settings::default()).await,

@@ -110,9 +110,21 @@ impl WorkerPool {
         self
     }
 
-    /// How many tasks run at once.
+    /// How many tasks run at once: the shorthand for a pool that serves the
+    /// `default` queue alone. With [`WorkerPool::queue`], each queue has its own.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.config.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Serves `queue` too, running up to `concurrency` of its tasks at once,
+    /// beside the other queues given this way (and instead of the `default`
+    /// queue of [`WorkerPool::concurrency`], unless it is given too). Giving
+    /// a queue again replaces its concurrency.
+    pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
+        let queue = queue.into();
+        self.config.queues.retain(|(name, _)| *name != queue);
+        self.config.queues.push((queue, concurrency));
         self
     }
 
@@ -162,8 +174,19 @@ impl WorkerPool {
     /// Starts the pool on the current tokio runtime. A configuration that
     /// would run tasks twice is refused with [`omniq_core::Error::InvalidConfig`]:
     /// renewing a lease no sooner than it expires (`renew_every >= lease`)
-    /// lets it run out mid-run, so another worker takes the task over.
+    /// lets it run out mid-run, so another worker takes the task over. So is
+    /// a queue name that breaks [`omniq_core::queue::check_name`], or a queue
+    /// given no slots.
     pub fn start(mut self) -> omniq_core::Result<Pool> {
+        for (queue, slots) in &self.config.queues {
+            omniq_core::queue::check_name(queue)?;
+            if *slots == 0 {
+                return Err(omniq_core::Error::invalid_config(
+                    "concurrency",
+                    format!("queue {queue:?} is given no slots; give it at least one"),
+                ));
+            }
+        }
         if self.config.renew_every >= self.config.lease {
             return Err(omniq_core::Error::invalid_config(
                 "renew_every",
@@ -184,6 +207,17 @@ impl WorkerPool {
             *period = (*period).max(floor);
         }
         self.config.concurrency = self.config.concurrency.max(1);
+        let lanes = self
+            .config
+            .lanes()
+            .into_iter()
+            .map(|(queue, slots)| Lane {
+                queue,
+                slots,
+                in_flight: AtomicUsize::new(0),
+                recording: AtomicUsize::new(0),
+            })
+            .collect();
         let (recorder, outcomes) = mpsc::unbounded_channel();
         tokio::spawn(record(self.storage.clone(), self.clock.clone(), outcomes));
         let shared = Arc::new(Shared {
@@ -193,8 +227,7 @@ impl WorkerPool {
             clock: self.clock,
             signals: self.signals,
             counters: Counters::default(),
-            in_flight: AtomicUsize::new(0),
-            recording: AtomicUsize::new(0),
+            lanes,
             slot_freed: Notify::new(),
             stop_claiming: CancellationToken::new(),
             hand_back: CancellationToken::new(),
@@ -203,7 +236,7 @@ impl WorkerPool {
         });
         tracing::info!(
             worker_id = %shared.config.worker_id,
-            concurrency = shared.config.concurrency,
+            queues = ?shared.config.lanes(),
             backend = shared.storage.backend_name(),
             "worker pool started"
         );
@@ -222,13 +255,35 @@ struct Shared {
     clock: Arc<dyn Clock>,
     signals: Arc<Signals>,
     counters: Counters,
-    in_flight: AtomicUsize,
-    recording: AtomicUsize,
+    /// One per queue served.
+    lanes: Vec<Lane>,
     slot_freed: Notify,
     stop_claiming: CancellationToken,
     hand_back: CancellationToken,
     executors: TaskTracker,
     recorder: mpsc::UnboundedSender<(Finish, oneshot::Sender<omniq_core::Result<FinishOutcome>>)>,
+}
+
+impl Shared {
+    /// Tasks running now, in every queue.
+    fn in_flight(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|lane| lane.in_flight.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// One queue a pool serves, with its own slots: a busy queue never takes the
+/// slots of another.
+struct Lane {
+    queue: String,
+    /// How many of its tasks run at once.
+    slots: usize,
+    /// Its tasks whose handlers run now.
+    in_flight: AtomicUsize,
+    /// Its tasks whose outcomes are being recorded.
+    recording: AtomicUsize,
 }
 
 /// A running pool. Dropping it stops claiming; running tasks finish on their own.
@@ -251,7 +306,7 @@ impl Pool {
             lost: load(&c.lost),
             handed_back: load(&c.handed_back),
             unrecorded: load(&c.unrecorded),
-            in_flight: self.shared.in_flight.load(Ordering::Relaxed) as u64,
+            in_flight: self.shared.in_flight() as u64,
         }
     }
 
@@ -283,7 +338,7 @@ impl Pool {
             .is_ok();
         if !drained {
             tracing::warn!(
-                in_flight = shared.in_flight.load(Ordering::Relaxed),
+                in_flight = shared.in_flight(),
                 "shutdown deadline passed; handing the running tasks back"
             );
             shared.hand_back.cancel();

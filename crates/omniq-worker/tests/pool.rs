@@ -435,6 +435,7 @@ async fn a_dead_workers_task_is_taken_over_when_its_lease_expires() {
     let claimed = h
         .store
         .claim(ClaimRequest {
+            queue: omniq_core::DEFAULT_QUEUE.into(),
             worker_id: "dead".into(),
             limit: 1,
             lease_for: Duration::from_secs(30),

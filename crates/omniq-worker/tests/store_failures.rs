@@ -29,7 +29,7 @@ impl Storage for PanicsOnce {
     fn backend_name(&self) -> &'static str {
         "panics-once"
     }
-    async fn enqueue(&self, tasks: Vec<Task>) -> omniq_core::Result<()> {
+    async fn enqueue(&self, tasks: Vec<Task>) -> omniq_core::Result<Vec<omniq_core::Enqueued>> {
         self.inner.enqueue(tasks).await
     }
     async fn claim(&self, request: ClaimRequest) -> omniq_core::Result<Vec<Task>> {
@@ -53,8 +53,8 @@ impl Storage for PanicsOnce {
         }
         self.inner.finish(finishes, now).await
     }
-    async fn next_due(&self) -> omniq_core::Result<Option<time::OffsetDateTime>> {
-        self.inner.next_due().await
+    async fn next_due(&self, queues: &[String]) -> omniq_core::Result<Option<time::OffsetDateTime>> {
+        self.inner.next_due(queues).await
     }
     async fn get(&self, id: TaskId) -> omniq_core::Result<Task> {
         self.inner.get(id).await
@@ -70,6 +70,15 @@ impl Storage for PanicsOnce {
     }
     async fn counts(&self) -> omniq_core::Result<omniq_core::StatusCounts> {
         self.inner.counts().await
+    }
+    async fn set_paused(&self, queue: &str, paused: bool) -> omniq_core::Result<()> {
+        self.inner.set_paused(queue, paused).await
+    }
+    async fn paused(&self) -> omniq_core::Result<Vec<String>> {
+        self.inner.paused().await
+    }
+    async fn queue_stats(&self) -> omniq_core::Result<Vec<omniq_core::QueueStats>> {
+        self.inner.queue_stats().await
     }
     async fn purge(&self, before: time::OffsetDateTime) -> omniq_core::Result<u64> {
         self.inner.purge(before).await

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use omniq_core::{ListQuery, NewTask, Result, Settings, StatusCounts, Storage, Task, TaskId, TaskResult};
+use omniq_core::{
+    Enqueued, ListQuery, NewTask, QueueStats, Result, Settings, StatusCounts, Storage, Task, TaskId,
+    TaskResult,
+};
 use omniq_worker::{Registry, Signals, WorkerPool};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -63,7 +66,8 @@ impl OmniQ {
     }
 
     /// Starts a task with options: `.eta(..)`, `.delay(..)`, `.interval(..)`,
-    /// `.max_retries(..)`, `.timeout(..)`, then `.enqueue().await`.
+    /// `.max_retries(..)`, `.timeout(..)`, `.queue(..)`, `.priority(..)`,
+    /// `.unique_key(..)`, then `.enqueue().await`.
     pub fn task<P: Serialize + ?Sized>(&self, func_path: &str, payload: &P) -> Result<TaskBuilder<'_>> {
         Ok(TaskBuilder {
             client: self,
@@ -71,17 +75,28 @@ impl OmniQ {
         })
     }
 
-    /// Enqueues many tasks in one call, all or none; returns their ids in order.
+    /// Enqueues many tasks in one call, all or none; returns their ids in
+    /// order (for a task whose unique key a live task holds, that task's id;
+    /// [`OmniQ::enqueue_checked`] says which).
     pub async fn enqueue_many(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+        let answers = self.enqueue_checked(tasks).await?;
+        Ok(answers.into_iter().map(|answer| answer.id).collect())
+    }
+
+    /// Enqueues many tasks in one call, all or none, and answers for each
+    /// whether it was stored or was a duplicate of the live task holding its
+    /// unique key (whose id it then gives).
+    pub async fn enqueue_checked(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
         let now = OffsetDateTime::now_utc();
         let tasks = tasks
             .into_iter()
             .map(|task| task.into_task(&self.settings, now))
             .collect::<Result<Vec<Task>>>()?;
-        let ids = tasks.iter().map(|t| t.id).collect();
-        self.storage.enqueue(tasks).await?;
-        self.signals.task_enqueued();
-        Ok(ids)
+        let answers = self.storage.enqueue(tasks).await?;
+        if answers.iter().any(|answer| !answer.duplicate) {
+            self.signals.task_enqueued();
+        }
+        Ok(answers)
     }
 
     /// The whole record of a task.
@@ -163,8 +178,31 @@ impl OmniQ {
         self.storage.counts().await
     }
 
+    /// Pauses `queue` for every process sharing the store: no pool claims
+    /// its tasks (they stay pending; running ones finish) until
+    /// [`OmniQ::resume`]. Pools see it at their next claim, within one poll
+    /// interval.
+    pub async fn pause(&self, queue: &str) -> Result<()> {
+        self.storage.set_paused(queue, true).await
+    }
+
+    /// Resumes a paused queue; its pools claim again from their next poll.
+    pub async fn resume(&self, queue: &str) -> Result<()> {
+        self.storage.set_paused(queue, false).await?;
+        self.signals.task_enqueued();
+        Ok(())
+    }
+
+    /// Every queue that holds a task or is paused: counts per status,
+    /// whether it is paused, and its earliest pending eta.
+    pub async fn queues(&self) -> Result<Vec<QueueStats>> {
+        self.storage.queue_stats().await
+    }
+
     /// A worker pool on this client's store that starts tasks enqueued through
-    /// this client at once. Configure it, then `.start()` it.
+    /// this client at once. Configure it (`.queue("emails", 16)` for each
+    /// queue it serves, or `.concurrency(n)` for `default` alone), then
+    /// `.start()` it.
     pub fn worker(&self, registry: Registry) -> WorkerPool {
         WorkerPool::new(self.storage.clone(), registry).signals(self.signals.clone())
     }
@@ -209,6 +247,28 @@ impl TaskBuilder<'_> {
         self
     }
 
+    /// Puts the task in `queue` (default `default`): 1 to 64 ASCII letters,
+    /// digits and `-_.:`, starting with a letter or digit.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.task = self.task.queue(queue);
+        self
+    }
+
+    /// Among due tasks of its queue, higher runs first (default 0).
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.task = self.task.priority(priority);
+        self
+    }
+
+    /// While a task with `key` is pending or running, enqueueing this one
+    /// stores nothing and answers that task's id (see
+    /// [`TaskBuilder::enqueue_checked`]). Once that task finishes, the key is
+    /// free again.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.task = self.task.unique_key(key);
+        self
+    }
+
     /// The task as it will be enqueued.
     pub fn into_new_task(self) -> NewTask {
         self.task
@@ -216,6 +276,15 @@ impl TaskBuilder<'_> {
 
     /// Enqueues the task; returns its id.
     pub async fn enqueue(self) -> Result<TaskId> {
-        Ok(self.client.enqueue_many(vec![self.task]).await?[0])
+        Ok(self.enqueue_checked().await?.id)
+    }
+
+    /// Enqueues the task and says whether it was stored or was a duplicate
+    /// of the live task holding its unique key, whose id it then gives.
+    pub async fn enqueue_checked(self) -> Result<Enqueued> {
+        let mut answers = self.client.enqueue_checked(vec![self.task]).await?;
+        answers.pop().ok_or_else(|| {
+            omniq_core::Error::backend("omniq", "the store answered an enqueue of one task with nothing")
+        })
     }
 }

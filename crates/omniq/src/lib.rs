@@ -49,9 +49,9 @@ pub use migrate::{migrate, MigrationReport, NotCopied, Progress};
 /// The core crate, for backend authors and the conformance suite.
 pub use omniq_core as core;
 pub use omniq_core::{
-    earlier, later, limits, payload, BackendKind, Durability, Error, ListOrder, ListQuery, MemoryStorage,
-    NewTask, Result, Serializer, Settings, SettingsBuilder, StatusCounts, Storage, StorageExt, Task,
-    TaskError, TaskId, TaskResult, TaskStatus,
+    earlier, later, limits, payload, queue, BackendKind, Durability, Enqueued, Error, ListOrder, ListQuery,
+    MemoryStorage, NewTask, QueueStats, Result, Serializer, Settings, SettingsBuilder, StatusCounts, Storage,
+    StorageExt, Task, TaskError, TaskId, TaskResult, TaskStatus, DEFAULT_QUEUE,
 };
 #[cfg(feature = "file")]
 pub use omniq_file::{CheckReport, FileStorage};

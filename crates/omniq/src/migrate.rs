@@ -1,6 +1,6 @@
 //! Moving every task from one store to another, history included.
 
-use omniq_core::{Error, ListOrder, ListQuery, Result, Storage, Task, TaskStatus};
+use omniq_core::{Enqueued, Error, ListOrder, ListQuery, Result, Storage, Task, TaskStatus};
 use time::OffsetDateTime;
 
 /// How far a migration has got.
@@ -102,6 +102,7 @@ pub async fn migrate(
                 limit: Some(size),
                 order: ListOrder::OldestFirst,
                 after,
+                queue: None,
             })
             .await?;
         let Some(last) = page.last() else { break };
@@ -161,11 +162,27 @@ async fn copy(
             report.running_reset += 1;
         }
     };
+    let copied = |task: &Task, answer: &Enqueued, report: &mut MigrationReport| {
+        if answer.duplicate {
+            // The destination's own live task holds the key: storing this
+            // one would run the work twice.
+            report.not_copied.push(NotCopied {
+                id: task.id.to_string(),
+                reason: format!(
+                    "the destination's task {} holds its unique key {:?}",
+                    answer.id,
+                    task.unique_key.as_deref().unwrap_or_default()
+                ),
+            });
+        } else {
+            report.copied += 1;
+            count_reset(task, report);
+        }
+    };
     match to.enqueue(batch.clone()).await {
-        Ok(()) => {
-            report.copied += batch.len() as u64;
-            for task in &batch {
-                count_reset(task, report);
+        Ok(answers) => {
+            for (task, answer) in batch.iter().zip(&answers) {
+                copied(task, answer, report);
             }
             return Ok(());
         }
@@ -176,9 +193,10 @@ async fn copy(
     // refused: go one by one, so each gets its own answer.
     for task in batch {
         match to.enqueue(vec![task.clone()]).await {
-            Ok(()) => {
-                report.copied += 1;
-                count_reset(&task, report);
+            Ok(answers) => {
+                for answer in &answers {
+                    copied(&task, answer, report);
+                }
             }
             Err(Error::Conflict { .. }) => report.skipped += 1,
             Err(error @ Error::InvalidConfig { .. }) => report.not_copied.push(NotCopied {

@@ -31,6 +31,7 @@ async fn fill(store: &dyn Storage) {
         .await
         .unwrap();
     let claim = |limit| ClaimRequest {
+        queue: omniq_core::DEFAULT_QUEUE.into(),
         worker_id: "migrator-test".into(),
         limit,
         lease_for: Duration::from_secs(60),

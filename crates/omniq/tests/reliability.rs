@@ -54,6 +54,7 @@ fn child_on_a_full_disk() {
         let now = OffsetDateTime::now_utc();
         let claimed = store
             .claim(ClaimRequest {
+                queue: omniq_core::DEFAULT_QUEUE.into(),
                 worker_id: "full".into(),
                 limit: 1,
                 lease_for: Duration::from_secs(60),

@@ -34,6 +34,7 @@ fn at(secs: u64) -> OffsetDateTime {
 async fn claim_one(store: &dyn Storage, now: OffsetDateTime) -> Task {
     let mut claimed = store
         .claim(ClaimRequest {
+            queue: crate::DEFAULT_QUEUE.into(),
             worker_id: "w".into(),
             limit: 1,
             lease_for: LEASE,
@@ -91,6 +92,7 @@ async fn renew_and_finish_after_expiry_count_until_requeued(store: &dyn Storage)
     store.enqueue(vec![third.clone()]).await.unwrap();
     let claimed = store
         .claim(ClaimRequest {
+            queue: crate::DEFAULT_QUEUE.into(),
             worker_id: "w".into(),
             limit: 5,
             lease_for: LEASE,
@@ -216,24 +218,39 @@ async fn a_retried_occurrence_is_cancelled_alone(store: &dyn Storage) {
 }
 
 async fn next_due_is_the_earliest_pending_eta(store: &dyn Storage) {
-    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(
+        store.next_due(&[crate::DEFAULT_QUEUE.into()]).await.unwrap(),
+        None
+    );
     let later = make(NewTask::new("x").eta(at(100)), T0);
     let sooner = make(NewTask::new("x").eta(at(50)).max_retries(1), T0);
     store.enqueue(vec![later.clone(), sooner.clone()]).await.unwrap();
-    assert_eq!(store.next_due().await.unwrap(), Some(at(50)));
+    assert_eq!(
+        store.next_due(&[crate::DEFAULT_QUEUE.into()]).await.unwrap(),
+        Some(at(50))
+    );
     // A running task is not pending; a retry's time counts once it waits.
     let claimed = claim_one(store, at(60)).await;
     assert_eq!(claimed.id, sooner.id);
-    assert_eq!(store.next_due().await.unwrap(), Some(at(100)));
+    assert_eq!(
+        store.next_due(&[crate::DEFAULT_QUEUE.into()]).await.unwrap(),
+        Some(at(100))
+    );
     let retry = Outcome::Retry {
         error: fail(1, true),
         at: at(70),
     };
     finish(store, &claimed, retry, at(61)).await;
-    assert_eq!(store.next_due().await.unwrap(), Some(at(70)));
+    assert_eq!(
+        store.next_due(&[crate::DEFAULT_QUEUE.into()]).await.unwrap(),
+        Some(at(70))
+    );
     store.cancel(sooner.id, at(62)).await.unwrap();
     store.cancel(later.id, at(62)).await.unwrap();
-    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(
+        store.next_due(&[crate::DEFAULT_QUEUE.into()]).await.unwrap(),
+        None
+    );
 }
 
 /// A series has one live occurrence at a time when OmniQ makes it; records

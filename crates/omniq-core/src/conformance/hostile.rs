@@ -39,6 +39,7 @@ fn nested(levels: usize) -> Value {
 async fn claim(store: &dyn Storage, limit: usize, lease_for: Duration, now: OffsetDateTime) -> Vec<Task> {
     store
         .claim(ClaimRequest {
+            queue: crate::DEFAULT_QUEUE.into(),
             worker_id: "w".into(),
             limit,
             lease_for,
@@ -331,6 +332,7 @@ async fn drive(store: &dyn Storage, x: Extremes) -> Result<(), TestCaseError> {
     for round in 0..2 {
         let claimed = store
             .claim(ClaimRequest {
+                queue: crate::DEFAULT_QUEUE.into(),
                 worker_id: "w".into(),
                 limit: 2,
                 lease_for: x.lease,

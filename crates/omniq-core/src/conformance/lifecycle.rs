@@ -255,6 +255,7 @@ async fn list_orders_filters_and_pages(store: &dyn Storage) {
         limit,
         order,
         after,
+        queue: None,
     };
     let listed = |tasks: Vec<Task>| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
     let newest = listed(

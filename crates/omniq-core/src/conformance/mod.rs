@@ -42,6 +42,7 @@ mod hostile;
 mod lifecycle;
 mod model;
 pub mod processes;
+mod queues;
 mod scenarios;
 
 use std::any::Any;
@@ -98,6 +99,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(lifecycle::all());
     all.extend(edges::all());
     all.extend(hostile::all());
+    all.extend(queues::all());
     all
 }
 

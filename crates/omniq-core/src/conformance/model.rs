@@ -198,6 +198,7 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 due.sort_by_key(|t| (t.eta, t.id));
                 let expected: Vec<TaskId> = due.iter().take(limit).map(|t| t.id).collect();
                 let request = ClaimRequest {
+                    queue: crate::DEFAULT_QUEUE.into(),
                     worker_id: "model".into(),
                     limit,
                     lease_for: LEASE,

@@ -59,6 +59,7 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Pat
     loop {
         let claimed = store
             .claim(ClaimRequest {
+                queue: crate::DEFAULT_QUEUE.into(),
                 worker_id: worker_id.to_string(),
                 limit: 8,
                 lease_for: LEASE,

@@ -68,6 +68,7 @@ pub(super) async fn enqueue_one(store: &dyn Storage, task: NewTask) -> TaskId {
 pub(super) async fn claim(store: &dyn Storage, worker: &str, limit: usize, now: OffsetDateTime) -> Vec<Task> {
     store
         .claim(ClaimRequest {
+            queue: crate::DEFAULT_QUEUE.into(),
             worker_id: worker.into(),
             limit,
             lease_for: LEASE,
@@ -231,8 +232,8 @@ async fn concurrent_enqueues_are_each_answered_rightly(store: &dyn Storage) {
             futures::future::join_all(calls.iter().map(|(tasks, _)| store.enqueue(tasks.clone()))).await;
         for ((tasks, expect), answer) in calls.iter().zip(answers) {
             match (*expect, answer) {
-                ("ok", Ok(())) => {}
-                ("race", Ok(())) => race_won += 1,
+                ("ok", Ok(_)) => {}
+                ("race", Ok(_)) => race_won += 1,
                 ("refused" | "race", Err(Error::Conflict { .. })) => {}
                 (expect, answer) => panic!(
                     "a call of {} task(s) ({}): expected {expect}, got {answer:?}",
@@ -391,6 +392,7 @@ async fn concurrent_claimers_never_get_the_same_task(store: &dyn Storage) {
         loop {
             let got = store
                 .claim(ClaimRequest {
+                    queue: crate::DEFAULT_QUEUE.into(),
                     worker_id: format!("w{w}"),
                     limit: 7,
                     lease_for: LEASE,

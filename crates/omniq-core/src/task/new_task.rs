@@ -30,6 +30,12 @@ pub struct NewTask {
     pub timeout: Option<Duration>,
     /// The id to use (default: a new one).
     pub id: Option<TaskId>,
+    /// The queue (default: [`crate::queue::DEFAULT_QUEUE`]).
+    pub queue: Option<String>,
+    /// Higher runs first among due tasks of one queue (default 0).
+    pub priority: i16,
+    /// At most one live task per key; see [`crate::Storage::enqueue`].
+    pub unique_key: Option<String>,
 }
 
 impl NewTask {
@@ -44,6 +50,9 @@ impl NewTask {
             max_retries: None,
             timeout: None,
             id: None,
+            queue: None,
+            priority: 0,
+            unique_key: None,
         }
     }
 
@@ -94,6 +103,25 @@ impl NewTask {
         self
     }
 
+    /// Put the task in `queue` (names: see [`crate::queue::check_name`]).
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Run before lower-priority due tasks of the same queue (default 0).
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// While a task with `key` is pending or running, enqueueing this one
+    /// stores nothing and answers that task's id.
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
     /// Use this id instead of a new one.
     pub fn id(mut self, id: TaskId) -> Self {
         self.id = Some(id);
@@ -137,6 +165,9 @@ impl NewTask {
             result: None,
             lease: None,
             series: self.interval.map(|_| id),
+            queue: self.queue.unwrap_or_else(crate::queue::default_queue),
+            priority: self.priority,
+            unique_key: self.unique_key,
         };
         limits::check_record(&task)?;
         Ok(task)

@@ -228,6 +228,9 @@ impl Task {
             result: None,
             lease: None,
             series: Some(self.series.unwrap_or(self.id)),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            unique_key: self.unique_key.clone(),
         })
     }
 }

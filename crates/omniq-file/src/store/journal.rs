@@ -21,6 +21,9 @@ impl Store {
                 .write_in_place(&self.layout().intent, &serde_json::to_vec(&intent)?)?;
         }
         for save in &saves {
+            self.take_key(&save.task)?;
+        }
+        for save in &saves {
             match &save.old {
                 None => {
                     self.place_entry(&save.task, Before::New)?;
@@ -47,23 +50,22 @@ impl Store {
         for task in &deletes {
             self.delete(task.id, Some(task))?;
         }
+        for save in &saves {
+            self.release_key(&save.task)?;
+        }
         if journal {
             self.disk.clear(&self.layout().intent)?;
         }
         for save in &saves {
             if let Some(old) = save.old.as_ref().filter(|t| t.status == TaskStatus::Pending) {
-                state.view.remove(&entry_name(old.status, old.id, old.eta, None));
+                state.view.remove(&entry_name(old));
             }
             if save.task.status == TaskStatus::Pending {
-                state
-                    .view
-                    .insert(entry_name(save.task.status, save.task.id, save.task.eta, None));
+                state.view.insert(entry_name(&save.task));
             }
         }
-        for task in &deletes {
-            state
-                .view
-                .remove(&entry_name(task.status, task.id, task.eta, None));
+        for task in deletes.iter().filter(|t| t.status == TaskStatus::Pending) {
+            state.view.remove(&entry_name(task));
         }
         Ok(())
     }
@@ -102,8 +104,10 @@ impl Store {
             "finishing a change that a stopped process left unfinished"
         );
         for task in &intent.save {
+            self.take_key(task)?;
             self.write_record(task)?;
             self.place_entry(task, Before::Unknown)?;
+            self.release_key(task)?;
         }
         // Which series a saved task left is not known here; a finished or
         // detached task stays listed until its series is next cancelled or

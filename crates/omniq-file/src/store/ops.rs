@@ -5,7 +5,7 @@
 use super::*;
 
 impl Store {
-    pub fn enqueue(&self, tasks: Vec<Task>) -> Result<()> {
+    pub fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         omniq_core::check_new_records(&tasks)?;
         self.locked(|state| {
             for task in &tasks {
@@ -13,16 +13,15 @@ impl Store {
                     return Err(Error::conflict(task.id, "a task with this id already exists"));
                 }
             }
+            let (tasks, answers) = split_duplicates(tasks, |key| self.key_holder(key))?;
             let saves = tasks.into_iter().map(|task| Save { task, old: None }).collect();
-            self.apply(state, saves, Vec::new())
+            self.apply(state, saves, Vec::new())?;
+            Ok(answers)
         })
     }
 
     pub(super) fn refresh_view(&self, state: &mut State) -> Result<()> {
-        state.view = names(&self.layout().pending)?
-            .into_iter()
-            .filter(|name| entry_id(name).is_some())
-            .collect();
+        state.view = View::of(names(&self.layout().pending)?);
         state.view_read_at = Some(Instant::now());
         Ok(())
     }
@@ -32,6 +31,11 @@ impl Store {
             return Ok(Vec::new());
         }
         self.locked(|state| {
+            // Read on every claim, so a pause by another process holds from
+            // its next claim on.
+            if self.read_paused()?.contains(&request.queue) {
+                return Ok(Vec::new());
+            }
             if state
                 .view_read_at
                 .is_none_or(|at| at.elapsed() > VIEW_STALE_AFTER)
@@ -44,14 +48,9 @@ impl Store {
             let mut taken = BTreeSet::new();
             let mut refreshed = false;
             loop {
-                let names: Vec<String> = state
+                let names = state
                     .view
-                    .iter()
-                    .filter(|name| !taken.contains(*name))
-                    .take_while(|name| entry_key(name).is_some_and(|key| key <= due.as_str()))
-                    .take(request.limit - chosen.len())
-                    .cloned()
-                    .collect();
+                    .due(&request.queue, &due, request.limit - chosen.len(), &taken);
                 let exhausted = names.len() < request.limit - chosen.len();
                 for name in names {
                     state.view.remove(&name);
@@ -65,7 +64,7 @@ impl Store {
                 if chosen.len() < request.limit
                     && exhausted
                     && !refreshed
-                    && state.view.iter().all(|n| taken.contains(n))
+                    && !state.view.has_other(&request.queue, &taken)
                 {
                     self.refresh_view(state)?;
                     refreshed = true;
@@ -181,10 +180,11 @@ impl Store {
         })
     }
 
-    /// The earliest eta in this process's sorted view of `pending/`, read
-    /// again from the folder when stale, as claims do. Takes only this
-    /// process's mutex: the view is this process's own.
-    pub fn next_due(&self) -> Result<Option<OffsetDateTime>> {
+    /// The earliest eta of `queues` (not paused) in this process's sorted
+    /// view of `pending/`, read again from the folder when stale, as claims
+    /// do. Takes only this process's mutex: the view is this process's own.
+    pub fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
+        let paused = self.read_paused()?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state
             .view_read_at
@@ -192,10 +192,11 @@ impl Store {
         {
             self.refresh_view(&mut state)?;
         }
-        Ok(state
-            .view
+        Ok(queues
             .iter()
-            .find_map(|name| entry_key(name))
+            .filter(|queue| !paused.contains(*queue))
+            .filter_map(|queue| state.view.earliest(queue))
+            .min()
             .and_then(key_time))
     }
 
@@ -234,7 +235,12 @@ impl Store {
                 break;
             }
             match self.get(*id) {
-                Ok(task) if query.status.is_none_or(|s| s == task.status) => tasks.push(task),
+                Ok(task)
+                    if query.status.is_none_or(|s| s == task.status)
+                        && query.queue.as_ref().is_none_or(|q| *q == task.queue) =>
+                {
+                    tasks.push(task)
+                }
                 // Gone since the folder was read, or moved on to another status.
                 Ok(_) | Err(Error::NotFound { .. }) => {}
                 Err(Error::Corrupt { .. }) => {}
@@ -283,6 +289,11 @@ impl Store {
             let old = self.record_or_error(id)?;
             let mut task = old.clone();
             task.retry(now)?;
+            if let Some(key) = task.unique_key.as_deref() {
+                if let Some(holder) = self.key_holder(key)? {
+                    return Err(omniq_core::queue::key_held(id, key, holder));
+                }
+            }
             self.apply(state, vec![Save { task, old: Some(old) }], Vec::new())
         })
     }

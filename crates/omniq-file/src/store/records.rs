@@ -102,12 +102,7 @@ impl Store {
     }
 
     pub(super) fn entry_path(&self, task: &Task) -> PathBuf {
-        self.layout().entry_folder(task.status).join(entry_name(
-            task.status,
-            task.id,
-            task.eta,
-            task.finished_at,
-        ))
+        self.layout().entry_folder(task.status).join(entry_name(task))
     }
 
     pub(super) fn read_lease(&self, id: TaskId) -> Option<Lease> {
@@ -137,7 +132,6 @@ impl Store {
         if running.exists() {
             found.push(running);
         }
-        let suffix = format!("-{id}");
         for status in [
             TaskStatus::Pending,
             TaskStatus::Completed,
@@ -146,7 +140,7 @@ impl Store {
         ] {
             let folder = layout.entry_folder(status);
             for name in names(folder)? {
-                if name.ends_with(&suffix) {
+                if entry_id(&name) == Some(id) {
                     found.push(folder.join(name));
                 }
             }

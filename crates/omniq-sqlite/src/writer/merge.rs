@@ -33,6 +33,10 @@ pub(super) fn merged(group: &[Op]) -> Option<Vec<Single>> {
             Op::Finish(finishes, now, _) => prepare_finish(finishes, *now).ok().flatten()?,
             Op::Enqueue(these, _) => {
                 omniq_core::check_new_records(these).ok()?;
+                // A unique key needs the lookup of its holder first.
+                if these.iter().any(|task| task.unique_key.is_some()) {
+                    return None;
+                }
                 tasks.extend(these);
                 Single::Joined
             }
@@ -122,8 +126,15 @@ pub(super) async fn apply_merged(
             false => None,
         };
         match (op, single, row) {
-            (Op::Enqueue(_, reply), Single::Enqueue(..) | Single::Joined, _) => {
-                answers.push((answer(reply, Ok(())), None))
+            (Op::Enqueue(tasks, reply), Single::Enqueue(..) | Single::Joined, _) => {
+                let stored = tasks
+                    .iter()
+                    .map(|task| Enqueued {
+                        id: task.id,
+                        duplicate: false,
+                    })
+                    .collect();
+                answers.push((answer(reply, Ok(stored)), None))
             }
             (Op::Claim(_, reply), Single::Claim(_), Some(row)) => {
                 answers.push((answer(reply, read_claim(row, db)), None))

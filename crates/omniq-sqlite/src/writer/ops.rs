@@ -7,18 +7,80 @@ use super::merge::{run_single, Single};
 use super::*;
 
 /// Refuses what no enqueue may store: a running task, or one id twice in a call.
-pub(super) async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<()> {
+pub(super) async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
     omniq_core::check_new_records(&tasks)?;
-    rows::insert(s, &tasks).await
+    let holders = key_holders(s, tasks.iter().filter_map(|t| t.unique_key.as_deref())).await?;
+    let (tasks, answers) = split_duplicates(tasks, |key| Ok(holders.get(key).copied()))?;
+    rows::insert(s, &tasks).await?;
+    Ok(answers)
 }
 
-/// The claim, as one command: SQLite picks the due tasks, moves them from
-/// `pending` to `running` with their leases, and returns them. It makes the
-/// same change as `Task::claim` (one more attempt, started and updated now, a
-/// lease per task with the token made here), which the shared conformance
-/// suite checks against the other backends.
+/// The pending or running task holding each of `keys`, read through the
+/// partial unique index; no query when there are no keys.
+async fn key_holders<'k>(
+    s: &mut Session<'_>,
+    keys: impl Iterator<Item = &'k str>,
+) -> Result<HashMap<String, TaskId>> {
+    let keys: Vec<&str> = keys.collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = s.sql(
+        "SELECT unique_key, id FROM tasks WHERE unique_key IN (SELECT value FROM json_each(?1)) \
+         AND status IN ('pending', 'running')",
+    );
+    let rows: Vec<(String, String)> = sqlx::query_as(&sql)
+        .bind(serde_json::to_string(&keys)?)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
+    rows.into_iter()
+        .map(|(key, id)| Ok((key, TaskId::parse(&id)?)))
+        .collect()
+}
+
+/// Pauses or resumes a queue: `paused_queues` lists the paused ones.
+pub(super) async fn set_paused(s: &mut Session<'_>, queue: &str, paused: bool) -> Result<()> {
+    omniq_core::queue::check_name(queue)?;
+    let sql = match paused {
+        true => s.final_sql("INSERT OR IGNORE INTO paused_queues (name) VALUES (?1)"),
+        false => s.final_sql("DELETE FROM paused_queues WHERE name = ?1"),
+    };
+    sqlx::query(&sql)
+        .bind(queue)
+        .execute(s.conn())
+        .await
+        .map_err(sql_error)?;
+    s.final_ran();
+    Ok(())
+}
+
+/// The claim, as one command: SQLite picks the due tasks of queue `?6`
+/// (none while it is paused), moves them from `pending` to `running` with
+/// their leases, and returns them. It makes the same change as `Task::claim`
+/// (one more attempt, started and updated now, a lease per task with the
+/// token made here), which the shared conformance suite checks against the
+/// other backends.
+///
+/// The pick walks the queue's priority levels from the highest (`levels`:
+/// each step one seek in `pending_claim` for the next lower priority, and a
+/// count of that level's due tasks, at most the limit) until it has enough
+/// tasks, then takes each level's due tasks in (eta, id) order from the
+/// front of its range. Its cost thus grows with the number of priority
+/// levels visited, not with the number of tasks waiting for a later eta.
 pub(super) const CLAIM: &str = "DELETE FROM temp.claimed; \
-    INSERT INTO temp.claimed (id) SELECT id FROM pending WHERE eta <= ?1 ORDER BY eta, id LIMIT ?2; \
+    INSERT INTO temp.claimed (id) \
+    WITH RECURSIVE levels(p, got) AS ( \
+        SELECT max(priority), 0 FROM pending WHERE queue = ?6 \
+            AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE name = ?6) \
+        UNION ALL \
+        SELECT (SELECT max(priority) FROM pending WHERE queue = ?6 AND priority < p), \
+            got + (SELECT count(*) FROM (SELECT 1 FROM pending \
+                   WHERE queue = ?6 AND priority = p AND eta <= ?1 LIMIT ?2)) \
+        FROM levels WHERE p IS NOT NULL AND got < ?2) \
+    SELECT j.value FROM levels, json_each((SELECT json_group_array(id) FROM (SELECT id FROM pending \
+        WHERE queue = ?6 AND priority = levels.p AND eta <= ?1 ORDER BY eta, id LIMIT ?2))) j \
+    WHERE levels.p IS NOT NULL AND levels.got < ?2 ORDER BY levels.p DESC, j.key LIMIT ?2; \
     UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1 \
         WHERE id IN (SELECT id FROM temp.claimed); \
     DELETE FROM pending WHERE id IN (SELECT id FROM temp.claimed); \
@@ -57,6 +119,7 @@ pub(super) fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
         Value::Text(request.worker_id.clone()),
         Value::Int(to_ns(omniq_core::later(request.now, request.lease_for))?),
         Value::Text(serde_json::to_string(&tokens)?),
+        Value::Text(request.queue.clone()),
     ])))
 }
 
@@ -67,7 +130,7 @@ pub(super) fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
     // and the lease pass fails it once its lease runs out.
     let (mut tasks, unreadable) = rows::split_rows(json.as_deref(), db)?;
     rows::report_unreadable(&unreadable, db, "claim");
-    tasks.sort_by_key(|task| (task.eta, task.id));
+    tasks.sort_by_key(omniq_core::queue::claim_order);
     Ok(tasks)
 }
 
@@ -290,6 +353,11 @@ pub(super) async fn cancel(
 pub(super) async fn retry(s: &mut Session<'_>, db: &Path, id: TaskId, now: OffsetDateTime) -> Result<()> {
     let mut task = load_one(s, db, id).await?;
     task.retry(now)?;
+    if let Some(key) = task.unique_key.as_deref() {
+        if let Some(holder) = key_holders(s, std::iter::once(key)).await?.get(key) {
+            return Err(omniq_core::queue::key_held(id, key, *holder));
+        }
+    }
     rows::save(s, &[task]).await
 }
 

@@ -7,8 +7,13 @@ use crate::backoff::Backoff;
 /// How a pool runs.
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
-    /// How many tasks run at once (default 4).
+    /// How many tasks run at once (default 4), when `queues` is empty: the
+    /// pool then serves the `default` queue alone.
     pub concurrency: usize,
+    /// The queues the pool serves, each with how many of its tasks run at
+    /// once; a busy queue never takes another's slots. Empty: `default` with
+    /// `concurrency` slots.
+    pub queues: Vec<(String, usize)>,
     /// How often an idle pool looks for tasks enqueued by other processes or
     /// coming due (default 500 ms). Tasks enqueued through the same
     /// [`Signals`] start at once.
@@ -26,11 +31,22 @@ pub struct PoolConfig {
     pub worker_id: String,
 }
 
+impl PoolConfig {
+    /// The queues served and their slots, as [`PoolConfig::queues`] says.
+    pub fn lanes(&self) -> Vec<(String, usize)> {
+        match self.queues.is_empty() {
+            true => vec![(omniq_core::DEFAULT_QUEUE.to_owned(), self.concurrency)],
+            false => self.queues.clone(),
+        }
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         let unique = uuid::Uuid::now_v7().simple().to_string();
         PoolConfig {
             concurrency: 4,
+            queues: Vec::new(),
             poll_interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
             renew_every: Duration::from_secs(10),

@@ -10,35 +10,43 @@ use super::*;
 /// the handler is done, before the outcome is recorded, so the next claim and
 /// the record travel to the store together; a task whose outcome is still being
 /// recorded counts as `recording` instead.
-pub(super) struct Slot<'a>(pub(super) Option<&'a Shared>);
+pub(super) struct Slot<'a> {
+    pub(super) shared: &'a Shared,
+    /// The task's queue among the pool's; `None` once the slot is given back.
+    pub(super) lane: Option<&'a Lane>,
+}
 
 impl Slot<'_> {
     /// Gives the slot back and counts the task as recording its outcome.
     fn release_to_recording(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.recording.fetch_add(1, Ordering::AcqRel);
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            shared.slot_freed.notify_one();
+        if let Some(lane) = self.lane.take() {
+            lane.recording.fetch_add(1, Ordering::AcqRel);
+            lane.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.slot_freed.notify_one();
         }
     }
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            shared.slot_freed.notify_one();
+        if let Some(lane) = self.lane.take() {
+            lane.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.slot_freed.notify_one();
         }
     }
 }
 
-/// Counts a task whose outcome record is done (written or failed).
-fn recorded(shared: &Shared) {
-    shared.recording.fetch_sub(1, Ordering::AcqRel);
+/// Counts a task of `lane` whose outcome record is done (written or failed).
+fn recorded(shared: &Shared, lane: &Lane) {
+    lane.recording.fetch_sub(1, Ordering::AcqRel);
     shared.slot_freed.notify_one();
 }
 
 pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
+    let Some(lane) = slot.lane else {
+        tracing::error!("a task started without its slot; skipping it");
+        return;
+    };
     let Some(lease) = task.lease.clone() else {
         tracing::error!("a claimed task came without a lease; skipping it");
         return;
@@ -80,7 +88,7 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
             "the outcome recorder stopped",
         )),
     };
-    recorded(shared);
+    recorded(shared, lane);
     match result {
         Ok(FinishOutcome::Applied { status, .. }) => {
             let (label, counter) = match status {

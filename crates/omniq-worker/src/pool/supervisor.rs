@@ -35,17 +35,17 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
         let mut slot = pin!(shared.slot_freed.notified());
         slot.as_mut().enable();
 
-        // Handlers may run while up to `concurrency` outcomes are still being
-        // recorded, never more: a slow store slows claiming down.
-        let running = shared.in_flight.load(Ordering::Acquire);
-        let recording = shared.recording.load(Ordering::Acquire);
-        let free = config
-            .concurrency
-            .saturating_sub(running)
-            .min((2 * config.concurrency).saturating_sub(running + recording));
-        let mut wait = config.poll_interval;
-        if free > 0 {
+        // Each queue claims into its own free slots, one claim per queue a
+        // round, so a queue with a flood of due tasks never delays another.
+        let mut hungry = Vec::new();
+        let mut full = false;
+        for (index, lane) in shared.lanes.iter().enumerate() {
+            let free = free_slots(lane);
+            if free == 0 {
+                continue;
+            }
             let request = ClaimRequest {
+                queue: lane.queue.clone(),
                 worker_id: config.worker_id.clone(),
                 limit: free,
                 lease_for: config.lease,
@@ -53,29 +53,37 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             };
             match shared.storage.claim(request).await {
                 Ok(tasks) => {
-                    let full = tasks.len() == free;
+                    full |= tasks.len() == free;
+                    if tasks.len() < free {
+                        hungry.push(lane.queue.clone());
+                    }
                     for task in tasks {
-                        spawn_executor(&shared, task);
+                        spawn_executor(&shared, task, index);
                     }
-                    if full {
-                        continue;
-                    }
-                    // Nothing more is due: sleep until the next task is, if
-                    // that comes before the next poll.
-                    wait = wait.min(until_next_due(&shared).await);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot claim tasks; trying again after the poll interval");
+                    tracing::warn!(%error, queue = %lane.queue, "cannot claim tasks; trying again after the poll interval");
                 }
             }
-        } else {
+        }
+        if full {
+            continue;
+        }
+        let free = shared.lanes.iter().any(|lane| free_slots(lane) > 0);
+        let mut wait = config.poll_interval;
+        if !hungry.is_empty() {
+            // Nothing more is due in these queues: sleep until their next
+            // task is, if that comes before the next poll.
+            wait = wait.min(until_next_due(&shared, &hungry).await);
+        }
+        if !free {
             // Every slot is busy: only a free slot (or stopping) matters.
             wait = Duration::MAX;
         }
         let until_requeue = next_requeue.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = shared.stop_claiming.cancelled() => return,
-            _ = &mut enqueued, if free > 0 => {}
+            _ = &mut enqueued, if free => {}
             _ = &mut slot => {
                 // Tasks recorded together free their slots one after another:
                 // let the others land so one claim fills them all.
@@ -86,12 +94,23 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
     }
 }
 
-/// How long until the store's earliest pending task is due, by the pool's
+/// How many more tasks `lane` may claim. Handlers may run while up to as many
+/// outcomes as it has slots are still being recorded, never more: a slow
+/// store slows claiming down.
+fn free_slots(lane: &Lane) -> usize {
+    let running = lane.in_flight.load(Ordering::Acquire);
+    let recording = lane.recording.load(Ordering::Acquire);
+    lane.slots
+        .saturating_sub(running)
+        .min((2 * lane.slots).saturating_sub(running + recording))
+}
+
+/// How long until the earliest pending task of `queues` is due, by the pool's
 /// clock; `Duration::MAX` when none is pending, when it is due already (a task
 /// another worker is about to take; the poll looks again), or when the store
 /// cannot say.
-async fn until_next_due(shared: &Shared) -> Duration {
-    match shared.storage.next_due().await {
+async fn until_next_due(shared: &Shared, queues: &[String]) -> Duration {
+    match shared.storage.next_due(queues).await {
         Ok(Some(eta)) => {
             let until = eta - shared.clock.now();
             match until > time::Duration::ZERO {
@@ -107,13 +126,14 @@ async fn until_next_due(shared: &Shared) -> Duration {
     }
 }
 
-fn spawn_executor(shared: &Arc<Shared>, task: Task) {
-    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+fn spawn_executor(shared: &Arc<Shared>, task: Task, lane: usize) {
+    shared.lanes[lane].in_flight.fetch_add(1, Ordering::AcqRel);
     bump(&shared.counters.claimed);
     let span = tracing::info_span!(
         "task",
         id = %task.id,
         func_path = %task.func_path,
+        queue = %task.queue,
         attempt = task.attempts,
         worker_id = %shared.config.worker_id,
     );
@@ -122,7 +142,11 @@ fn spawn_executor(shared: &Arc<Shared>, task: Task) {
         async move {
             let shared = shared_for_task;
             let id = task.id;
-            run_task(&shared, task, Slot(Some(&shared))).await;
+            let slot = Slot {
+                shared: &shared,
+                lane: shared.lanes.get(lane),
+            };
+            run_task(&shared, task, slot).await;
             shared.signals.task_finished(id);
         }
         .instrument(span),
