@@ -60,6 +60,22 @@ pub fn task(i: usize) -> Task {
         .expect("task")
 }
 
+/// A no-op task with `args = [i]`, a priority from -2 to 2, and, when
+/// `later`, an eta an hour away: the mix the claim-cost line waits behind.
+pub fn mixed_task(i: usize, later: bool) -> Task {
+    let now = OffsetDateTime::now_utc();
+    NewTask::new("noop")
+        .args(vec![json!(i)])
+        .priority((i % 5) as i16 - 2)
+        .eta(if later {
+            omniq_core::later(now, Duration::from_secs(3600))
+        } else {
+            now
+        })
+        .into_task(&Settings::default(), now)
+        .expect("task")
+}
+
 /// Enqueues `n` tasks, one call each.
 pub async fn enqueue_each(store: &dyn Storage, n: usize) {
     for i in 0..n {

@@ -92,7 +92,7 @@ fn main() {
     } else {
         print_table(&rows);
         println!();
-        println!("| Backend | Latency p50 (ms) | Latency p99 (ms) | Claim+finish, 100 pending (µs) | Claim+finish, 100,000 pending (µs) |");
+        println!("| Backend | Latency p50 (ms) | Latency p99 (ms) | Claim+finish, 100 pending of mixed priorities and etas (µs) | Claim+finish, 100,000 pending (µs) |");
         println!("|---------|-----------------:|-----------------:|-------------------------------:|-----------------------------------:|");
         let backends: Vec<&str> = rows
             .iter()
@@ -230,20 +230,23 @@ async fn latency(backend: &'static str, n: usize) -> (f64, f64) {
 
 /// The cost of one claim (of one task) and its finish with 100 and with
 /// 100,000 tasks waiting, in microseconds: the median of 200 pairs each, after
-/// 20 to warm up. Each pair is timed alone and followed, untimed, by an
-/// enqueue that holds the pending count. The two stores take turns, so both
-/// see the same moments of a noisy machine, and the median keeps its spikes out.
+/// 20 to warm up. The waiting tasks have priorities from -2 to 2, and half of
+/// them (of every priority) an eta an hour away, so a claim must find the due
+/// tasks of the highest priority past the ones waiting. Each pair is timed
+/// alone and followed, untimed, by an enqueue of a due task that holds the
+/// pending count. The two stores take turns, so both see the same moments of
+/// a noisy machine, and the median keeps its spikes out.
 async fn claim_costs(backend: &'static str) -> (f64, f64) {
     const WARM_UP: usize = 20;
     const SAMPLES: usize = 200;
     let mut stores = Vec::new();
     for pending in [100, 100_000] {
         let store = open(backend).await;
-        let mut left = pending;
-        while left > 0 {
-            let chunk = left.min(5_000);
-            enqueue_batch(&*store.store, chunk).await;
-            left -= chunk;
+        for start in (0..pending).step_by(5_000) {
+            let chunk = (start..(start + 5_000).min(pending))
+                .map(|i| omniq_benches::mixed_task(i, (i / 5) % 2 == 0))
+                .collect();
+            store.store.enqueue(chunk).await.expect("enqueue");
         }
         stores.push(store);
     }
@@ -254,7 +257,10 @@ async fn claim_costs(backend: &'static str) -> (f64, f64) {
             let start = Instant::now();
             omniq_benches::drain_n(storage, 1).await;
             let took = start.elapsed();
-            enqueue_batch(storage, 1).await;
+            storage
+                .enqueue(vec![omniq_benches::mixed_task(i, false)])
+                .await
+                .expect("enqueue");
             if i >= WARM_UP {
                 samples.push(took.as_secs_f64() * 1e6);
             }

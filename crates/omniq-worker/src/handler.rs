@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use omniq_core::TaskId;
+use omniq_core::{Task, TaskId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -25,6 +25,10 @@ pub struct TaskContext {
     pub attempt: u32,
     /// The most retries the task allows (`max_retries + 1` attempts in all).
     pub max_retries: u32,
+    /// The task's queue.
+    pub queue: String,
+    /// The task's priority.
+    pub priority: i16,
     cancel: CancellationToken,
 }
 
@@ -47,18 +51,14 @@ impl TaskContext {
         self.attempt > self.max_retries
     }
 
-    pub(crate) fn new(
-        id: TaskId,
-        func_path: String,
-        attempt: u32,
-        max_retries: u32,
-        cancel: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(task: &Task, attempt: u32, cancel: CancellationToken) -> Self {
         TaskContext {
-            id,
-            func_path,
+            id: task.id,
+            func_path: task.func_path.clone(),
             attempt,
-            max_retries,
+            max_retries: task.max_retries,
+            queue: task.queue.clone(),
+            priority: task.priority,
             cancel,
         }
     }

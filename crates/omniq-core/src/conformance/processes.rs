@@ -1,6 +1,8 @@
 //! Helpers for the several-processes test each persistent backend runs: child
-//! processes claim from one store while the parent enqueues, and every task must
-//! run exactly once (no lease expires in that test).
+//! processes claim from three queues of one store while the parent enqueues
+//! tasks of mixed priorities, and every task must run exactly once (no lease
+//! expires in that test); at the same moment, every child enqueues the same
+//! unique keys, and each key must be stored once.
 //!
 //! The backend's test re-executes its own test binary as the children (an
 //! ignored test named `child_worker` that calls [`child_main`]), so no extra
@@ -44,31 +46,53 @@ const LEASE: Duration = Duration::from_secs(600);
 /// How many children the parent starts.
 const CHILDREN: usize = 3;
 
-/// A child's work: claim up to 8 tasks at a time, append each id to `log` (one
-/// line per execution), complete it, until `stop` exists and nothing is due.
-/// It holds its first claim until every child holds one (a file each in
-/// `barrier`), so every child runs tasks while the others do: the test then
-/// shows claims from all of them at once, not from whichever started first.
-async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Path, barrier: &Path) {
+/// The queues the children serve, the tasks spread over them.
+const QUEUES: [&str; 3] = ["default", "emails", "reports"];
+
+/// How many unique keys every child enqueues at once.
+const KEYS: usize = 50;
+
+/// The queue of the keyed tasks, which no child serves, so each stays
+/// pending, holding its key, until the parent checks.
+const HELD: &str = "held";
+
+/// A child's work: claim up to 8 tasks at a time from each queue in turn,
+/// append each id to `log` (one line per execution), complete it, until
+/// `stop` exists and nothing is pending in the queues. It holds its first
+/// claim until every child holds one (a file each in `barrier`), so every
+/// child runs tasks while the others do: the test then shows claims from all
+/// of them at once, not from whichever started first. Then it enqueues the
+/// unique keys, as every other child does at that moment, and writes each
+/// answer to `log` with `.keys` added.
+async fn child_loop(store: &dyn Storage, worker_id: &str, log_path: &Path, stop: &Path, barrier: &Path) {
     let mut waited = false;
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log)
+        .open(log_path)
         .expect("open the execution log");
+    let served: Vec<String> = QUEUES.iter().map(|q| q.to_string()).collect();
+    let mut turn = 0;
     loop {
-        let claimed = store
-            .claim(ClaimRequest {
-                queue: crate::DEFAULT_QUEUE.into(),
-                worker_id: worker_id.to_string(),
-                limit: 8,
-                lease_for: LEASE,
-                now: OffsetDateTime::now_utc(),
-            })
-            .await
-            .expect("claim");
+        let mut claimed = Vec::new();
+        for _ in 0..QUEUES.len() {
+            turn = (turn + 1) % QUEUES.len();
+            claimed = store
+                .claim(ClaimRequest {
+                    queue: QUEUES[turn].into(),
+                    worker_id: worker_id.to_string(),
+                    limit: 8,
+                    lease_for: LEASE,
+                    now: OffsetDateTime::now_utc(),
+                })
+                .await
+                .expect("claim");
+            if !claimed.is_empty() {
+                break;
+            }
+        }
         if claimed.is_empty() {
-            if stop.exists() && store.counts().await.expect("counts").pending == 0 {
+            if stop.exists() && store.next_due(&served).await.expect("next due").is_none() {
                 return;
             }
             // Another process enqueues, so there is nothing to be woken by here.
@@ -90,6 +114,7 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Pat
         if !waited {
             wait_for_every_child(barrier, worker_id).await;
             waited = true;
+            enqueue_keys(store, log_path).await;
         }
         let answers = store
             .finish(finishes, OffsetDateTime::now_utc())
@@ -100,6 +125,37 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log: &Path, stop: &Pat
             "a finish was refused although no lease expired: {answers:?}"
         );
     }
+}
+
+/// Enqueues one task for each unique key, as every child does at once, and
+/// writes each answer (`key id stored|duplicate`) beside `log`.
+async fn enqueue_keys(store: &dyn Storage, log: &Path) {
+    let tasks = (0..KEYS)
+        .map(|k| {
+            NewTask::new("keyed")
+                .queue(HELD)
+                .unique_key(format!("key-{k}"))
+                .into_task(&Settings::default(), OffsetDateTime::now_utc())
+                .expect("task")
+        })
+        .collect();
+    let answers = store.enqueue(tasks).await.expect("enqueue keyed tasks");
+    let lines: String = answers
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            format!(
+                "key-{k} {} {}\n",
+                a.id,
+                if a.duplicate { "duplicate" } else { "stored" }
+            )
+        })
+        .collect();
+    std::fs::write(keys_log(log), lines).expect("write the key answers");
+}
+
+fn keys_log(log: &Path) -> PathBuf {
+    log.with_extension("keys")
 }
 
 /// Marks this child as holding a claim, then waits until every child does.
@@ -126,8 +182,11 @@ async fn enqueue_while_children_run(store: &dyn Storage, batches: usize, per_bat
     for batch in 0..batches {
         let tasks = (0..per_batch)
             .map(|i| {
+                let n = batch * per_batch + i;
                 NewTask::new("multi")
-                    .args(vec![json!(batch * per_batch + i)])
+                    .args(vec![json!(n)])
+                    .queue(QUEUES[n % QUEUES.len()])
+                    .priority((n % 7) as i16 - 3)
                     .into_task(&settings, OffsetDateTime::now_utc())
                     .expect("task")
             })
@@ -232,4 +291,45 @@ pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
     }
     let logs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
     assert_exactly_once(store, &ids, &logs).await;
+    assert_each_key_stored_once(store, &logs).await;
+}
+
+/// Checks that the children's enqueues of the same keys stored one task per
+/// key, which every child's answer names, and that exactly one child's answer
+/// says it stored it.
+async fn assert_each_key_stored_once(store: &dyn Storage, logs: &[&Path]) {
+    let mut answers: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+    for log in logs {
+        let text = std::fs::read_to_string(keys_log(log)).expect("read the key answers");
+        for line in text.lines() {
+            let parts: Vec<&str> = line.split(' ').collect();
+            answers
+                .entry(parts[0].to_string())
+                .or_default()
+                .push((parts[1].to_string(), parts[2] == "stored"));
+        }
+    }
+    let held = store
+        .list(crate::storage::ListQuery {
+            queue: Some(HELD.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list the keyed tasks");
+    assert_eq!(held.len(), KEYS, "one task per key");
+    assert_eq!(answers.len(), KEYS);
+    for task in held {
+        let key = task.unique_key.expect("a keyed task");
+        let these = &answers[&key];
+        assert_eq!(these.len(), CHILDREN, "{key}: {these:?}");
+        assert!(
+            these.iter().all(|(id, _)| *id == task.id.to_string()),
+            "{key}: {these:?}"
+        );
+        assert_eq!(
+            these.iter().filter(|(_, stored)| *stored).count(),
+            1,
+            "{key}: {these:?}"
+        );
+    }
 }

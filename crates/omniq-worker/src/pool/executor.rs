@@ -146,13 +146,7 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
         });
     };
     let cancel = CancellationToken::new();
-    let ctx = TaskContext::new(
-        task.id,
-        task.func_path.clone(),
-        attempt,
-        task.max_retries,
-        cancel.clone(),
-    );
+    let ctx = TaskContext::new(task, attempt, cancel.clone());
     // The handler runs in a task of its own, so a panic ends only that task and
     // a timeout can drop it.
     let mut call = tokio::spawn(handler(task.payload(), ctx));
