@@ -1,5 +1,7 @@
 //! The model-based property test: random sequences of operations run against a
 //! backend and against a small in-memory model must give the same answers.
+//! Tasks spread over two queues with three priorities and a few unique keys,
+//! and the queues are paused and resumed along the way.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,12 +14,14 @@ use time::OffsetDateTime;
 
 use super::Factory;
 use crate::error::Error;
+use crate::queue::Enqueued;
 use crate::settings::Settings;
 use crate::storage::{ClaimRequest, Finish, FinishOutcome, Storage};
 use crate::task::{LeaseToken, NewTask, Outcome, TaskError, TaskId, TaskStatus};
 
 const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
 const LEASE: Duration = Duration::from_secs(30);
+const QUEUES: [&str; 2] = ["default", "second"];
 
 /// One step of a random run. Indexes pick among the tasks known so far (modulo
 /// their number), so every generated sequence is meaningful.
@@ -27,9 +31,17 @@ enum Op {
         delay_ms: u64,
         max_retries: u32,
         interval: bool,
+        queue: usize,
+        priority: i16,
+        key: Option<u8>,
     },
     Claim {
         limit: usize,
+        queue: usize,
+    },
+    Pause {
+        queue: usize,
+        paused: bool,
     },
     Finish {
         pick: usize,
@@ -64,9 +76,20 @@ fn op() -> impl Strategy<Value = Op> {
         Just(How::HandBack),
     ];
     prop_oneof![
-        3 => (0u64..3_000, 0u32..3, proptest::bool::weighted(0.2))
-            .prop_map(|(delay_ms, max_retries, interval)| Op::Enqueue { delay_ms, max_retries, interval }),
-        3 => (0usize..4).prop_map(|limit| Op::Claim { limit }),
+        3 => (
+            (0u64..3_000, 0u32..3, proptest::bool::weighted(0.2)),
+            (0..QUEUES.len(), -1i16..=1, proptest::option::weighted(0.3, 0u8..3)),
+        )
+            .prop_map(|((delay_ms, max_retries, interval), (queue, priority, key))| Op::Enqueue {
+                delay_ms,
+                max_retries,
+                interval,
+                queue,
+                priority,
+                key,
+            }),
+        3 => (0usize..4, 0..QUEUES.len()).prop_map(|(limit, queue)| Op::Claim { limit, queue }),
+        1 => (0..QUEUES.len(), any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
         4 => (any::<usize>(), how).prop_map(|(pick, how)| Op::Finish { pick, how }),
         2 => (0u64..40_000).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::RequeueExpired),
@@ -88,11 +111,15 @@ struct ModelTask {
     series: Option<TaskId>,
     lease: Option<(LeaseToken, OffsetDateTime)>,
     finished_at: Option<OffsetDateTime>,
+    queue: usize,
+    priority: i16,
+    key: Option<String>,
 }
 
 #[derive(Default)]
 struct Model {
     tasks: Vec<ModelTask>,
+    paused: HashSet<usize>,
     /// Claims handed out so far, valid or not: finishing a stale one must be refused.
     claims: Vec<(TaskId, LeaseToken)>,
 }
@@ -100,6 +127,16 @@ struct Model {
 impl Model {
     fn task(&mut self, id: TaskId) -> Option<&mut ModelTask> {
         self.tasks.iter_mut().find(|t| t.id == id)
+    }
+
+    /// The pending or running task holding `key`.
+    fn holder(&self, key: &str) -> Option<TaskId> {
+        self.tasks
+            .iter()
+            .find(|t| {
+                t.key.as_deref() == Some(key) && matches!(t.status, TaskStatus::Pending | TaskStatus::Running)
+            })
+            .map(|t| t.id)
     }
 
     /// Ends a running task: true when it is over for good (and an interval
@@ -137,6 +174,9 @@ impl Model {
             series: task.series,
             lease: None,
             finished_at: None,
+            queue: task.queue,
+            priority: task.priority,
+            key: task.key.clone(),
         })
     }
 }
@@ -164,41 +204,75 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 delay_ms,
                 max_retries,
                 interval,
+                queue,
+                priority,
+                key,
             } => {
+                let key = key.map(|k| format!("key-{k}"));
                 let mut new = NewTask::new("model")
                     .args(vec![json!(step)])
-                    .max_retries(max_retries);
+                    .max_retries(max_retries)
+                    .queue(QUEUES[queue])
+                    .priority(priority);
                 new = new.eta(now + Duration::from_millis(delay_ms));
                 if interval {
                     new = new.interval(Duration::from_secs(20));
                 }
+                if let Some(key) = &key {
+                    new = new.unique_key(key.clone());
+                }
                 let task = new.into_task(&settings, now).unwrap();
-                model.tasks.push(ModelTask {
-                    id: task.id,
-                    status: TaskStatus::Pending,
-                    eta: task.eta,
-                    attempts: 0,
-                    max_retries,
-                    interval: task.interval,
-                    series: task.series,
-                    lease: None,
-                    finished_at: None,
-                });
-                store
-                    .enqueue(vec![task])
+                let holder = key.as_deref().and_then(|key| model.holder(key));
+                let answer = store
+                    .enqueue(vec![task.clone()])
                     .await
                     .map_err(|e| fail(format!("{ctx}: {e}")))?;
+                let expected = Enqueued {
+                    id: holder.unwrap_or(task.id),
+                    duplicate: holder.is_some(),
+                };
+                check!(
+                    answer == [expected],
+                    "{ctx}: answered {answer:?}, model expected {expected:?}"
+                );
+                if holder.is_none() {
+                    model.tasks.push(ModelTask {
+                        id: task.id,
+                        status: TaskStatus::Pending,
+                        eta: task.eta,
+                        attempts: 0,
+                        max_retries,
+                        interval: task.interval,
+                        series: task.series,
+                        lease: None,
+                        finished_at: None,
+                        queue,
+                        priority,
+                        key,
+                    });
+                }
             }
-            Op::Claim { limit } => {
+            Op::Pause { queue, paused } => {
+                store
+                    .set_paused(QUEUES[queue], paused)
+                    .await
+                    .map_err(|e| fail(format!("{ctx}: {e}")))?;
+                match paused {
+                    true => model.paused.insert(queue),
+                    false => model.paused.remove(&queue),
+                };
+            }
+            Op::Claim { limit, queue } => {
                 let mut due: Vec<&ModelTask> = model
                     .tasks
                     .iter()
-                    .filter(|t| t.status == TaskStatus::Pending && t.eta <= now)
+                    .filter(|t| t.status == TaskStatus::Pending && t.eta <= now && t.queue == queue)
+                    .filter(|_| !model.paused.contains(&queue))
                     .collect();
-                due.sort_by_key(|t| (t.eta, t.id));
+                due.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.eta, t.id));
                 let expected: Vec<TaskId> = due.iter().take(limit).map(|t| t.id).collect();
                 let request = ClaimRequest {
-                    queue: crate::DEFAULT_QUEUE.into(),
+                    queue: QUEUES[queue].into(),
                     worker_id: "model".into(),
                     limit,
                     lease_for: LEASE,
@@ -356,9 +430,14 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let index = pick % model.tasks.len();
                 let id = model.tasks[index].id;
                 let answer = store.retry(id, now).await;
+                let held = model.tasks[index]
+                    .key
+                    .as_deref()
+                    .and_then(|key| model.holder(key));
                 let task = &mut model.tasks[index];
                 match (task.status, answer) {
-                    (TaskStatus::Failed, Ok(())) => {
+                    (TaskStatus::Failed, Err(Error::Conflict { .. })) if held.is_some() => {}
+                    (TaskStatus::Failed, Ok(())) if held.is_none() => {
                         task.status = TaskStatus::Pending;
                         task.attempts = 0;
                         task.eta = now;
@@ -424,6 +503,17 @@ async fn compare(store: &dyn Storage, model: &Model, ctx: &str) -> Result<(), Te
             task.id,
             task.attempts,
             m.attempts
+        );
+        check!(
+            task.queue == QUEUES[m.queue] && task.priority == m.priority && task.unique_key == m.key,
+            "{ctx}: {} is in {} at {} with key {:?}, model says {} at {} with {:?}",
+            task.id,
+            task.queue,
+            task.priority,
+            task.unique_key,
+            QUEUES[m.queue],
+            m.priority,
+            m.key
         );
         if m.status == TaskStatus::Pending {
             check!(
