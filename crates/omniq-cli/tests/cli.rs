@@ -136,6 +136,84 @@ fn list_filters_orders_and_prints_json() {
     }
 }
 
+/// Enqueues, into the store, tasks in the `emails` queue with priorities and a
+/// unique key.
+fn add_emails(s: &Store) -> TaskId {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let settings = Settings::builder()
+            .backend(s.backend)
+            .base_dir(&s.base)
+            .build()
+            .unwrap();
+        let queue = OmniQ::open(settings).await.unwrap();
+        queue
+            .task("send", &"a@example.com")
+            .unwrap()
+            .queue("emails")
+            .priority(5)
+            .enqueue()
+            .await
+            .unwrap();
+        queue
+            .task("send", &"b@example.com")
+            .unwrap()
+            .queue("emails")
+            .unique_key("newsletter:7")
+            .enqueue()
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn queues_pause_resume_and_per_queue_views() {
+    for s in both() {
+        let keyed = add_emails(&s).to_string();
+        let json: Vec<serde_json::Value> = serde_json::from_str(&s.run(&["queues", "--json"])).unwrap();
+        let names: Vec<&str> = json.iter().map(|q| q["queue"].as_str().unwrap()).collect();
+        assert_eq!(names, ["default", "emails"]);
+        assert_eq!(json[1]["counts"]["pending"], 2);
+        assert_eq!(json[1]["paused"], false);
+        assert!(json[1]["oldest_pending_age_s"].as_f64().unwrap() >= 0.0);
+        assert!(json[0]["oldest_pending_age_s"].is_null(), "default's pending task is due later");
+
+        assert!(s.run(&["pause", "emails"]).contains("paused queue emails"));
+        let table = s.run(&["queues"]);
+        let emails = table.lines().find(|l| l.starts_with("emails")).unwrap();
+        assert!(emails.contains("paused"), "{table}");
+        let stats = s.run(&["stats", "--queue", "emails"]);
+        assert!(stats.contains("queue      emails (paused)"), "{stats}");
+        let counts: serde_json::Value =
+            serde_json::from_str(&s.run(&["stats", "--queue", "emails", "--json"])).unwrap();
+        assert_eq!(counts["pending"], 2);
+        assert_eq!(counts["completed"], 0);
+        let none: serde_json::Value =
+            serde_json::from_str(&s.run(&["stats", "--queue", "nothing", "--json"])).unwrap();
+        assert_eq!(none["pending"], 0);
+        s.run(&["resume", "emails"]);
+        assert!(!s.run(&["queues"]).contains("paused"));
+
+        let listed: Vec<serde_json::Value> =
+            serde_json::from_str(&s.run(&["list", "--queue", "emails", "--json"])).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|t| t["queue"] == "emails"));
+        let table = s.run(&["list", "--queue", "emails"]);
+        assert!(table.contains("PRIORITY") && table.contains("UNIQUE_KEY"), "{table}");
+        assert!(table.contains("newsletter:7"), "{table}");
+        let plain = s.run(&["list", "--queue", "default"]);
+        assert!(!plain.contains("UNIQUE_KEY") && plain.contains("QUEUE"), "{plain}");
+        let show = s.run(&["show", &keyed]);
+        assert!(show.contains("queue        emails"), "{show}");
+        assert!(show.contains("unique_key   newsletter:7"), "{show}");
+
+        for bad in [vec!["pause", "a/b"], vec!["list", "--queue", ".."], vec!["stats", "--queue", ""]] {
+            let err = s.fail(&bad);
+            assert!(err.contains("queue"), "{bad:?}: {err}");
+        }
+    }
+}
+
 #[test]
 fn show_and_result_read_one_task() {
     for s in both() {
@@ -524,6 +602,9 @@ fn read_commands_leave_every_byte_of_the_store_unchanged() {
             vec!["list", "--json", "--status", "failed"],
             vec!["show", &id],
             vec!["result", &id],
+            vec!["queues"],
+            vec!["queues", "--json"],
+            vec!["stats", "--queue", "default"],
             vec!["check"],
         ] {
             s.run(&args);
