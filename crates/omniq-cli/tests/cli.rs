@@ -176,7 +176,10 @@ fn queues_pause_resume_and_per_queue_views() {
         assert_eq!(json[1]["counts"]["pending"], 2);
         assert_eq!(json[1]["paused"], false);
         assert!(json[1]["oldest_pending_age_s"].as_f64().unwrap() >= 0.0);
-        assert!(json[0]["oldest_pending_age_s"].is_null(), "default's pending task is due later");
+        assert!(
+            json[0]["oldest_pending_age_s"].is_null(),
+            "default's pending task is due later"
+        );
 
         assert!(s.run(&["pause", "emails"]).contains("paused queue emails"));
         let table = s.run(&["queues"]);
@@ -199,15 +202,25 @@ fn queues_pause_resume_and_per_queue_views() {
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|t| t["queue"] == "emails"));
         let table = s.run(&["list", "--queue", "emails"]);
-        assert!(table.contains("PRIORITY") && table.contains("UNIQUE_KEY"), "{table}");
+        assert!(
+            table.contains("PRIORITY") && table.contains("UNIQUE_KEY"),
+            "{table}"
+        );
         assert!(table.contains("newsletter:7"), "{table}");
         let plain = s.run(&["list", "--queue", "default"]);
-        assert!(!plain.contains("UNIQUE_KEY") && plain.contains("QUEUE"), "{plain}");
+        assert!(
+            !plain.contains("UNIQUE_KEY") && plain.contains("QUEUE"),
+            "{plain}"
+        );
         let show = s.run(&["show", &keyed]);
         assert!(show.contains("queue        emails"), "{show}");
         assert!(show.contains("unique_key   newsletter:7"), "{show}");
 
-        for bad in [vec!["pause", "a/b"], vec!["list", "--queue", ".."], vec!["stats", "--queue", ""]] {
+        for bad in [
+            vec!["pause", "a/b"],
+            vec!["list", "--queue", ".."],
+            vec!["stats", "--queue", ""],
+        ] {
             let err = s.fail(&bad);
             assert!(err.contains("queue"), "{bad:?}: {err}");
         }

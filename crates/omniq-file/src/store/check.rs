@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use omniq_core::queue::holds_key;
 use omniq_core::{Result, TaskId, TaskStatus};
 
 use super::{Before, Loaded, State, Store};
@@ -153,6 +154,22 @@ impl Store {
                     report.repaired += 1;
                 }
                 state.view_read_at = None;
+            }
+            // A live task's key must be on record in keys/, or another task
+            // with that key could be enqueued beside it.
+            for (id, task) in &records {
+                let Some(key) = task.unique_key.as_deref().filter(|_| holds_key(task.status)) else {
+                    continue;
+                };
+                if self.key_holder(key)? != Some(*id) {
+                    report.problems.push(format!(
+                        "task {id} holds the unique key {key:?}, which keys/ does not record"
+                    ));
+                    if repair {
+                        self.take_key(task)?;
+                        report.repaired += 1;
+                    }
+                }
             }
             report.held = quarantine::list(layout);
             Ok(report)
