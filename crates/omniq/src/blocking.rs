@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use omniq_core::{ListQuery, NewTask, Result, Settings, StatusCounts, Task, TaskId, TaskResult};
+use omniq_core::{
+    Enqueued, ListQuery, NewTask, QueueStats, Result, Settings, StatusCounts, Task, TaskId, TaskResult,
+};
 use omniq_worker::{Pool, PoolStats, Registry, ShutdownReport, WorkerPool};
 use serde::Serialize;
 use tokio::runtime::Runtime;
@@ -101,6 +103,27 @@ impl OmniQ {
     /// How many tasks are in each status.
     pub fn counts(&self) -> Result<StatusCounts> {
         self.runtime.block_on(self.inner.counts())
+    }
+
+    /// Enqueues many tasks, all or none, saying for each whether it was stored
+    /// or was a duplicate of the live task holding its unique key.
+    pub fn enqueue_checked(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        self.runtime.block_on(self.inner.enqueue_checked(tasks))
+    }
+
+    /// Pauses a queue for every process sharing the store.
+    pub fn pause(&self, queue: &str) -> Result<()> {
+        self.runtime.block_on(self.inner.pause(queue))
+    }
+
+    /// Resumes a paused queue.
+    pub fn resume(&self, queue: &str) -> Result<()> {
+        self.runtime.block_on(self.inner.resume(queue))
+    }
+
+    /// Every queue that holds a task or is paused, with its counts.
+    pub fn queues(&self) -> Result<Vec<QueueStats>> {
+        self.runtime.block_on(self.inner.queues())
     }
 
     /// Starts a worker pool on this client's runtime; `configure` sets it up

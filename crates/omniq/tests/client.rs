@@ -194,3 +194,114 @@ fn the_blocking_client_needs_no_runtime() {
     assert!(worker.shutdown(Duration::from_secs(5)).drained);
     assert_eq!(q.purge_older_than(Duration::ZERO).unwrap(), 2);
 }
+
+/// Queues, priorities, unique keys and pausing through the client, with a
+/// pool serving two queues, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_priorities_unique_keys_and_pausing() {
+    let dir = tempfile::tempdir().unwrap();
+    for q in clients(dir.path()).await {
+        q.pause("emails").await.unwrap();
+        let mail = q
+            .task("add", &(1, 1))
+            .unwrap()
+            .queue("emails")
+            .priority(7)
+            .enqueue()
+            .await
+            .unwrap();
+        let first = q
+            .task("add", &(2, 2))
+            .unwrap()
+            .unique_key("sum:4")
+            .delay(Duration::from_secs(3600))
+            .enqueue_checked()
+            .await
+            .unwrap();
+        assert!(!first.duplicate);
+        let second = q
+            .task("add", &(2, 2))
+            .unwrap()
+            .unique_key("sum:4")
+            .enqueue_checked()
+            .await
+            .unwrap();
+        assert_eq!(
+            second,
+            omniq::Enqueued {
+                id: first.id,
+                duplicate: true
+            }
+        );
+        assert_eq!(
+            q.task("add", &(2, 2))
+                .unwrap()
+                .unique_key("sum:4")
+                .enqueue()
+                .await
+                .unwrap(),
+            first.id,
+            "enqueue() answers the live task's id"
+        );
+        let refused = q.task("add", &(0, 0)).unwrap().queue("bad name").enqueue().await;
+        assert!(matches!(refused, Err(Error::InvalidConfig { .. })), "{refused:?}");
+
+        let pool = q
+            .worker(registry())
+            .queue("default", 2)
+            .queue("emails", 1)
+            .start()
+            .expect("start the pool");
+        let plain = q.enqueue("add", &(3, 3)).await.unwrap();
+        q.wait_result(plain, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(
+            q.get(mail).await.unwrap().status,
+            TaskStatus::Pending,
+            "emails is paused"
+        );
+        let stats = q.queues().await.unwrap();
+        let emails = stats.iter().find(|s| s.queue == "emails").unwrap();
+        assert!(emails.paused);
+        assert_eq!(emails.counts.pending, 1);
+        q.resume("emails").await.unwrap();
+        let result = q.wait_result(mail, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(result.value_as::<i64>().unwrap(), Some(2));
+        let task = q.get(mail).await.unwrap();
+        assert_eq!((task.queue.as_str(), task.priority), ("emails", 7));
+        assert!(pool.shutdown(Duration::from_secs(5)).await.drained);
+
+        // Cancelled, the key is free again.
+        q.cancel(first.id).await.unwrap();
+        let third = q
+            .task("add", &(2, 2))
+            .unwrap()
+            .unique_key("sum:4")
+            .enqueue_checked()
+            .await
+            .unwrap();
+        assert!(!third.duplicate);
+        assert_ne!(third.id, first.id);
+    }
+}
+
+#[test]
+fn the_blocking_client_pauses_and_reports_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::builder().base_dir(dir.path()).build().unwrap();
+    let q = omniq::blocking::OmniQ::open(settings).unwrap();
+    let answers = q
+        .enqueue_checked(vec![
+            NewTask::new("a").queue("reports").unique_key("r"),
+            NewTask::new("a").queue("reports").unique_key("r"),
+        ])
+        .unwrap();
+    assert!(!answers[0].duplicate && answers[1].duplicate);
+    assert_eq!(answers[1].id, answers[0].id);
+    q.pause("reports").unwrap();
+    let queues = q.queues().unwrap();
+    assert_eq!(queues.len(), 1);
+    assert!(queues[0].paused);
+    assert_eq!(queues[0].counts.pending, 1);
+    q.resume("reports").unwrap();
+    assert!(!q.queues().unwrap()[0].paused);
+}

@@ -26,7 +26,10 @@ async fn fill(store: &dyn Storage) {
             new(NewTask::new("tick").interval(Duration::from_secs(90))),
             new(NewTask::new("later")
                 .eta(now + Duration::from_secs(3600))
-                .timeout(Duration::from_secs(9))),
+                .timeout(Duration::from_secs(9))
+                .queue("reports")
+                .priority(-4)
+                .unique_key("report:later")),
         ])
         .await
         .unwrap();
@@ -192,4 +195,41 @@ async fn every_task_not_copied_is_reported_and_the_source_is_untouched() {
         from.enqueue(vec![]).await.is_err(),
         "a read-only store refuses changes"
     );
+}
+
+/// A pending task whose unique key a live task of the destination holds is
+/// reported, not copied: copying it would run the job twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_key_the_destination_holds_is_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let from = FileStorage::open_path(dir.path().join("from"), Durability::Normal)
+        .await
+        .unwrap();
+    let to = SqliteStorage::open_path(dir.path().join("to.db"), Durability::Normal)
+        .await
+        .unwrap();
+    let now = OffsetDateTime::now_utc();
+    let keyed = |name: &str| {
+        NewTask::new(name)
+            .unique_key("invoice:9")
+            .into_task(&Settings::default(), now)
+            .unwrap()
+    };
+    let theirs = keyed("theirs");
+    let ours = keyed("ours");
+    to.enqueue(vec![theirs.clone()]).await.unwrap();
+    from.enqueue(vec![ours.clone(), keyed("plain").clone()])
+        .await
+        .unwrap();
+    let report = omniq::migrate(&from, &to, |_| {}).await.unwrap();
+    assert_eq!(report.copied, 0);
+    assert_eq!(report.not_copied.len(), 1, "{:?}", report.not_copied);
+    assert_eq!(report.not_copied[0].id, ours.id.to_string());
+    assert!(
+        report.not_copied[0].reason.contains(&theirs.id.to_string()),
+        "{}",
+        report.not_copied[0].reason
+    );
+    assert!(!report.is_complete());
+    assert_eq!(to.counts().await.unwrap().total(), 1);
 }
