@@ -6,76 +6,14 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use omniq_core::{
-    ClaimRequest, MemoryStorage, NewTask, Settings, Storage, StorageExt, Task, TaskId, TaskStatus,
-};
-use omniq_worker::{
-    Backoff, Clock, HandlerError, Pool, Registry, Signals, TaskContext, TokioClock, WorkerPool,
-};
+use omniq_core::{ClaimRequest, NewTask, Settings, Storage, StorageExt, TaskStatus};
+use omniq_worker::{Clock, HandlerError, Pool, Registry, TaskContext};
 use serde_json::json;
 use tokio::time::Instant;
 
-struct Harness {
-    store: Arc<MemoryStorage>,
-    clock: Arc<TokioClock>,
-    signals: Arc<Signals>,
-}
+mod common;
 
-impl Harness {
-    fn new() -> Self {
-        Harness {
-            store: Arc::new(MemoryStorage::new()),
-            clock: Arc::new(TokioClock::new()),
-            signals: Signals::new(),
-        }
-    }
-
-    fn pool(&self, registry: Registry) -> WorkerPool {
-        WorkerPool::new(self.store.clone(), registry)
-            .clock(self.clock.clone())
-            .signals(self.signals.clone())
-            .backoff(Backoff {
-                initial: Duration::from_secs(1),
-                factor: 2.0,
-                max: Duration::from_secs(60),
-                jitter: 0.0,
-            })
-    }
-
-    /// Enqueues as a client of this process does: the pool is woken at once.
-    async fn enqueue(&self, task: NewTask) -> TaskId {
-        let task = task.into_task(&Settings::default(), self.clock.now()).unwrap();
-        let id = task.id;
-        self.store.enqueue(vec![task]).await.unwrap();
-        self.signals.task_enqueued();
-        id
-    }
-
-    async fn task(&self, id: TaskId) -> Task {
-        self.store.get(id).await.unwrap()
-    }
-
-    /// Waits (in paused time) until `done` holds for the task, woken by finishes.
-    async fn wait_for(&self, id: TaskId, done: impl Fn(&Task) -> bool) -> Task {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            let finished = self.signals.finished();
-            let task = self.task(id).await;
-            if done(&task) {
-                return task;
-            }
-            assert!(Instant::now() < deadline, "task {id} never got there: {task:?}");
-            tokio::select! {
-                _ = finished => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-
-    async fn wait_finished(&self, id: TaskId) -> Task {
-        self.wait_for(id, |t| t.status.is_finished()).await
-    }
-}
+use common::Harness;
 
 fn adder() -> Registry {
     let mut registry = Registry::new();

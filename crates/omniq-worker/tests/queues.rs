@@ -6,62 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use omniq_core::{MemoryStorage, NewTask, Settings, Storage, Task, TaskId, TaskStatus};
-use omniq_worker::{Clock, HandlerError, Registry, Signals, TaskContext, TokioClock, WorkerPool};
+use omniq_core::{NewTask, Storage, TaskStatus};
+use omniq_worker::{Clock, HandlerError, Registry, TaskContext};
 use tokio::time::Instant;
 
 const POLL: Duration = Duration::from_millis(500);
 
-struct Harness {
-    store: Arc<MemoryStorage>,
-    clock: Arc<TokioClock>,
-    signals: Arc<Signals>,
-}
+mod common;
 
-impl Harness {
-    fn new() -> Self {
-        Harness {
-            store: Arc::new(MemoryStorage::new()),
-            clock: Arc::new(TokioClock::new()),
-            signals: Signals::new(),
-        }
-    }
-
-    fn pool(&self, registry: Registry) -> WorkerPool {
-        WorkerPool::new(self.store.clone(), registry)
-            .clock(self.clock.clone())
-            .signals(self.signals.clone())
-            .poll_interval(POLL)
-    }
-
-    /// Enqueues straight into the store, with no signal: as another process
-    /// would, so only the pool's poll finds the tasks.
-    async fn enqueue_elsewhere(&self, tasks: Vec<NewTask>) -> Vec<TaskId> {
-        let tasks: Vec<Task> = tasks
-            .into_iter()
-            .map(|t| t.into_task(&Settings::default(), self.clock.now()).unwrap())
-            .collect();
-        let ids = tasks.iter().map(|t| t.id).collect();
-        self.store.enqueue(tasks).await.unwrap();
-        ids
-    }
-
-    async fn wait_for(&self, id: TaskId, done: impl Fn(&Task) -> bool) -> Task {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            let finished = self.signals.finished();
-            let task = self.store.get(id).await.unwrap();
-            if done(&task) {
-                return task;
-            }
-            assert!(Instant::now() < deadline, "task {id} never got there: {task:?}");
-            tokio::select! {
-                _ = finished => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-        }
-    }
-}
+use common::Harness;
 
 /// A handler that takes `secs` seconds and counts how many of each queue run
 /// at once, keeping the most seen.

@@ -47,18 +47,23 @@ pub(super) async fn claim_from(
         .expect("claim")
 }
 
+/// Two tasks in the `emails` queue, due at once.
+async fn two_emails(store: &dyn Storage) -> Vec<TaskId> {
+    enqueue_at(
+        store,
+        vec![new("e").queue("emails"), new("e").queue("emails")],
+        T0,
+    )
+    .await
+}
+
 fn ids(tasks: &[Task]) -> Vec<TaskId> {
     tasks.iter().map(|t| t.id).collect()
 }
 
 async fn a_claim_takes_only_its_queue(store: &dyn Storage) {
     let plain = enqueue_at(store, vec![new("a"), new("a")], T0).await;
-    let emails = enqueue_at(
-        store,
-        vec![new("e").queue("emails"), new("e").queue("emails")],
-        T0,
-    )
-    .await;
+    let emails = two_emails(store).await;
     let stored = get(store, plain[0]).await;
     assert_eq!(stored.queue, DEFAULT_QUEUE);
     assert_eq!(stored.priority, 0);
@@ -124,12 +129,7 @@ async fn claims_order_by_priority_then_eta_then_id(store: &dyn Storage) {
 }
 
 async fn a_paused_queue_is_skipped_until_resumed(store: &dyn Storage) {
-    let emails = enqueue_at(
-        store,
-        vec![new("e").queue("emails"), new("e").queue("emails")],
-        T0,
-    )
-    .await;
+    let emails = two_emails(store).await;
     let plain = enqueue_one(store, new("a")).await;
     let running = claim_from(store, "emails", 1, at(1)).await;
     assert_eq!(ids(&running), [emails[0]]);
@@ -397,12 +397,7 @@ async fn queue_stats_count_each_queue(store: &dyn Storage) {
 }
 
 async fn lists_filter_by_queue(store: &dyn Storage) {
-    let emails = enqueue_at(
-        store,
-        vec![new("e").queue("emails"), new("e").queue("emails")],
-        T0,
-    )
-    .await;
+    let emails = two_emails(store).await;
     enqueue_at(store, vec![new("a"), new("a")], T0).await;
     let listed = store
         .list(ListQuery {
