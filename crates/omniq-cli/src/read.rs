@@ -1,0 +1,293 @@
+//! The commands that read a store and print what they find: `stats`,
+//! `queues`, `list`, `show` and `result`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use omniq::{Error, ListOrder, ListQuery, QueueStats, Storage, StoreUrl, TaskStatus};
+use time::OffsetDateTime;
+
+use crate::output::{self, out};
+use crate::{parse_id, print_json, Failure, IdArgs, ListArgs, Outcome, StatsArgs};
+
+pub(crate) async fn stats(
+    store: &dyn Storage,
+    url: &StoreUrl,
+    args: &StatsArgs,
+    now: OffsetDateTime,
+) -> Outcome {
+    // Counts and the oldest due time come without loading any payload; of
+    // the running tasks only the first few are loaded, to show their leases.
+    let queues = store.queue_stats().await?;
+    let (counts, oldest_due, paused) = match &args.queue {
+        Some(queue) => {
+            omniq::queue::check_name(queue)?;
+            let stats = queues
+                .into_iter()
+                .find(|stats| stats.queue == *queue)
+                .unwrap_or_else(|| QueueStats::empty(queue.clone()));
+            (stats.counts, stats.oldest_eta, Some(stats.paused))
+        }
+        None => {
+            let counts = store.counts().await?;
+            (counts, queues.iter().filter_map(|q| q.oldest_eta).min(), None)
+        }
+    };
+    if args.json {
+        print_json(&counts)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let running = store
+        .list(ListQuery {
+            status: Some(TaskStatus::Running),
+            limit: Some(RUNNING_SHOWN),
+            queue: args.queue.clone(),
+            ..Default::default()
+        })
+        .await?;
+    out!("store      {url}");
+    if let (Some(queue), Some(paused)) = (&args.queue, paused) {
+        out!("queue      {queue}{}", if paused { " (paused)" } else { "" });
+    }
+    for status in TaskStatus::ALL {
+        let extra = match (status, oldest_due) {
+            (TaskStatus::Pending, Some(eta)) => format!("   oldest due {}", output::relative(eta, now)),
+            _ => String::new(),
+        };
+        out!("{:<10} {:>6}{extra}", status.as_str(), counts.get(status));
+    }
+    out!("{:<10} {:>6}", "total", counts.total());
+    if !running.is_empty() {
+        out!("\nrunning leases:");
+        let rows: Vec<Vec<String>> = running
+            .iter()
+            .map(|t| {
+                let (worker, expiry) = t.lease.as_ref().map_or(("?".into(), "?".into()), |l| {
+                    (
+                        l.worker_id.clone(),
+                        format!("expires {}", output::relative(l.expires_at, now)),
+                    )
+                });
+                vec![t.id.to_string(), t.func_path.clone(), worker, expiry]
+            })
+            .collect();
+        output::table(&["ID", "FUNC_PATH", "WORKER", "LEASE"], &rows);
+        let more = counts.running.saturating_sub(running.len() as u64);
+        if more > 0 {
+            out!("... and {more} more (omniq list --status running)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// How many running tasks `stats` lists with their leases.
+const RUNNING_SHOWN: usize = 20;
+
+pub(crate) async fn queues(store: &dyn Storage, json: bool, now: OffsetDateTime) -> Outcome {
+    let queues = store.queue_stats().await?;
+    // How long the oldest due task has waited; none for a queue whose
+    // earliest task is not due yet.
+    let age = |stats: &QueueStats| stats.oldest_eta.filter(|eta| *eta <= now).map(|eta| now - eta);
+    if json {
+        let rows: Vec<serde_json::Value> = queues
+            .iter()
+            .map(|stats| {
+                let mut row = serde_json::to_value(stats).map_err(Error::from)?;
+                row["oldest_pending_age_s"] = age(stats).map(|a| a.as_seconds_f64()).into();
+                Ok(row)
+            })
+            .collect::<Result<_, Failure>>()?;
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if queues.is_empty() {
+        out!("no queues");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = queues
+        .iter()
+        .map(|stats| {
+            let c = &stats.counts;
+            let oldest = match (age(stats), stats.oldest_eta) {
+                (Some(age), _) => {
+                    humantime::format_duration(Duration::from_secs(age.whole_seconds().max(0) as u64))
+                        .to_string()
+                }
+                (None, Some(eta)) => format!("next {}", output::relative(eta, now)),
+                (None, None) => "-".into(),
+            };
+            vec![
+                stats.queue.clone(),
+                c.pending.to_string(),
+                c.running.to_string(),
+                c.completed.to_string(),
+                c.failed.to_string(),
+                c.cancelled.to_string(),
+                if stats.paused { "paused" } else { "" }.into(),
+                oldest,
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "QUEUE",
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "PAUSED",
+            "OLDEST PENDING",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    if let Some(queue) = &args.queue {
+        omniq::queue::check_name(queue)?;
+    }
+    let tasks = store
+        .list(ListQuery {
+            status: args.status,
+            queue: args.queue.clone(),
+            limit: Some(args.limit),
+            order: if args.oldest {
+                ListOrder::OldestFirst
+            } else {
+                ListOrder::NewestFirst
+            },
+            after: None,
+        })
+        .await?;
+    if args.json {
+        print_json(&tasks)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if tasks.is_empty() {
+        out!("no tasks");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Priority and unique key get a column only when some task has one.
+    let priorities = tasks.iter().any(|t| t.priority != 0);
+    let keys = tasks.iter().any(|t| t.unique_key.is_some());
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            let mut row = vec![
+                t.id.to_string(),
+                output::status(t.status, colour),
+                t.queue.clone(),
+                t.func_path.clone(),
+            ];
+            if priorities {
+                row.push(t.priority.to_string());
+            }
+            row.push(format!("{}/{}", t.attempts, t.max_retries + 1));
+            row.push(match t.status {
+                TaskStatus::Pending => output::relative(t.eta, now),
+                _ => String::new(),
+            });
+            row.push(output::relative(t.updated_at, now));
+            if keys {
+                row.push(t.unique_key.clone().unwrap_or_default());
+            }
+            row
+        })
+        .collect();
+    let mut header = vec!["ID", "STATUS", "QUEUE", "FUNC_PATH"];
+    if priorities {
+        header.push("PRIORITY");
+    }
+    header.extend(["ATTEMPTS", "DUE", "UPDATED"]);
+    if keys {
+        header.push("UNIQUE_KEY");
+    }
+    output::table(&header, &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    let task = store.get(parse_id(&args.id)?).await?;
+    if args.json {
+        print_json(&task)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let time = |t: Option<OffsetDateTime>| {
+        t.map_or("-".to_string(), |t| {
+            format!("{} ({})", output::timestamp(t), output::relative(t, now))
+        })
+    };
+    let seconds =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| humantime::format_duration(d).to_string());
+    out!("id           {}", task.id);
+    out!("func_path    {}", task.func_path);
+    out!("status       {}", output::status(task.status, colour));
+    out!("queue        {}", task.queue);
+    out!("priority     {}", task.priority);
+    if let Some(key) = &task.unique_key {
+        out!("unique_key   {key}");
+    }
+    out!("args         {}", serde_json::Value::Array(task.args.clone()));
+    out!("kwargs       {}", serde_json::Value::Object(task.kwargs.clone()));
+    out!("attempts     {} of {}", task.attempts, task.max_retries + 1);
+    out!("eta          {}", time(Some(task.eta)));
+    out!("interval     {}", seconds(task.interval));
+    out!("timeout      {}", seconds(task.timeout));
+    out!("created_at   {}", time(Some(task.created_at)));
+    out!("updated_at   {}", time(Some(task.updated_at)));
+    out!("started_at   {}", time(task.started_at));
+    out!("finished_at  {}", time(task.finished_at));
+    if let Some(series) = task.series {
+        out!("series       {series}");
+    }
+    if let Some(lease) = &task.lease {
+        out!(
+            "lease        worker {}, expires {}",
+            lease.worker_id,
+            output::relative(lease.expires_at, now)
+        );
+    }
+    if let Some(error) = &task.error {
+        out!(
+            "error        [{}] {} (attempt {}, {})",
+            error.kind,
+            error.message,
+            error.attempt,
+            if error.retryable {
+                "retryable"
+            } else {
+                "not retryable"
+            }
+        );
+    }
+    if let Some(result) = &task.result {
+        out!("result       {result}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn result(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime, colour: bool) -> Outcome {
+    let result = store.get(parse_id(&args.id)?).await?.to_result();
+    if args.json {
+        print_json(&result)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let finished = result
+        .finished_at
+        .map(|t| format!(", finished {}", output::relative(t, now)))
+        .unwrap_or_default();
+    out!(
+        "{} after {} attempt(s){finished}",
+        output::status(result.status, colour),
+        result.attempts
+    );
+    if let Some(value) = &result.value {
+        out!("result: {value}");
+    }
+    if let Some(error) = &result.error {
+        out!("error: [{}] {}", error.kind, error.message);
+    }
+    Ok(ExitCode::SUCCESS)
+}
