@@ -66,8 +66,9 @@ impl Signals {
         self.finished.notify_waiters();
     }
 
-    /// Tells idle pools waiting on these signals to look again.
-    pub(crate) fn enqueued(&self) -> Notified<'_> {
+    /// Completes when tasks are next enqueued through these signals (idle
+    /// pools wait on it; so do dashboards, to show new tasks at once).
+    pub fn enqueued(&self) -> Notified<'_> {
         self.enqueued.notified()
     }
 }

@@ -1,0 +1,207 @@
+//! The changes the dashboard makes: retry a failed task, cancel a task or
+//! its series, pause or resume a queue, retry every failed task of a queue,
+//! purge finished tasks older than an age. Each is asked for by a link, shown
+//! on a confirmation page, done by that page's POST, and answered with what
+//! it changed; the JSON API does the same in one call.
+
+use std::time::Duration;
+
+use axum::extract::{Extension, Query, State as Extract};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use maud::html;
+use omniq_core::{Error, ListQuery, Result, TaskId, TaskStatus};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::auth::{may_change, Proof};
+use crate::pages::{error_page, layout};
+use crate::{App, State};
+
+/// An action as a form or JSON body names it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct Request {
+    pub action: String,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// For `purge`: an age such as `7d`, `12h`, `30m` or `45s`.
+    #[serde(default)]
+    pub age: Option<String>,
+    #[serde(default)]
+    pub csrf: Option<String>,
+}
+
+/// An action, checked.
+pub(crate) enum Action {
+    Retry(TaskId),
+    Cancel(TaskId),
+    Pause(String),
+    Resume(String),
+    RetryFailed(String),
+    Purge(Duration),
+}
+
+impl Action {
+    pub(crate) fn parse(request: &Request) -> Result<Action> {
+        let id = || TaskId::parse(request.id.as_deref().unwrap_or_default());
+        let queue = || {
+            let queue = request.queue.clone().unwrap_or_default();
+            omniq_core::queue::check_name(&queue).map(|_| queue)
+        };
+        Ok(match request.action.as_str() {
+            "retry" => Action::Retry(id()?),
+            "cancel" => Action::Cancel(id()?),
+            "pause" => Action::Pause(queue()?),
+            "resume" => Action::Resume(queue()?),
+            "retry-failed" => Action::RetryFailed(queue()?),
+            "purge" => {
+                let age = request.age.as_deref().unwrap_or_default().trim();
+                let age = humantime::parse_duration(age).map_err(|e| {
+                    Error::invalid_config("age", format!("{age:?} is not an age such as 7d, 12h or 30m: {e}"))
+                })?;
+                Action::Purge(age)
+            }
+            other => {
+                return Err(Error::invalid_config(
+                    "action",
+                    format!("{other:?} is not an action; expected retry, cancel, pause, resume, retry-failed or purge"),
+                ))
+            }
+        })
+    }
+
+    /// What the action will do, for the confirmation page.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Action::Retry(id) => format!("Put failed task {id} back to pending?"),
+            Action::Cancel(id) => format!("Cancel task {id} (and, for an interval task, its whole series)?"),
+            Action::Pause(queue) => format!(
+                "Pause queue {queue}? No worker, in any process, claims its tasks until it is resumed."
+            ),
+            Action::Resume(queue) => format!("Resume queue {queue}?"),
+            Action::RetryFailed(queue) => format!("Put every failed task of queue {queue} back to pending?"),
+            Action::Purge(age) => format!(
+                "Delete every finished task (completed, failed, cancelled) that finished more than {} ago?",
+                humantime::format_duration(*age)
+            ),
+        }
+    }
+
+    /// Does it; answers what changed.
+    pub(crate) async fn perform(&self, app: &App) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let storage = &app.storage;
+        Ok(match self {
+            Action::Retry(id) => {
+                storage.retry(*id, now).await?;
+                app.signals.task_enqueued();
+                format!("Task {id} is pending again.")
+            }
+            Action::Cancel(id) => {
+                let ids = storage.cancel(*id, now).await?;
+                let list: Vec<String> = ids.iter().map(TaskId::to_string).collect();
+                format!("Cancelled {} task(s): {}.", ids.len(), list.join(", "))
+            }
+            Action::Pause(queue) => {
+                storage.set_paused(queue, true).await?;
+                format!("Queue {queue} is paused.")
+            }
+            Action::Resume(queue) => {
+                storage.set_paused(queue, false).await?;
+                app.signals.task_enqueued();
+                format!("Queue {queue} is running again.")
+            }
+            Action::RetryFailed(queue) => {
+                let (mut retried, mut refused, mut after) = (0, 0, None);
+                loop {
+                    let failed = storage
+                        .list(ListQuery {
+                            status: Some(TaskStatus::Failed),
+                            queue: Some(queue.clone()),
+                            limit: Some(500),
+                            after,
+                            ..ListQuery::default()
+                        })
+                        .await?;
+                    let Some(last) = failed.last() else { break };
+                    after = Some(last.id);
+                    for task in failed {
+                        match storage.retry(task.id, now).await {
+                            Ok(()) => retried += 1,
+                            // Its unique key is held, or it moved on meanwhile.
+                            Err(Error::Conflict { .. }) => refused += 1,
+                            Err(other) => return Err(other),
+                        }
+                    }
+                }
+                app.signals.task_enqueued();
+                format!("Retried {retried} failed task(s) of queue {queue}; {refused} could not be retried.")
+            }
+            Action::Purge(age) => {
+                let removed = storage.purge(omniq_core::earlier(now, *age)).await?;
+                format!("Deleted {removed} finished task(s).")
+            }
+        })
+    }
+}
+
+/// The confirmation page: what the action will do, and the form that does it.
+pub(crate) async fn confirm(Extract(app): Extract<State>, Query(request): Query<Request>) -> Response {
+    if app.options.read_only {
+        return (
+            StatusCode::FORBIDDEN,
+            layout(&app, "Read-only", html! { p { "This dashboard is read-only." } }),
+        )
+            .into_response();
+    }
+    let action = match Action::parse(&request) {
+        Ok(action) => action,
+        Err(error) => return error_page(&app, &error),
+    };
+    let p = &app.options.prefix;
+    let body = html! {
+        h1 { "Confirm" }
+        p #question { (action.describe()) }
+        form method="post" action={ (p) "/act" } {
+            input type="hidden" name="action" value=(request.action);
+            @if let Some(id) = &request.id { input type="hidden" name="id" value=(id); }
+            @if let Some(queue) = &request.queue { input type="hidden" name="queue" value=(queue); }
+            @if let Some(age) = &request.age { input type="hidden" name="age" value=(age); }
+            input type="hidden" name="csrf" value=(app.csrf);
+            button #confirm type="submit" { "Confirm" }
+            " " a href=(app.home()) { "Back" }
+        }
+    };
+    layout(&app, "Confirm", body).into_response()
+}
+
+/// Does a confirmed action and shows what it changed.
+pub(crate) async fn act(
+    Extract(app): Extract<State>,
+    Extension(proof): Extension<Proof>,
+    Form(request): Form<Request>,
+) -> Response {
+    if let Err(refused) = may_change(&app, proof, request.csrf.as_deref()) {
+        return refused.into_response();
+    }
+    let done = match Action::parse(&request) {
+        Ok(action) => action.perform(&app).await,
+        Err(error) => Err(error),
+    };
+    match done {
+        Ok(changed) => {
+            let p = &app.options.prefix;
+            let back = match (&request.id, &request.queue) {
+                (Some(id), _) => format!("{p}/tasks/{id}"),
+                (None, Some(_)) => format!("{p}/queues"),
+                _ => app.home().to_owned(),
+            };
+            let body = html! { h1 { "Done" } p #changed { (changed) } p { a href=(back) { "Back" } } };
+            layout(&app, "Done", body).into_response()
+        }
+        Err(error) => error_page(&app, &error),
+    }
+}

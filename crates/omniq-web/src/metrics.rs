@@ -1,0 +1,83 @@
+//! `/metrics`: the store's state in Prometheus' text format, for scraping.
+
+use axum::extract::State as Extract;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use omniq_core::{QueueStats, TaskStatus};
+use time::OffsetDateTime;
+
+use crate::State;
+
+/// A label value with `\`, `"` and newlines escaped, as the format asks.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics text for `queues` at `now`.
+pub(crate) fn render(queues: &[QueueStats], now: OffsetDateTime) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP omniq_tasks Tasks in the store, per queue and status.\n# TYPE omniq_tasks gauge\n");
+    for q in queues {
+        for status in TaskStatus::ALL {
+            out.push_str(&format!(
+                "omniq_tasks{{queue=\"{}\",status=\"{}\"}} {}\n",
+                label(&q.queue),
+                status.as_str(),
+                q.counts.get(status)
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP omniq_finished_total Tasks that finished and are still stored, per queue and outcome.\n\
+         # TYPE omniq_finished_total counter\n",
+    );
+    for q in queues {
+        for status in [TaskStatus::Completed, TaskStatus::Failed] {
+            out.push_str(&format!(
+                "omniq_finished_total{{queue=\"{}\",outcome=\"{}\"}} {}\n",
+                label(&q.queue),
+                status.as_str(),
+                q.counts.get(status)
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP omniq_oldest_pending_age_seconds How long the oldest due task of each queue has waited.\n\
+         # TYPE omniq_oldest_pending_age_seconds gauge\n",
+    );
+    for q in queues {
+        let age = q
+            .oldest_eta
+            .map_or(0.0, |eta| (now - eta).as_seconds_f64().max(0.0));
+        out.push_str(&format!(
+            "omniq_oldest_pending_age_seconds{{queue=\"{}\"}} {age}\n",
+            label(&q.queue)
+        ));
+    }
+    out.push_str("# HELP omniq_queue_paused Whether each queue is paused (1) or not (0).\n# TYPE omniq_queue_paused gauge\n");
+    for q in queues {
+        out.push_str(&format!(
+            "omniq_queue_paused{{queue=\"{}\"}} {}\n",
+            label(&q.queue),
+            u8::from(q.paused)
+        ));
+    }
+    out
+}
+
+pub(crate) async fn metrics(Extract(app): Extract<State>) -> Response {
+    match app.storage.queue_stats().await {
+        Ok(queues) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            render(&queues, OffsetDateTime::now_utc()),
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot read the store for /metrics");
+            (StatusCode::SERVICE_UNAVAILABLE, "the store cannot be read").into_response()
+        }
+    }
+}
