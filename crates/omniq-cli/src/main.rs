@@ -65,6 +65,24 @@ enum Command {
     Pause { queue: String },
     /// Resumes a paused queue.
     Resume { queue: String },
+    /// Serves the dashboard: see and steer the queue in a browser.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Args)]
+struct DashboardArgs {
+    /// The address to listen on; any but loopback needs a token.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// The token browsers and programs must give [default: OMNIQ_DASHBOARD_TOKEN].
+    #[arg(long)]
+    token: Option<String>,
+    /// Show the queue, and refuse every change.
+    #[arg(long)]
+    read_only: bool,
+    /// Serve under this path (e.g. /omniq), as behind a proxy.
+    #[arg(long, default_value = "")]
+    prefix: String,
 }
 
 #[derive(Args)]
@@ -300,6 +318,9 @@ async fn run(cli: Cli) -> Outcome {
         return migrate(args, &settings).await;
     }
     let url = StoreUrl::from_settings(&settings)?;
+    if let Command::Dashboard(args) = &cli.command {
+        return dashboard(&url, &settings, args).await;
+    }
     if let Command::Check(args) = &cli.command {
         // A store too damaged to open is what `check` is for.
         ensure_exists(&url)?;
@@ -355,7 +376,7 @@ async fn run(cli: Cli) -> Outcome {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check(_) | Command::Migrate(_) => unreachable!("handled above"),
+        Command::Check(_) | Command::Migrate(_) | Command::Dashboard(_) => unreachable!("handled above"),
     }
 }
 
@@ -550,4 +571,57 @@ async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome
             })
         }
     }
+}
+
+/// Serves the dashboard until Ctrl-C or SIGTERM.
+async fn dashboard(url: &StoreUrl, settings: &Settings, args: &DashboardArgs) -> Outcome {
+    let options = omniq::web::Options {
+        token: args
+            .token
+            .clone()
+            .or_else(|| std::env::var("OMNIQ_DASHBOARD_TOKEN").ok())
+            .filter(|t| !t.is_empty()),
+        read_only: args.read_only,
+        prefix: args.prefix.trim_end_matches('/').to_owned(),
+    };
+    // Refused before the store is opened or the port taken.
+    omniq::web::check_bind(args.bind, &options)?;
+    let store = match args.read_only {
+        true => open_to_read(url, settings).await?,
+        false => open_existing(url, settings).await?,
+    };
+    let listener = omniq::web::TcpListener::bind(args.bind).await.map_err(|e| {
+        failure(
+            format!("cannot listen on {}: {e}", args.bind),
+            "choose another --bind",
+        )
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("dashboard socket", e))?;
+    let path = if options.prefix.is_empty() {
+        "/".to_string()
+    } else {
+        options.prefix.clone()
+    };
+    out!("OmniQ dashboard for {url} on http://{addr}{path} (Ctrl-C to stop)");
+    let queue = omniq::OmniQ::with_storage(store, settings.clone());
+    omniq::web::serve(&queue, listener, options, stop_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

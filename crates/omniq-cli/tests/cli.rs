@@ -690,3 +690,52 @@ fn read_commands_work_on_a_read_only_mount() {
         }
     }
 }
+
+/// A raw HTTP/1.0 GET on `addr`, as a browser's first request: the status
+/// line and the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/html\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn dashboard_serves_the_store_and_refuses_an_open_address_without_a_token() {
+    use std::io::BufRead;
+    for s in both() {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("omniq"))
+            .args(["--backend", s.backend.as_str(), "--base-dir"])
+            .arg(&s.base)
+            .args(["dashboard", "--bind", "127.0.0.1:0"])
+            .env_remove("OMNIQ_DASHBOARD_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("the URL");
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let counts = http_get(addr, "/api/counts");
+        assert!(counts.starts_with("HTTP/1.0 200"), "{counts}");
+        assert!(counts.contains("\"failed\":1"), "{counts}");
+        let page = http_get(addr, &format!("/tasks/{}", s.failed));
+        assert!(page.contains("it is broken"), "{page}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let err = s.fail(&["dashboard", "--bind", "0.0.0.0:0"]);
+        assert!(err.contains("token"), "{err}");
+    }
+}

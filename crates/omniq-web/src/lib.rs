@@ -23,6 +23,10 @@ mod live;
 mod metrics;
 mod pages;
 
+/// The axum this crate is built on, so a program mounts the router with the
+/// same version.
+pub use axum;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

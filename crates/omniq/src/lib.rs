@@ -42,6 +42,8 @@ mod backends;
 pub mod blocking;
 mod client;
 mod migrate;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use backends::{chosen_backend, compiled_backends, open_storage, StoreUrl};
 pub use client::{OmniQ, TaskBuilder};
