@@ -4,11 +4,14 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let queue = omniq::OmniQ::from_env().await?;
-//! // Mounted in a program's own axum app, under /omniq:
-//! let app = omniq::web::axum::Router::new().nest(
-//!     "/omniq",
-//!     omniq::web::router(&queue, omniq::web::Options { prefix: "/omniq".into(), ..Default::default() }),
-//! );
+//! let options = omniq::web::Options {
+//!     prefix: "/omniq".into(), // where it is mounted, for its links
+//!     token: std::env::var("OMNIQ_DASHBOARD_TOKEN").ok(),
+//!     read_only: false,
+//! };
+//! let app = omniq::web::axum::Router::new()
+//!     .route("/", omniq::web::axum::routing::get(|| async { "my app" }))
+//!     .nest("/omniq", omniq::web::router(&queue, options));
 //! let listener = omniq::web::TcpListener::bind("127.0.0.1:8080").await?;
 //! omniq::web::axum::serve(listener, app).await?;
 //! # Ok(())
