@@ -56,8 +56,11 @@ pub(crate) enum Proof {
 /// configured); sends browsers without it to the login form and answers
 /// programs 401.
 pub(crate) async fn require(Extract(app): Extract<State>, mut request: Request, next: Next) -> Response {
+    // The path within the dashboard, whether or not the router it is nested
+    // in took the prefix off.
     let path = request.uri().path();
-    let public = path.ends_with("/login") || path.ends_with("/assets/live.js");
+    let path = path.strip_prefix(app.options.prefix.as_str()).unwrap_or(path);
+    let public = path == "/login" || path == "/assets/live.js";
     let proof = match app.options.token.as_deref() {
         None | Some("") => Some(Proof::Open),
         Some(token) => {

@@ -12,6 +12,10 @@ pub(crate) const PAGE: usize = 50;
 /// matches little cannot make a page read a whole big store.
 const SCAN: usize = 10_000;
 
+/// How many of the latest finished tasks of each outcome the throughput
+/// chart reads: the overview is fetched again on every change.
+const RECENT: usize = 2_000;
+
 /// The filters of the task list, as query parameters.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub(crate) struct Filter {
@@ -157,14 +161,15 @@ pub(crate) async fn series(storage: &dyn Storage, task: &Task) -> Result<Vec<Tas
 }
 
 /// Tasks finished (completed or failed) in each of the last 60 minutes,
-/// oldest minute first, among the latest finished tasks of the store.
+/// oldest minute first, among the latest 2,000 of each outcome (by id, which
+/// is creation order).
 pub(crate) async fn per_minute(storage: &dyn Storage, now: OffsetDateTime) -> Result<[u64; 60]> {
     let mut minutes = [0u64; 60];
     for status in [TaskStatus::Completed, TaskStatus::Failed] {
         let recent = storage
             .list(ListQuery {
                 status: Some(status),
-                limit: Some(SCAN),
+                limit: Some(RECENT),
                 order: ListOrder::NewestFirst,
                 ..ListQuery::default()
             })

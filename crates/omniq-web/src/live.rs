@@ -17,8 +17,9 @@ use crate::State;
 /// How often the counts are compared, for changes made by other processes.
 const POLL: Duration = Duration::from_secs(2);
 
-/// Changes close together are sent as one event at most this often.
-const QUIET: Duration = Duration::from_millis(200);
+/// Changes close together are sent as one event, at most one a second, so a
+/// busy queue does not make every open page reload its parts all the time.
+const QUIET: Duration = Duration::from_secs(1);
 
 pub(crate) async fn events(
     Extract(app): Extract<State>,

@@ -507,3 +507,28 @@ fn only_loopback_may_go_without_a_token() {
     assert!(refused.to_string().contains("token"), "{refused}");
     assert!(check_bind("0.0.0.0:8080".parse().unwrap(), &guarded).is_ok());
 }
+
+/// Under a prefix with a token, only the login form and the script are open,
+/// and a path that merely ends like them is not.
+#[tokio::test]
+async fn only_the_login_and_the_script_are_open_under_a_prefix() {
+    let store: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let options = Options {
+        prefix: "/omniq".into(),
+        token: Some("t0ken".into()),
+        ..Options::default()
+    };
+    let app = Router::new().nest("/omniq", router(store, Signals::new(), options));
+    assert_eq!(send(&app, get("/omniq/login")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, get("/omniq/assets/live.js")).await.status,
+        StatusCode::OK
+    );
+    let page = send(&app, get("/omniq")).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.headers[header::LOCATION], "/omniq/login");
+    let sneaky = Request::get("/omniq/api/tasks/login")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, sneaky).await.status, StatusCode::UNAUTHORIZED);
+}
