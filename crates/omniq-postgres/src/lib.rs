@@ -1,0 +1,606 @@
+//! OmniQ's PostgreSQL backend: one task table in a schema of its own, claims
+//! with `FOR UPDATE SKIP LOCKED`, finishes fenced by the lease token, unique
+//! keys held by a partial unique index, and an interval series locked by an
+//! advisory lock that its cancel and its finishes both take.
+//!
+//! ```no_run
+//! # async fn demo() -> omniq_core::Result<()> {
+//! use omniq_postgres::PostgresStorage;
+//! let store = PostgresStorage::connect("postgres://127.0.0.1/test", "omniq").await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod rows;
+pub mod schema;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use omniq_core::queue::{key_held, split_duplicates, QueueStats};
+use omniq_core::{
+    async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
+    Finished, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId,
+    TaskStatus,
+};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+
+use rows::{from_ns, to_ns, Fail};
+
+/// How often a write is tried again when PostgreSQL answers a deadlock, a
+/// serialization failure, or a unique key taken by a concurrent enqueue.
+const ATTEMPTS: usize = 8;
+
+/// Runs `$body` in a transaction of `$store`'s pool, with `$tx` the
+/// transaction, and tries again (at most [`ATTEMPTS`] times) while PostgreSQL
+/// answers that it must: a deadlock, a serialization failure, or a unique
+/// key that a concurrent enqueue took first. The body's `?` takes sqlx's and
+/// OmniQ's errors alike.
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $body:block) => {{
+        let mut last = String::new();
+        let mut outcome = None;
+        for _ in 0..ATTEMPTS {
+            let mut $tx = $store.pool.begin().await.map_err(sql_error)?;
+            let step: std::result::Result<_, Fail> = async { $body }.await;
+            let step = match step {
+                Ok(value) => $tx.commit().await.map_err(Fail::from).map(|()| value),
+                Err(fail) => Err(fail),
+            };
+            match step {
+                Ok(value) => {
+                    outcome = Some(value);
+                    break;
+                }
+                Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Stop(error)) => return Err(error),
+            }
+        }
+        match outcome {
+            Some(value) => value,
+            None => {
+                return Err(Error::backend(
+                    "postgres",
+                    format!("gave up after {ATTEMPTS} attempts: {last}"),
+                ))
+            }
+        }
+    }};
+}
+
+/// A PostgreSQL error as OmniQ's.
+pub(crate) fn sql_error(error: sqlx::Error) -> Error {
+    Error::backend("postgres", error)
+}
+
+/// `url` without its password, to name it in errors and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A [`Storage`] in a PostgreSQL schema, shared by any number of processes
+/// on any number of hosts.
+#[derive(Debug, Clone)]
+pub struct PostgresStorage {
+    pool: PgPool,
+    /// The schema's name, quoted.
+    s: String,
+    schema: String,
+}
+
+impl PostgresStorage {
+    /// Connects to `url` and prepares the OmniQ tables in `schema` (creating
+    /// or migrating them; a schema of another program or of a newer OmniQ is
+    /// refused untouched), with a pool of 10 connections.
+    pub async fn connect(url: &str, schema: &str) -> Result<Self> {
+        Self::connect_with(url, schema, 10).await
+    }
+
+    /// As [`PostgresStorage::connect`], with a pool of `connections`.
+    pub async fn connect_with(url: &str, schema: &str, connections: u32) -> Result<Self> {
+        if schema.is_empty() || schema.len() > 63 {
+            return Err(Error::invalid_config(
+                "OMNIQ_PG_SCHEMA",
+                format!("{schema:?} is not a schema name: 1 to 63 bytes"),
+            ));
+        }
+        let shown = redact(url);
+        let unreachable =
+            move |e: sqlx::Error| Error::backend("postgres", format!("cannot connect to {shown}: {e}"));
+        // One direct connection first: a refused or misconfigured server
+        // answers at once, where the pool would keep trying until its timeout.
+        let probe = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .map_err(&unreachable)?;
+        sqlx::Connection::close(probe).await.map_err(sql_error)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(&unreachable)?;
+        let mut tx = pool.begin().await.map_err(&unreachable)?;
+        schema::prepare(&mut tx, schema.to_owned()).await?;
+        tx.commit().await.map_err(sql_error)?;
+        Ok(PostgresStorage {
+            pool,
+            s: schema::quote(schema),
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// The schema the tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// `sql` with `{s}` replaced by the quoted schema.
+    fn q(&self, sql: &str) -> String {
+        sql.replace("{s}", &self.s)
+    }
+
+    /// Locks the interval series of these tasks (by their stored records),
+    /// in a fixed order: a finish that stores a series' next occurrence and a
+    /// cancel of that series exclude each other.
+    async fn lock_series(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        series: impl IntoIterator<Item = TaskId>,
+    ) -> std::result::Result<(), Fail> {
+        let series: BTreeSet<String> = series.into_iter().map(|s| s.to_string()).collect();
+        for id in series {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('omniq-series:' || $1))")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The series of the given tasks, read without locks.
+    async fn series_of(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        ids: &[String],
+    ) -> std::result::Result<Vec<TaskId>, Fail> {
+        let found: Vec<String> = sqlx::query_scalar(
+            &self.q("SELECT DISTINCT series FROM {s}.tasks WHERE id = ANY($1) AND series IS NOT NULL"),
+        )
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(found.iter().filter_map(|s| TaskId::parse(s).ok()).collect())
+    }
+
+    /// The live tasks holding these keys.
+    async fn holders(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        keys: &[String],
+    ) -> std::result::Result<HashMap<String, TaskId>, Fail> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            &self.q("SELECT unique_key, id FROM {s}.tasks WHERE unique_key = ANY($1) \
+             AND status IN ('pending', 'running')"),
+        )
+        .bind(keys)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut held = HashMap::new();
+        for row in rows {
+            let key: String = row.try_get(0)?;
+            let id: String = row.try_get(1)?;
+            held.insert(key, TaskId::parse(&id).map_err(Fail::Stop)?);
+        }
+        Ok(held)
+    }
+
+    async fn fetch(
+        &self,
+        sql: &str,
+        binds: impl FnOnce(rows::Query<'_>) -> rows::Query<'_>,
+    ) -> Result<Vec<Task>> {
+        let sql = self.q(sql);
+        let rows = binds(sqlx::query(&sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        rows::tasks(&rows).map_err(|e| match e {
+            Fail::Stop(e) => e,
+            Fail::Retry(why) => Error::backend("postgres", why),
+        })
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
+        omniq_core::check_new_records(&tasks)?;
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tasks = &tasks;
+        Ok(in_transaction!(self, |tx| {
+            let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+            let taken: Option<String> =
+                sqlx::query_scalar(&self.q("SELECT id FROM {s}.tasks WHERE id = ANY($1) LIMIT 1"))
+                    .bind(&ids)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(id) = taken {
+                return Err(Fail::Stop(Error::conflict(
+                    id,
+                    "a task with this id already exists",
+                )));
+            }
+            let keys: Vec<String> = tasks.iter().filter_map(|t| t.unique_key.clone()).collect();
+            let held = self.holders(&mut tx, &keys).await?;
+            let (stored, answers) =
+                split_duplicates(tasks.clone(), |key| Ok(held.get(key).copied())).map_err(Fail::Stop)?;
+            rows::save(&self.s, &mut tx, &stored, true).await?;
+            Ok(answers)
+        }))
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
+        if request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let request = &request;
+        let mut claimed = in_transaction!(self, |tx| {
+            let rows = sqlx::query(&self.q("WITH due AS MATERIALIZED ( \
+                             SELECT id FROM {s}.tasks WHERE status = 'pending' AND queue = $1 AND eta <= $2 \
+                             AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) \
+                             ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                         SELECT t.id, t.record::text FROM {s}.tasks t JOIN due USING (id)"))
+            .bind(&request.queue)
+            .bind(to_ns(request.now)?)
+            .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut tasks = rows::tasks(&rows)?;
+            for task in &mut tasks {
+                task.claim(&request.worker_id, request.lease_for, request.now)
+                    .map_err(Fail::Stop)?;
+            }
+            rows::save(&self.s, &mut tx, &tasks, false).await?;
+            Ok(tasks)
+        });
+        claimed.sort_by_key(omniq_core::queue::claim_order);
+        Ok(claimed)
+    }
+
+    async fn renew(
+        &self,
+        leases: &[LeaseRef],
+        lease_for: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Vec<RenewOutcome>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(in_transaction!(self, |tx| {
+            let ids: Vec<String> = leases.iter().map(|l| l.id.to_string()).collect();
+            let mut tasks: HashMap<TaskId, Task> = rows::load(&self.s, &mut tx, &ids, true)
+                .await?
+                .into_iter()
+                .map(|t| (t.id, t))
+                .collect();
+            let mut answers = Vec::with_capacity(leases.len());
+            let mut changed = Vec::new();
+            for lease in leases {
+                let answer = match tasks.get_mut(&lease.id) {
+                    Some(task) => match task.renew(lease.token, lease_for, now) {
+                        Some(expires_at) => {
+                            changed.push(task.clone());
+                            RenewOutcome::Renewed { expires_at }
+                        }
+                        None => RenewOutcome::Lost,
+                    },
+                    None => RenewOutcome::Lost,
+                };
+                answers.push(answer);
+            }
+            rows::save(&self.s, &mut tx, &changed, false).await?;
+            Ok(answers)
+        }))
+    }
+
+    async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
+        if finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let finishes = &finishes;
+        Ok(in_transaction!(self, |tx| {
+            let ids: Vec<String> = finishes.iter().map(|f| f.id.to_string()).collect();
+            let series = self.series_of(&mut tx, &ids).await?;
+            self.lock_series(&mut tx, series).await?;
+            let mut tasks: HashMap<TaskId, Task> = rows::load(&self.s, &mut tx, &ids, true)
+                .await?
+                .into_iter()
+                .map(|t| (t.id, t))
+                .collect();
+            let mut changed: Vec<TaskId> = Vec::new();
+            let mut created = Vec::new();
+            let mut answers = Vec::with_capacity(finishes.len());
+            for finish in finishes {
+                let Some(task) = tasks.get_mut(&finish.id) else {
+                    answers.push(FinishOutcome::LeaseLost);
+                    continue;
+                };
+                match task
+                    .finish(finish.token, finish.outcome.clone(), now)
+                    .map_err(Fail::Stop)?
+                {
+                    Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
+                    Finished::Applied { status, next } => {
+                        changed.push(task.id);
+                        answers.push(FinishOutcome::Applied {
+                            status,
+                            next: next.as_ref().map(|n| n.id),
+                        });
+                        created.extend(next);
+                    }
+                }
+            }
+            let mut writes: Vec<Task> = changed.iter().filter_map(|id| tasks.remove(id)).collect();
+            writes.extend(created);
+            rows::save(&self.s, &mut tx, &writes, false).await?;
+            Ok(answers)
+        }))
+    }
+
+    async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
+        let eta: Option<i64> = sqlx::query_scalar(&self.q(
+            "SELECT min(eta) FROM {s}.tasks WHERE status = 'pending' AND queue = ANY($1) \
+             AND queue NOT IN (SELECT name FROM {s}.paused_queues)",
+        ))
+        .bind(queues)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        Ok(eta.map(from_ns))
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Task> {
+        self.fetch("SELECT id, record::text FROM {s}.tasks WHERE id = $1", |q| {
+            q.bind(id.to_string())
+        })
+        .await?
+        .pop()
+        .ok_or_else(|| Error::not_found(id))
+    }
+
+    async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
+        let (compare, order) = match query.order {
+            ListOrder::OldestFirst => (">", "ASC"),
+            ListOrder::NewestFirst => ("<", "DESC"),
+        };
+        let sql = format!(
+            "SELECT id, record::text FROM {{s}}.tasks WHERE ($1::text IS NULL OR status = $1) \
+             AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR id {compare} $3) \
+             ORDER BY id {order} LIMIT $4"
+        );
+        let limit = query
+            .limit
+            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        let rows = sqlx::query(&self.q(&sql))
+            .bind(query.status.map(TaskStatus::as_str))
+            .bind(query.queue)
+            .bind(query.after.map(|id| id.to_string()))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        // A record that does not read back is left out here and reported by `damaged`.
+        Ok(rows::readable(&rows))
+    }
+
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        Ok(in_transaction!(self, |tx| {
+            let key = [id.to_string()];
+            let series = self.series_of(&mut tx, &key).await?;
+            // Also the series the id itself names, when its first
+            // occurrence was purged.
+            self.lock_series(&mut tx, series.into_iter().chain([id])).await?;
+            let target = rows::load(&self.s, &mut tx, &key, true).await?.pop();
+            let scope = match CancelScope::of(id, target.as_ref()) {
+                CancelScope::Task(_) => target.iter().cloned().collect(),
+                CancelScope::Series(series) => {
+                    let rows = sqlx::query(
+                        &self.q("SELECT id, record::text FROM {s}.tasks WHERE series = $1 \
+                             AND status IN ('pending', 'running') ORDER BY id FOR UPDATE"),
+                    )
+                    .bind(series.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    rows::tasks(&rows)?
+                }
+            };
+            let cancelled = cancel_in_scope(id, target.as_ref(), scope, now).map_err(Fail::Stop)?;
+            rows::save(&self.s, &mut tx, &cancelled, false).await?;
+            Ok(cancelled.iter().map(|t| t.id).collect())
+        }))
+    }
+
+    async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
+        in_transaction!(self, |tx| {
+            let mut task = rows::load(&self.s, &mut tx, &[id.to_string()], true)
+                .await?
+                .pop()
+                .ok_or_else(|| Fail::Stop(Error::not_found(id)))?;
+            task.retry(now).map_err(Fail::Stop)?;
+            if let Some(key) = task.unique_key.clone() {
+                if let Some(holder) = self.holders(&mut tx, std::slice::from_ref(&key)).await?.get(&key) {
+                    return Err(Fail::Stop(key_held(id, &key, *holder)));
+                }
+            }
+            rows::save(&self.s, &mut tx, &[task], false).await?;
+            Ok(())
+        });
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<StatusCounts> {
+        let rows = sqlx::query(&self.q("SELECT status, count(*) FROM {s}.tasks GROUP BY status"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        let mut counts = StatusCounts::default();
+        for row in rows {
+            let status: String = row.try_get(0).map_err(sql_error)?;
+            let count: i64 = row.try_get(1).map_err(sql_error)?;
+            let status: TaskStatus = status
+                .parse()
+                .map_err(|e: Error| Error::backend("postgres", e.to_string()))?;
+            *counts.get_mut(status) = count as u64;
+        }
+        Ok(counts)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        omniq_core::queue::check_name(queue)?;
+        let sql = match paused {
+            true => "INSERT INTO {s}.paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING",
+            false => "DELETE FROM {s}.paused_queues WHERE name = $1",
+        };
+        sqlx::query(&self.q(sql))
+            .bind(queue)
+            .execute(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
+    async fn paused(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar(&self.q("SELECT name FROM {s}.paused_queues ORDER BY name COLLATE \"C\""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
+        let rows = sqlx::query(&self.q(
+            "SELECT queue, status, count(*), min(eta) FILTER (WHERE status = 'pending') \
+             FROM {s}.tasks GROUP BY queue, status",
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        let mut queues: std::collections::BTreeMap<String, QueueStats> = self
+            .paused()
+            .await?
+            .into_iter()
+            .map(|name| {
+                let mut stats = QueueStats::empty(name.clone());
+                stats.paused = true;
+                (name, stats)
+            })
+            .collect();
+        for row in rows {
+            let queue: String = row.try_get(0).map_err(sql_error)?;
+            let status: String = row.try_get(1).map_err(sql_error)?;
+            let count: i64 = row.try_get(2).map_err(sql_error)?;
+            let eta: Option<i64> = row.try_get(3).map_err(sql_error)?;
+            let status: TaskStatus = status
+                .parse()
+                .map_err(|e: Error| Error::backend("postgres", e.to_string()))?;
+            let stats = queues
+                .entry(queue.clone())
+                .or_insert_with(|| QueueStats::empty(queue));
+            *stats.counts.get_mut(status) = count as u64;
+            if let Some(eta) = eta {
+                stats.pending_eta(from_ns(eta));
+            }
+        }
+        Ok(queues.into_values().collect())
+    }
+
+    async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
+        let done = sqlx::query(&self.q(
+            "DELETE FROM {s}.tasks WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1",
+        ))
+        .bind(to_ns(finished_before)?)
+        .execute(&self.pool)
+        .await
+        .map_err(sql_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        Ok(in_transaction!(self, |tx| {
+            let candidates: Vec<String> = sqlx::query_scalar(&self.q(
+                "SELECT id FROM {s}.tasks WHERE status = 'running' AND lease_expires <= $1 \
+                     ORDER BY lease_expires LIMIT $2",
+            ))
+            .bind(to_ns(now)?)
+            .bind(omniq_core::storage::REQUEUE_BATCH as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            if candidates.is_empty() {
+                return Ok(Vec::new());
+            }
+            let series = self.series_of(&mut tx, &candidates).await?;
+            self.lock_series(&mut tx, series).await?;
+            let rows = sqlx::query(&self.q(
+                "SELECT id, record::text FROM {s}.tasks WHERE id = ANY($1) AND status = 'running' \
+                     AND lease_expires <= $2 ORDER BY id FOR UPDATE SKIP LOCKED",
+            ))
+            .bind(&candidates)
+            .bind(to_ns(now)?)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut tasks = rows::tasks(&rows)?;
+            tasks.sort_by_key(|t| (t.lease.as_ref().map(|l| l.expires_at), t.id));
+            let mut created = Vec::new();
+            for task in &mut tasks {
+                created.extend(task.expire_lease(now).map_err(Fail::Stop)?);
+            }
+            let expired = tasks.iter().map(|t| t.id).collect();
+            tasks.extend(created);
+            rows::save(&self.s, &mut tx, &tasks, false).await?;
+            Ok(expired)
+        }))
+    }
+
+    async fn damaged(&self) -> Result<Vec<Damaged>> {
+        let mut found = Vec::new();
+        let mut after = String::new();
+        loop {
+            let rows = sqlx::query(
+                &self.q("SELECT id, record::text FROM {s}.tasks WHERE id > $1 ORDER BY id LIMIT 500"),
+            )
+            .bind(&after)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get(0).map_err(sql_error)?;
+            for (id, reason) in rows::unreadable(&rows) {
+                found.push(Damaged {
+                    id,
+                    reason,
+                    location: format!("postgres schema {}", self.schema).into(),
+                });
+            }
+        }
+        Ok(found)
+    }
+}

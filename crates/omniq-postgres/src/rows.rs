@@ -1,0 +1,171 @@
+//! Tasks as rows: the record (the whole task as `json`) beside the columns
+//! queries need, read and written in batches; times as Unix nanoseconds, as
+//! the other backends keep them; and the failures a transaction may retry.
+
+use omniq_core::{Error, Task};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use time::OffsetDateTime;
+
+/// A query being built.
+pub(crate) type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// Why a transaction's step stopped.
+pub(crate) enum Fail {
+    /// PostgreSQL asks for the transaction to be tried again (a deadlock, a
+    /// serialization failure, a unique key a concurrent enqueue took first).
+    Retry(String),
+    /// An answer for the caller.
+    Stop(Error),
+}
+
+impl From<sqlx::Error> for Fail {
+    fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            let code = db.code();
+            let retry = matches!(code.as_deref(), Some("40001" | "40P01"))
+                || (code.as_deref() == Some("23505") && db.constraint() == Some("tasks_unique_live"));
+            if retry {
+                return Fail::Retry(db.message().to_owned());
+            }
+            if code.as_deref() == Some("23505") && db.constraint() == Some("tasks_pkey") {
+                return Fail::Stop(Error::conflict("?", "a task with this id already exists"));
+            }
+        }
+        Fail::Stop(crate::sql_error(error))
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(error: Error) -> Self {
+        Fail::Stop(error)
+    }
+}
+
+pub(crate) fn to_ns(time: OffsetDateTime) -> omniq_core::Result<i64> {
+    i64::try_from(time.unix_timestamp_nanos())
+        .map_err(|_| Error::invalid_config("time", format!("{time} is outside the years 1677 to 2262")))
+}
+
+pub(crate) fn from_ns(ns: i64) -> OffsetDateTime {
+    // Every i64 of nanoseconds is a valid time.
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The task of each `(id, record)` row; a record that does not read back is
+/// an error naming the task.
+pub(crate) fn tasks(rows: &[PgRow]) -> Result<Vec<Task>, Fail> {
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get(0)?;
+            let record: String = row.try_get(1)?;
+            serde_json::from_str(&record).map_err(|e| {
+                Fail::Stop(Error::backend(
+                    "postgres",
+                    format!("task {id}: its stored record cannot be read: {e}"),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The tasks of the rows whose records read back.
+pub(crate) fn readable(rows: &[PgRow]) -> Vec<Task> {
+    rows.iter()
+        .filter_map(|row| serde_json::from_str(&row.try_get::<String, _>(1).ok()?).ok())
+        .collect()
+}
+
+/// The `(id, reason)` of each row whose record does not read back.
+pub(crate) fn unreadable(rows: &[PgRow]) -> Vec<(String, String)> {
+    rows.iter()
+        .filter_map(|row| {
+            let id: String = row.try_get(0).ok()?;
+            let record: String = row.try_get(1).ok()?;
+            serde_json::from_str::<Task>(&record)
+                .err()
+                .map(|e| (id, e.to_string()))
+        })
+        .collect()
+}
+
+/// The tasks with these ids, locked for the transaction when `lock` (in id
+/// order, so two transactions cannot lock them crosswise).
+pub(crate) async fn load(
+    s: &str,
+    tx: &mut Transaction<'static, Postgres>,
+    ids: &[String],
+    lock: bool,
+) -> Result<Vec<Task>, Fail> {
+    let sql = format!(
+        "SELECT id, record::text FROM {s}.tasks WHERE id = ANY($1) ORDER BY id{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut **tx).await?;
+    tasks(&rows)
+}
+
+/// Writes `tasks` in one statement: new rows only (`new`: an id already
+/// stored is a conflict), or new and changed ones.
+pub(crate) async fn save(
+    s: &str,
+    tx: &mut Transaction<'static, Postgres>,
+    tasks: &[Task],
+    new: bool,
+) -> Result<(), Fail> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(tasks.len());
+    let mut statuses = Vec::with_capacity(tasks.len());
+    let mut queues = Vec::with_capacity(tasks.len());
+    let mut priorities = Vec::with_capacity(tasks.len());
+    let mut etas = Vec::with_capacity(tasks.len());
+    let mut keys = Vec::with_capacity(tasks.len());
+    let mut series = Vec::with_capacity(tasks.len());
+    let mut finished = Vec::with_capacity(tasks.len());
+    let mut expires = Vec::with_capacity(tasks.len());
+    let mut records = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        ids.push(task.id.to_string());
+        statuses.push(task.status.as_str().to_owned());
+        queues.push(task.queue.clone());
+        priorities.push(task.priority);
+        etas.push(to_ns(task.eta)?);
+        keys.push(task.unique_key.clone());
+        series.push(task.series.map(|s| s.to_string()));
+        finished.push(task.finished_at.map(to_ns).transpose()?);
+        expires.push(task.lease.as_ref().map(|l| to_ns(l.expires_at)).transpose()?);
+        records.push(serde_json::to_string(task).map_err(Error::from)?);
+    }
+    let upsert = match new {
+        true => "",
+        false => {
+            " ON CONFLICT (id) DO UPDATE SET status = excluded.status, queue = excluded.queue, \
+             priority = excluded.priority, eta = excluded.eta, unique_key = excluded.unique_key, \
+             series = excluded.series, finished_at = excluded.finished_at, \
+             lease_expires = excluded.lease_expires, record = excluded.record"
+        }
+    };
+    let sql = format!(
+        "INSERT INTO {s}.tasks (id, status, queue, priority, eta, unique_key, series, finished_at, \
+         lease_expires, record) \
+         SELECT i, st, q, p, e, k, se, f, x, r::json FROM UNNEST($1::text[], $2::text[], $3::text[], \
+         $4::int2[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::text[]) \
+         AS u(i, st, q, p, e, k, se, f, x, r){upsert}"
+    );
+    sqlx::query(&sql)
+        .bind(ids)
+        .bind(statuses)
+        .bind(queues)
+        .bind(priorities)
+        .bind(etas)
+        .bind(keys)
+        .bind(series)
+        .bind(finished)
+        .bind(expires)
+        .bind(records)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
