@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 #[derive(Parser)]
 #[command(name = "omniq", version, about, long_about = None)]
 struct Cli {
-    /// The backend: file or sqlite [default: OMNIQ_BACKEND, else file].
+    /// The backend: file, sqlite or postgres [default: OMNIQ_BACKEND, else file].
     #[arg(long, global = true, value_parser = parse_backend)]
     backend: Option<BackendKind>,
     /// The store's folder [default: OMNIQ_BASE_DIR, else ./omniq_data].
@@ -35,6 +35,10 @@ struct Cli {
     /// The SQLite database file [default: OMNIQ_DB_PATH, else {base-dir}/omniq.db].
     #[arg(long, global = true)]
     db_path: Option<PathBuf>,
+    /// The PostgreSQL database, postgres://user:password@host/db [default: OMNIQ_DATABASE_URL];
+    /// its schema is OMNIQ_PG_SCHEMA, else omniq.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,7 +154,7 @@ struct PurgeArgs {
 
 #[derive(Args)]
 struct MigrateArgs {
-    /// The source store, as file:<folder> or sqlite:<database file>. It is only read.
+    /// The source store, as file:<folder>, sqlite:<database file> or postgres://…#schema. It is only read.
     #[arg(long)]
     from: StoreUrl,
     /// The destination store, created if missing.
@@ -170,7 +174,7 @@ struct CheckArgs {
 
 fn parse_backend(text: &str) -> Result<BackendKind, String> {
     text.parse()
-        .map_err(|_| format!("{text:?} is not a backend; expected file or sqlite"))
+        .map_err(|_| format!("{text:?} is not a backend; expected file, sqlite or postgres"))
 }
 
 fn parse_status(text: &str) -> Result<TaskStatus, String> {
@@ -195,7 +199,11 @@ impl From<Error> for Failure {
             Error::InvalidConfig { name, .. } if name.starts_with("OMNIQ_") => {
                 Some(format!("fix or unset the environment variable {name}"))
             }
-            Error::Incompatible { .. } => Some("check --db-path / OMNIQ_DB_PATH".to_string()),
+            Error::Incompatible { .. } => Some(
+                "check where the store is: --db-path / OMNIQ_DB_PATH, or --database-url / OMNIQ_DATABASE_URL \
+                 and OMNIQ_PG_SCHEMA"
+                    .to_string(),
+            ),
             Error::Corrupt { .. } => Some("`omniq check` reports every damaged file".to_string()),
             _ => None,
         };
@@ -251,6 +259,11 @@ fn settings(cli: &Cli) -> Result<Settings, Failure> {
     if let Some(db_path) = &cli.db_path {
         settings.db_path = Some(db_path.clone());
     }
+    if let Some(url) = &cli.database_url {
+        settings.database_url = Some(url.clone());
+        // A database URL given on the command line means PostgreSQL.
+        settings.backend.get_or_insert(BackendKind::Postgres);
+    }
     Ok(settings)
 }
 
@@ -281,6 +294,10 @@ async fn open_to_read(url: &StoreUrl, settings: &Settings) -> Result<Arc<dyn Sto
 
 /// Fails unless `url` names a store that exists.
 fn ensure_exists(url: &StoreUrl) -> Result<(), Failure> {
+    // A database server says itself whether the store is there.
+    if url.backend == BackendKind::Postgres {
+        return Ok(());
+    }
     let hint = "check --backend, --base-dir and --db-path (or OMNIQ_BACKEND, OMNIQ_BASE_DIR, OMNIQ_DB_PATH)";
     if !url.path.exists() {
         return Err(failure(

@@ -17,6 +17,8 @@ pub enum BackendKind {
     File,
     /// One SQLite database file (`omniq-sqlite`).
     Sqlite,
+    /// A PostgreSQL database, shared by many hosts (`omniq-postgres`).
+    Postgres,
 }
 
 impl BackendKind {
@@ -25,6 +27,7 @@ impl BackendKind {
         match self {
             BackendKind::File => "file",
             BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
         }
     }
 }
@@ -69,7 +72,13 @@ macro_rules! named_choice {
     };
 }
 
-named_choice!(BackendKind, "OMNIQ_BACKEND", "file" => BackendKind::File, "sqlite" => BackendKind::Sqlite);
+named_choice!(
+    BackendKind,
+    "OMNIQ_BACKEND",
+    "file" => BackendKind::File,
+    "sqlite" => BackendKind::Sqlite,
+    "postgres" => BackendKind::Postgres
+);
 named_choice!(Durability, "OMNIQ_DURABILITY", "normal" => Durability::Normal, "full" => Durability::Full);
 // `msgpack` is refused here, naming the variable: no backend stores it, so
 // accepting it would only move the refusal to the open.
@@ -95,6 +104,12 @@ pub struct Settings {
     pub base_dir: PathBuf,
     /// The SQLite database file, when not `{base_dir}/omniq.db` (`OMNIQ_DB_PATH`).
     pub db_path: Option<PathBuf>,
+    /// The PostgreSQL database, `postgres://user:password@host:port/database`
+    /// (`OMNIQ_DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// The PostgreSQL schema OmniQ's tables live in (`OMNIQ_PG_SCHEMA`,
+    /// default `omniq`), so one database can hold several stores.
+    pub pg_schema: String,
     /// Payload encoding where a backend stores bytes (`OMNIQ_SERIALIZER`).
     pub serializer: Serializer,
     /// Time limit for one attempt of tasks that set none (`OMNIQ_DEFAULT_TIMEOUT`,
@@ -122,6 +137,8 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The default for [`Settings::lock_timeout`].
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default for [`Settings::pg_schema`].
+pub const DEFAULT_PG_SCHEMA: &str = "omniq";
 /// The default for [`Settings::base_dir`].
 pub const DEFAULT_BASE_DIR: &str = "./omniq_data";
 
@@ -131,6 +148,8 @@ impl Default for Settings {
             backend: None,
             base_dir: PathBuf::from(DEFAULT_BASE_DIR),
             db_path: None,
+            database_url: None,
+            pg_schema: DEFAULT_PG_SCHEMA.to_owned(),
             serializer: Serializer::Json,
             default_timeout: None,
             default_max_retries: DEFAULT_MAX_RETRIES,
@@ -180,6 +199,12 @@ impl Settings {
         }
         if let Some(v) = get("OMNIQ_DB_PATH")? {
             builder = builder.db_path(v);
+        }
+        if let Some(v) = get("OMNIQ_DATABASE_URL")? {
+            builder = builder.database_url(v.trim());
+        }
+        if let Some(v) = get("OMNIQ_PG_SCHEMA")? {
+            builder = builder.pg_schema(v.trim());
         }
         if let Some(v) = get("OMNIQ_SERIALIZER")? {
             builder = builder.serializer(v.parse()?);
@@ -273,6 +298,18 @@ impl SettingsBuilder {
         self
     }
 
+    /// The PostgreSQL database URL.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.settings.database_url = Some(url.into());
+        self
+    }
+
+    /// The PostgreSQL schema OmniQ's tables live in.
+    pub fn pg_schema(mut self, schema: impl Into<String>) -> Self {
+        self.settings.pg_schema = schema.into();
+        self
+    }
+
     /// Payload encoding where a backend stores bytes.
     pub fn serializer(mut self, serializer: Serializer) -> Self {
         self.settings.serializer = serializer;
@@ -321,6 +358,23 @@ impl SettingsBuilder {
         if settings.base_dir.as_os_str().is_empty() {
             return Err(Error::invalid_config("base_dir", "must not be empty"));
         }
+        if settings.pg_schema.is_empty() || settings.pg_schema.len() > 63 {
+            return Err(Error::invalid_config(
+                "OMNIQ_PG_SCHEMA",
+                format!(
+                    "{:?} is not allowed; expected a schema name of 1 to 63 bytes",
+                    settings.pg_schema
+                ),
+            ));
+        }
+        if let Some(url) = &settings.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(Error::invalid_config(
+                    "OMNIQ_DATABASE_URL",
+                    "is not allowed; expected postgres://user:password@host:port/database",
+                ));
+            }
+        }
         if settings.default_timeout == Some(Duration::ZERO) {
             return Err(Error::invalid_config(
                 "default_timeout",
@@ -367,6 +421,26 @@ mod tests {
         assert_eq!(settings.result_ttl, Duration::from_secs(86400));
         assert_eq!(settings.default_timeout, None);
         assert_eq!(settings.backend, None);
+    }
+
+    #[test]
+    fn the_postgres_variables_are_read_and_checked() {
+        let settings = from(&[
+            ("OMNIQ_BACKEND", "postgres"),
+            ("OMNIQ_DATABASE_URL", "postgres://ada:secret@db.internal:5432/jobs"),
+            ("OMNIQ_PG_SCHEMA", "tenant_7"),
+        ])
+        .unwrap();
+        assert_eq!(settings.backend, Some(BackendKind::Postgres));
+        assert_eq!(settings.database_url.as_deref(), Some("postgres://ada:secret@db.internal:5432/jobs"));
+        assert_eq!(settings.pg_schema, "tenant_7");
+        assert_eq!(from(&[]).unwrap().pg_schema, "omniq");
+        let (name, reason) = config_error(from(&[("OMNIQ_DATABASE_URL", "mysql://secret@x/db")]));
+        assert_eq!(name, "OMNIQ_DATABASE_URL");
+        assert!(!reason.contains("secret"), "the URL's password is not repeated: {reason}");
+        let long = "s".repeat(64);
+        let (name, _) = config_error(from(&[("OMNIQ_PG_SCHEMA", long.as_str())]));
+        assert_eq!(name, "OMNIQ_PG_SCHEMA");
     }
 
     #[test]

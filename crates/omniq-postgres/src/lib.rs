@@ -94,6 +94,8 @@ pub fn redact(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct PostgresStorage {
     pool: PgPool,
+    /// Opened only to read: every change is refused.
+    read_only: bool,
     /// The schema's name, quoted.
     s: String,
     schema: String,
@@ -109,6 +111,12 @@ impl PostgresStorage {
 
     /// As [`PostgresStorage::connect`], with a pool of `connections`.
     pub async fn connect_with(url: &str, schema: &str, connections: u32) -> Result<Self> {
+        Self::connect_with_options(url, schema, connections, true).await
+    }
+
+    /// Connects; `prepare`: create or migrate the schema, else only check
+    /// that it is this build's.
+    async fn connect_with_options(url: &str, schema: &str, connections: u32, prepare: bool) -> Result<Self> {
         if schema.is_empty() || schema.len() > 63 {
             return Err(Error::invalid_config(
                 "OMNIQ_PG_SCHEMA",
@@ -131,13 +139,54 @@ impl PostgresStorage {
             .await
             .map_err(&unreachable)?;
         let mut tx = pool.begin().await.map_err(&unreachable)?;
-        schema::prepare(&mut tx, schema.to_owned()).await?;
-        tx.commit().await.map_err(sql_error)?;
+        match prepare {
+            true => {
+                schema::prepare(&mut tx, schema.to_owned()).await?;
+                tx.commit().await.map_err(sql_error)?;
+            }
+            false => {
+                schema::check(&mut tx, schema.to_owned()).await?;
+                tx.rollback().await.map_err(sql_error)?;
+            }
+        }
         Ok(PostgresStorage {
             pool,
+            read_only: false,
             s: schema::quote(schema),
             schema: schema.to_owned(),
         })
+    }
+
+    /// Connects to the database and schema `settings` name
+    /// (`OMNIQ_DATABASE_URL`, `OMNIQ_PG_SCHEMA`).
+    pub async fn open(settings: &omniq_core::Settings) -> Result<Self> {
+        let url = settings.database_url.as_deref().ok_or_else(|| {
+            Error::invalid_config(
+                "OMNIQ_DATABASE_URL",
+                "is needed for the postgres backend: postgres://user:password@host:port/database",
+            )
+        })?;
+        Self::connect(url, &settings.pg_schema).await
+    }
+
+    /// Connects to an existing OmniQ schema only to read it: nothing is
+    /// created or migrated, and every change is refused with
+    /// [`Error::Unsupported`].
+    pub async fn connect_read_only(url: &str, schema: &str) -> Result<Self> {
+        let mut store = Self::connect_with_options(url, schema, 4, false).await?;
+        store.read_only = true;
+        Ok(store)
+    }
+
+    /// Refuses a change on a store opened only to read.
+    fn writable(&self) -> Result<()> {
+        match self.read_only {
+            true => Err(Error::Unsupported(format!(
+                "the postgres schema {} was opened only to read",
+                self.schema
+            ))),
+            false => Ok(()),
+        }
     }
 
     /// The schema the tables live in.
@@ -232,6 +281,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
+        self.writable()?;
         omniq_core::check_new_records(&tasks)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
@@ -260,6 +310,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
+        self.writable()?;
         if request.limit == 0 {
             return Ok(Vec::new());
         }
@@ -293,6 +344,7 @@ impl Storage for PostgresStorage {
         lease_for: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<RenewOutcome>> {
+        self.writable()?;
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -324,6 +376,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
+        self.writable()?;
         if finishes.is_empty() {
             return Ok(Vec::new());
         }
@@ -414,6 +467,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.writable()?;
         Ok(in_transaction!(self, |tx| {
             let key = [id.to_string()];
             let series = self.series_of(&mut tx, &key).await?;
@@ -441,6 +495,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn retry(&self, id: TaskId, now: OffsetDateTime) -> Result<()> {
+        self.writable()?;
         in_transaction!(self, |tx| {
             let mut task = rows::load(&self.s, &mut tx, &[id.to_string()], true)
                 .await?
@@ -476,6 +531,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.writable()?;
         omniq_core::queue::check_name(queue)?;
         let sql = match paused {
             true => "INSERT INTO {s}.paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -534,6 +590,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
+        self.writable()?;
         let done = sqlx::query(&self.q(
             "DELETE FROM {s}.tasks WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < $1",
         ))
@@ -545,6 +602,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
+        self.writable()?;
         Ok(in_transaction!(self, |tx| {
             let candidates: Vec<String> = sqlx::query_scalar(&self.q(
                 "SELECT id FROM {s}.tasks WHERE status = 'running' AND lease_expires <= $1 \

@@ -147,3 +147,33 @@ pub async fn prepare(tx: &mut Transaction<'static, Postgres>, schema: String) ->
     }
     Ok(from)
 }
+
+/// Checks, writing nothing, that `schema` holds OmniQ's tables at this
+/// build's version: for a store opened only to read.
+pub async fn check(tx: &mut Transaction<'static, Postgres>, schema: String) -> Result<()> {
+    let s = quote(&schema);
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+        .bind(format!("{s}.omniq_meta"))
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(crate::sql_error)?;
+    if exists.is_none() {
+        return Err(incompatible(&schema, "it holds no OmniQ store".into()));
+    }
+    let version: String = sqlx::query_scalar(&format!(
+        "SELECT value FROM {s}.omniq_meta WHERE key = 'schema_version'"
+    ))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(crate::sql_error)?;
+    if version != CURRENT_VERSION.to_string() {
+        return Err(incompatible(
+            &schema,
+            format!(
+                "its schema version is {version}, this build's {CURRENT_VERSION}; open it to write once \
+                 (an older one is migrated) or use a matching OmniQ"
+            ),
+        ));
+    }
+    Ok(())
+}

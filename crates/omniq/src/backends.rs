@@ -1,5 +1,6 @@
-//! Opening a store: the backend named by settings or by a `backend:path` URL,
-//! among those compiled in.
+//! Opening a store: the backend named by settings or by a store URL
+//! (`file:<folder>`, `sqlite:<file>`, `postgres://…[#schema]`), among those
+//! compiled in.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -14,6 +15,8 @@ pub fn compiled_backends() -> &'static [BackendKind] {
         BackendKind::File,
         #[cfg(feature = "sqlite")]
         BackendKind::Sqlite,
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres,
     ]
 }
 
@@ -43,18 +46,43 @@ pub async fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>> {
         BackendKind::File => Ok(Arc::new(omniq_file::FileStorage::open(settings).await?)),
         #[cfg(feature = "sqlite")]
         BackendKind::Sqlite => Ok(Arc::new(omniq_sqlite::SqliteStorage::open(settings).await?)),
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => Ok(Arc::new(omniq_postgres::PostgresStorage::open(settings).await?)),
         #[allow(unreachable_patterns)]
         other => Err(not_compiled(other)),
     }
 }
 
-/// A store named as `backend:path`: `file:./omniq_data` (a folder) or
-/// `sqlite:./omniq_data/omniq.db` (a database file).
+/// A PostgreSQL store URL split into the database URL and the schema (after
+/// a `#`; default `omniq`).
+fn postgres_parts(text: &str) -> (&str, &str) {
+    match text.split_once('#') {
+        Some((url, schema)) if !schema.is_empty() => (url, schema),
+        Some((url, _)) => (url, omniq_core::settings::DEFAULT_PG_SCHEMA),
+        None => (text, omniq_core::settings::DEFAULT_PG_SCHEMA),
+    }
+}
+
+/// `url` without its password.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// A store named as `backend:path`: `file:./omniq_data` (a folder),
+/// `sqlite:./omniq_data/omniq.db` (a database file), or a PostgreSQL URL with
+/// the schema after a `#`: `postgres://user:password@host/db#omniq`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreUrl {
     /// The backend.
     pub backend: BackendKind,
-    /// The folder (file) or database file (sqlite).
+    /// The folder (file), the database file (sqlite), or the database URL
+    /// and `#schema` (postgres).
     pub path: PathBuf,
 }
 
@@ -62,10 +90,19 @@ impl FromStr for StoreUrl {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StoreUrl {
+                backend: BackendKind::Postgres,
+                path: PathBuf::from(text),
+            });
+        }
         let bad = |reason: &str| {
             Error::invalid_config(
                 "store",
-                format!("{text:?} {reason}; expected file:<folder> or sqlite:<database file>"),
+                format!(
+                    "{:?} {reason}; expected file:<folder>, sqlite:<database file> or postgres://…#schema",
+                    redacted(text)
+                ),
             )
         };
         let (backend, path) = text.split_once(':').ok_or_else(|| bad("has no backend"))?;
@@ -82,7 +119,14 @@ impl FromStr for StoreUrl {
 
 impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.backend, self.path.display())
+        match self.backend {
+            BackendKind::Postgres => {
+                let text = self.path.to_string_lossy();
+                let (url, schema) = postgres_parts(&text);
+                write!(f, "{}#{schema}", redacted(url))
+            }
+            _ => write!(f, "{}:{}", self.backend, self.path.display()),
+        }
     }
 }
 
@@ -92,6 +136,15 @@ impl StoreUrl {
         let backend = chosen_backend(settings)?;
         let path = match backend {
             BackendKind::Sqlite => settings.sqlite_path(),
+            BackendKind::Postgres => {
+                let url = settings.database_url.as_deref().ok_or_else(|| {
+                    Error::invalid_config(
+                        "OMNIQ_DATABASE_URL",
+                        "is needed for the postgres backend: postgres://user:password@host:port/database",
+                    )
+                })?;
+                PathBuf::from(format!("{url}#{}", settings.pg_schema))
+            }
             _ => settings.base_dir.clone(),
         };
         Ok(StoreUrl { backend, path })
@@ -118,6 +171,14 @@ impl StoreUrl {
             BackendKind::Sqlite => Ok(Arc::new(
                 omniq_sqlite::SqliteStorage::open_read_only(&self.path, lock_timeout).await?,
             )),
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => {
+                let text = self.path.to_string_lossy();
+                let (url, schema) = postgres_parts(&text);
+                Ok(Arc::new(
+                    omniq_postgres::PostgresStorage::connect_read_only(url, schema).await?,
+                ))
+            }
             #[allow(unreachable_patterns)]
             other => Err(not_compiled(other)),
         }
@@ -136,6 +197,14 @@ async fn open_at(kind: BackendKind, path: &Path, durability: Durability) -> Resu
         BackendKind::Sqlite => Ok(Arc::new(
             omniq_sqlite::SqliteStorage::open_path(path, durability).await?,
         )),
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => {
+            let text = path.to_string_lossy();
+            let (url, schema) = postgres_parts(&text);
+            Ok(Arc::new(
+                omniq_postgres::PostgresStorage::connect(url, schema).await?,
+            ))
+        }
         #[allow(unreachable_patterns)]
         other => Err(not_compiled(other)),
     }

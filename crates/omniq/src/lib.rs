@@ -57,6 +57,8 @@ pub use omniq_core::{
 };
 #[cfg(feature = "file")]
 pub use omniq_file::{CheckReport, FileStorage};
+#[cfg(feature = "postgres")]
+pub use omniq_postgres::PostgresStorage;
 #[cfg(feature = "sqlite")]
 pub use omniq_sqlite::SqliteStorage;
 

@@ -305,3 +305,59 @@ fn the_blocking_client_pauses_and_reports_queues() {
     q.resume("reports").unwrap();
     assert!(!q.queues().unwrap()[0].paused);
 }
+
+/// The client and a pool on PostgreSQL, chosen by settings as a user's
+/// `OMNIQ_BACKEND=postgres` and `OMNIQ_DATABASE_URL` would.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_runs_tasks_on_postgres() {
+    let url =
+        std::env::var("OMNIQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let schema = format!("omniq_c{}", std::process::id());
+    let lookup = |name: &str| match name {
+        "OMNIQ_BACKEND" => Some("postgres".into()),
+        "OMNIQ_DATABASE_URL" => Some(url.clone().into()),
+        "OMNIQ_PG_SCHEMA" => Some(schema.clone().into()),
+        _ => None,
+    };
+    let settings = Settings::from_lookup(lookup).unwrap();
+    let q = match OmniQ::open(settings).await {
+        Ok(q) => q,
+        Err(error) => {
+            assert!(
+                std::env::var("OMNIQ_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "no PostgreSQL at {url}: {error}"
+            );
+            eprintln!("no PostgreSQL at {url} ({error}); skipping");
+            return;
+        }
+    };
+    assert_eq!(q.storage().backend_name(), "postgres");
+    let pool = q
+        .worker(registry())
+        .queue("default", 2)
+        .queue("math", 2)
+        .start()
+        .expect("start the pool");
+    let a = q.enqueue("add", &(2, 3)).await.unwrap();
+    let b = q
+        .task("add", &(4, 5))
+        .unwrap()
+        .queue("math")
+        .priority(9)
+        .enqueue()
+        .await
+        .unwrap();
+    for (id, sum) in [(a, 5), (b, 9)] {
+        let result = q.wait_result(id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(result.value_as::<i64>().unwrap(), Some(sum));
+    }
+    assert!(pool.shutdown(Duration::from_secs(5)).await.drained);
+    assert_eq!(q.counts().await.unwrap().completed, 2);
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}

@@ -233,3 +233,62 @@ async fn a_task_whose_key_the_destination_holds_is_not_copied() {
     assert!(!report.is_complete());
     assert_eq!(to.counts().await.unwrap().total(), 1);
 }
+
+/// The PostgreSQL test server, or `None` (saying so) where none answers;
+/// with `OMNIQ_REQUIRE_POSTGRES=1` a missing server fails the test.
+#[cfg(feature = "postgres")]
+async fn postgres_schema() -> Option<(String, String)> {
+    let url =
+        std::env::var("OMNIQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let schema = format!("omniq_m{}_{}", std::process::id(), fastrand_suffix());
+    match omniq::PostgresStorage::connect_with(&url, &schema, 2).await {
+        Ok(_) => Some((url, schema)),
+        Err(error) => {
+            assert!(
+                std::env::var("OMNIQ_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "no PostgreSQL at {url}: {error}"
+            );
+            eprintln!("no PostgreSQL at {url} ({error}); skipping");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn fastrand_suffix() -> String {
+    format!("{:x}", OffsetDateTime::now_utc().unix_timestamp_nanos())
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_to_postgres_to_sqlite_keeps_everything() {
+    let Some((url, schema)) = postgres_schema().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = FileStorage::open_path(dir.path().join("files"), Durability::Normal)
+        .await
+        .unwrap();
+    let postgres = Arc::new(omniq::PostgresStorage::connect(&url, &schema).await.unwrap());
+    check(Arc::new(file), postgres.clone()).await;
+    // And on from PostgreSQL: what arrived there leaves as it is.
+    let sqlite = Arc::new(
+        SqliteStorage::open_path(dir.path().join("omniq.db"), Durability::Normal)
+            .await
+            .unwrap(),
+    );
+    let report = omniq::migrate(&*postgres, &*sqlite, |_| {}).await.unwrap();
+    assert!(report.is_complete());
+    assert_eq!(all(&*postgres).await, all(&*sqlite).await);
+    drop_schema(&url, &schema).await;
+}
+
+#[cfg(feature = "postgres")]
+async fn drop_schema(url: &str, schema: &str) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
