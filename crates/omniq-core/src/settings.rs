@@ -427,17 +427,26 @@ mod tests {
     fn the_postgres_variables_are_read_and_checked() {
         let settings = from(&[
             ("OMNIQ_BACKEND", "postgres"),
-            ("OMNIQ_DATABASE_URL", "postgres://ada:secret@db.internal:5432/jobs"),
+            (
+                "OMNIQ_DATABASE_URL",
+                "postgres://ada:secret@db.internal:5432/jobs",
+            ),
             ("OMNIQ_PG_SCHEMA", "tenant_7"),
         ])
         .unwrap();
         assert_eq!(settings.backend, Some(BackendKind::Postgres));
-        assert_eq!(settings.database_url.as_deref(), Some("postgres://ada:secret@db.internal:5432/jobs"));
+        assert_eq!(
+            settings.database_url.as_deref(),
+            Some("postgres://ada:secret@db.internal:5432/jobs")
+        );
         assert_eq!(settings.pg_schema, "tenant_7");
         assert_eq!(from(&[]).unwrap().pg_schema, "omniq");
         let (name, reason) = config_error(from(&[("OMNIQ_DATABASE_URL", "mysql://secret@x/db")]));
         assert_eq!(name, "OMNIQ_DATABASE_URL");
-        assert!(!reason.contains("secret"), "the URL's password is not repeated: {reason}");
+        assert!(
+            !reason.contains("secret"),
+            "the URL's password is not repeated: {reason}"
+        );
         let long = "s".repeat(64);
         let (name, _) = config_error(from(&[("OMNIQ_PG_SCHEMA", long.as_str())]));
         assert_eq!(name, "OMNIQ_PG_SCHEMA");

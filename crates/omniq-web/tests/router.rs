@@ -99,8 +99,9 @@ async fn seed(store: &dyn Storage) -> Seeded {
     }
 }
 
-/// A store of each backend, each with its guard (the folder it lives in).
-async fn stores() -> Vec<(&'static str, Arc<dyn Storage>, Option<tempfile::TempDir>)> {
+/// A store of each backend, each with its guard (the folder it lives in);
+/// PostgreSQL's in a schema of its own, where the test server answers.
+async fn stores() -> Vec<(&'static str, Arc<dyn Storage>, Box<dyn std::any::Any + Send>)> {
     let file_dir = tempfile::tempdir().unwrap();
     let sqlite_dir = tempfile::tempdir().unwrap();
     let file = omniq_file::FileStorage::open_path(file_dir.path(), Durability::Normal)
@@ -110,11 +111,40 @@ async fn stores() -> Vec<(&'static str, Arc<dyn Storage>, Option<tempfile::TempD
         omniq_sqlite::SqliteStorage::open_path(sqlite_dir.path().join("omniq.db"), Durability::Normal)
             .await
             .unwrap();
-    vec![
-        ("memory", Arc::new(MemoryStorage::new()), None),
-        ("file", Arc::new(file), Some(file_dir)),
-        ("sqlite", Arc::new(sqlite), Some(sqlite_dir)),
-    ]
+    let mut stores: Vec<(&'static str, Arc<dyn Storage>, Box<dyn std::any::Any + Send>)> = vec![
+        ("memory", Arc::new(MemoryStorage::new()), Box::new(())),
+        ("file", Arc::new(file), Box::new(file_dir)),
+        ("sqlite", Arc::new(sqlite), Box::new(sqlite_dir)),
+    ];
+    if let Some((postgres, guard)) = postgres().await {
+        stores.push(("postgres", Arc::new(postgres), Box::new(guard)));
+    }
+    stores
+}
+
+/// A store in a fresh PostgreSQL schema, dropped with its guard, or `None` where no server answers; with
+/// `OMNIQ_REQUIRE_POSTGRES=1` a missing server fails the test.
+async fn postgres() -> Option<(omniq_postgres::PostgresStorage, DropSchema)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let url =
+        std::env::var("OMNIQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let schema = format!(
+        "omniq_w{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    match omniq_postgres::PostgresStorage::connect_with(&url, &schema, 4).await {
+        Ok(store) => Some((store, DropSchema(url, schema))),
+        Err(error) => {
+            assert!(
+                std::env::var("OMNIQ_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "no PostgreSQL at {url}: {error}"
+            );
+            eprintln!("no PostgreSQL at {url} ({error}); the dashboard is tested on the other backends");
+            None
+        }
+    }
 }
 
 struct Reply {
@@ -531,4 +561,29 @@ async fn only_the_login_and_the_script_are_open_under_a_prefix() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&app, sneaky).await.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Drops a test's PostgreSQL schema when dropped, on a thread of its own (a
+/// drop cannot wait for the database).
+struct DropSchema(String, String);
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.0.clone(), self.1.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
 }
