@@ -99,9 +99,13 @@ async fn seed(store: &dyn Storage) -> Seeded {
     }
 }
 
+/// A backend's name, a store of it, and what keeps the store alive (its
+/// folder, its schema).
+type Backend = (&'static str, Arc<dyn Storage>, Box<dyn std::any::Any + Send>);
+
 /// A store of each backend, each with its guard (the folder it lives in);
 /// PostgreSQL's in a schema of its own, where the test server answers.
-async fn stores() -> Vec<(&'static str, Arc<dyn Storage>, Box<dyn std::any::Any + Send>)> {
+async fn stores() -> Vec<Backend> {
     let file_dir = tempfile::tempdir().unwrap();
     let sqlite_dir = tempfile::tempdir().unwrap();
     let file = omniq_file::FileStorage::open_path(file_dir.path(), Durability::Normal)
@@ -111,7 +115,7 @@ async fn stores() -> Vec<(&'static str, Arc<dyn Storage>, Box<dyn std::any::Any 
         omniq_sqlite::SqliteStorage::open_path(sqlite_dir.path().join("omniq.db"), Durability::Normal)
             .await
             .unwrap();
-    let mut stores: Vec<(&'static str, Arc<dyn Storage>, Box<dyn std::any::Any + Send>)> = vec![
+    let mut stores: Vec<Backend> = vec![
         ("memory", Arc::new(MemoryStorage::new()), Box::new(())),
         ("file", Arc::new(file), Box::new(file_dir)),
         ("sqlite", Arc::new(sqlite), Box::new(sqlite_dir)),
