@@ -10,11 +10,28 @@ use omniq_core::{ClaimRequest, Durability, Finish, NewTask, Outcome, Settings, S
 use serde_json::json;
 use time::OffsetDateTime;
 
-/// A store and the folder it lives in, removed on drop.
+/// A store and the folder it lives in (and for PostgreSQL its schema),
+/// removed on drop.
 pub struct Store {
     /// The store.
     pub store: Arc<dyn Storage>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    backend: String,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.backend == "postgres" {
+            let dir = self.dir.path().to_path_buf();
+            // A drop cannot wait for the database: a thread of its own does.
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    runtime.block_on(drop_postgres_schema(&dir));
+                }
+            })
+            .join();
+        }
+    }
 }
 
 /// The folder fresh stores go in: under `target/`, as a user's `./omniq_data`
@@ -32,13 +49,55 @@ pub const BACKENDS: &[&str] = &["file", "sqlite"];
 pub async fn open(backend: &str) -> Store {
     let dir = tempfile::tempdir_in(scratch()).expect("temporary folder");
     let store = open_at(backend, dir.path()).await.expect("open the store");
-    Store { store, _dir: dir }
+    Store {
+        store,
+        dir,
+        backend: backend.to_owned(),
+    }
+}
+
+/// The PostgreSQL server the benchmarks and the crash test use:
+/// `OMNIQ_TEST_DATABASE_URL`, else 127.0.0.1:5432, database `test`.
+pub fn postgres_url() -> String {
+    std::env::var("OMNIQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into())
+}
+
+/// The PostgreSQL schema that stands for the folder `dir`: one per store,
+/// named after the folder, so every process opening `dir` meets the same one.
+pub fn postgres_schema(dir: &std::path::Path) -> String {
+    let name: String = dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let tail = &name[name.len().saturating_sub(40)..];
+    format!("omniq_b{tail}")
+}
+
+/// Removes the PostgreSQL schema standing for `dir`, once a run is done with it.
+pub async fn drop_postgres_schema(dir: &std::path::Path) {
+    use sqlx::Connection as _;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_url()).await {
+        let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", postgres_schema(dir));
+        if let Err(error) = sqlx::query(&drop).execute(&mut conn).await {
+            eprintln!("cannot drop the schema {}: {error}", postgres_schema(dir));
+        }
+    }
 }
 
 /// Opens the store of `backend` in the folder `dir` (the SQLite database is
-/// `dir/omniq.db`).
+/// `dir/omniq.db`; PostgreSQL's schema is [`postgres_schema`] of `dir`).
 pub async fn open_at(backend: &str, dir: &std::path::Path) -> omniq_core::Result<Arc<dyn Storage>> {
     Ok(match backend {
+        "postgres" => Arc::new(
+            omniq_postgres::PostgresStorage::connect_with(&postgres_url(), &postgres_schema(dir), 8).await?,
+        ),
         "file" => Arc::new(omniq_file::FileStorage::open_path(dir, Durability::Normal).await?),
         "sqlite" => {
             Arc::new(omniq_sqlite::SqliteStorage::open_path(dir.join("omniq.db"), Durability::Normal).await?)
@@ -46,7 +105,7 @@ pub async fn open_at(backend: &str, dir: &std::path::Path) -> omniq_core::Result
         other => {
             return Err(omniq_core::Error::invalid_config(
                 "backend",
-                format!("{other:?} is not a backend; expected file or sqlite"),
+                format!("{other:?} is not a backend; expected file, sqlite or postgres"),
             ))
         }
     })

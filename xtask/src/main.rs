@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask conformance [TEST FILTER...]\n       \
                  cargo xtask perf [--json] [--backend file|sqlite] [--concurrency N]\n       \
-                 cargo xtask chaos [--backend file|sqlite] [--tasks N] [--seconds S]"
+                 cargo xtask chaos [--backend file|sqlite|postgres] [--tasks N] [--seconds S]"
             );
             ExitCode::from(2)
         }

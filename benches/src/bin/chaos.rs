@@ -2,7 +2,7 @@
 //! SIGKILL at random moments while they run tasks, restarted, and at the end the
 //! store is checked: nothing lost, nothing stuck, nothing unreadable.
 //!
-//! `chaos [--backend file|sqlite] [--tasks N] [--seconds S]` drives the test;
+//! `chaos [--backend file|sqlite|postgres] [--tasks N] [--seconds S]` drives the test;
 //! `chaos worker BACKEND DIR LOG` is one worker process.
 
 use std::collections::HashMap;
@@ -178,6 +178,10 @@ fn drive(backend: &str, n: usize, chaos_for: Duration) -> bool {
         "{backend}: tasks={n} completed={} lost={} stuck={} corrupt={corrupt}",
         report.completed, report.lost, report.stuck
     );
+    if backend == "postgres" {
+        drop(store);
+        runtime.block_on(omniq_benches::drop_postgres_schema(&store_dir));
+    }
     report.lost == 0 && report.stuck == 0 && corrupt == 0 && report.completed == n
 }
 
@@ -258,6 +262,16 @@ async fn structural_problems(backend: &str, dir: &Path) -> usize {
                 eprintln!("file: {problem}");
             }
             report.problems.len()
+        }
+        "postgres" => {
+            // Every row must read back as a task; PostgreSQL keeps its own
+            // pages whole.
+            let store = omniq_benches::open_at(backend, dir).await.expect("open");
+            let damaged = store.damaged().await.expect("read every record");
+            for bad in &damaged {
+                eprintln!("postgres: task {}: {}", bad.id, bad.reason);
+            }
+            damaged.len()
         }
         _ => {
             let store =

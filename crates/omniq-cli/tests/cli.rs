@@ -392,7 +392,7 @@ fn bad_input_gets_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("expected file or sqlite"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected file, sqlite or postgres"));
 
     // A corrupt task file: reading it says so and where it is (a read leaves
     // it in place).

@@ -132,8 +132,12 @@ impl PostgresStorage {
             .await
             .map_err(&unreachable)?;
         sqlx::Connection::close(probe).await.map_err(sql_error)?;
+        // No ping before each use: a broken connection fails its statement,
+        // which the caller sees as an error, and a ping costs every
+        // operation a round trip.
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
