@@ -1,0 +1,69 @@
+//! The `omniq` binary on PostgreSQL: a store migrated from a file store is
+//! read, paused and listed through `--database-url` and `OMNIQ_PG_SCHEMA`;
+//! a schema that holds no store is an error, and reading creates nothing.
+//! Skips where no server answers, except with `OMNIQ_REQUIRE_POSTGRES=1`.
+
+mod common;
+
+use common::store;
+use omniq::BackendKind;
+
+#[test]
+fn every_command_reads_and_steers_a_postgres_store() {
+    let url =
+        std::env::var("OMNIQ_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://127.0.0.1:5432/test".into());
+    let schema = format!("omniq_cli{}", std::process::id());
+    let s = store(BackendKind::File);
+    let pg = |args: &[&str]| {
+        let mut cmd = assert_cmd::Command::cargo_bin("omniq").unwrap();
+        cmd.env_remove("OMNIQ_BACKEND")
+            .env_remove("OMNIQ_DATABASE_URL")
+            .env("OMNIQ_PG_SCHEMA", &schema)
+            .args(["--database-url", &url])
+            .args(args);
+        cmd.output().unwrap()
+    };
+    // Reading a schema that holds no store says so, and creates nothing.
+    let missing = pg(&["stats"]);
+    let err = String::from_utf8_lossy(&missing.stderr).into_owned();
+    if err.contains("cannot connect") {
+        assert!(
+            std::env::var("OMNIQ_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "no PostgreSQL at {url}: {err}"
+        );
+        eprintln!("no PostgreSQL at {url}; skipping");
+        return;
+    }
+    assert!(!missing.status.success());
+    assert!(err.contains("holds no OmniQ store"), "{err}");
+
+    let to = format!("{url}#{schema}");
+    let migrated = s.run(&[
+        "migrate",
+        "--from",
+        &format!("file:{}", s.base.display()),
+        "--to",
+        &to,
+    ]);
+    assert!(migrated.contains("copied 3"), "{migrated}");
+    assert!(!migrated.contains("password"), "{migrated}");
+    let stats = pg(&["stats", "--json"]);
+    let counts: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        counts,
+        serde_json::json!({"pending": 1, "running": 0, "completed": 1, "failed": 1, "cancelled": 0})
+    );
+    assert!(pg(&["pause", "default"]).status.success());
+    let queues: serde_json::Value = serde_json::from_slice(&pg(&["queues", "--json"]).stdout).unwrap();
+    assert_eq!(queues[0]["paused"], true);
+    let shown = pg(&["show", &s.failed.to_string()]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("it is broken"));
+    assert!(pg(&["retry", &s.failed.to_string()]).status.success());
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_slice(&pg(&["list", "--json", "--status", "pending"]).stdout).unwrap();
+    assert_eq!(listed.len(), 2);
+
+    let mut conn = std::process::Command::new("psql");
+    conn.args([url.as_str(), "-qc", &format!("DROP SCHEMA \"{schema}\" CASCADE")]);
+    let _ = conn.output();
+}

@@ -1,0 +1,147 @@
+//! The `omniq` binary's queue commands (`queues`, `pause`, `resume`,
+//! `list --queue`, `stats --queue`) and `omniq dashboard`, on both backends.
+
+mod common;
+
+use common::{both, Store};
+use omniq::{OmniQ, Settings, TaskId};
+
+/// Enqueues, into the store, tasks in the `emails` queue with priorities and a
+/// unique key.
+fn add_emails(s: &Store) -> TaskId {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let settings = Settings::builder()
+            .backend(s.backend)
+            .base_dir(&s.base)
+            .build()
+            .unwrap();
+        let queue = OmniQ::open(settings).await.unwrap();
+        queue
+            .task("send", &"a@example.com")
+            .unwrap()
+            .queue("emails")
+            .priority(5)
+            .enqueue()
+            .await
+            .unwrap();
+        queue
+            .task("send", &"b@example.com")
+            .unwrap()
+            .queue("emails")
+            .unique_key("newsletter:7")
+            .enqueue()
+            .await
+            .unwrap()
+    })
+}
+
+#[test]
+fn queues_pause_resume_and_per_queue_views() {
+    for s in both() {
+        let keyed = add_emails(&s).to_string();
+        let json: Vec<serde_json::Value> = serde_json::from_str(&s.run(&["queues", "--json"])).unwrap();
+        let names: Vec<&str> = json.iter().map(|q| q["queue"].as_str().unwrap()).collect();
+        assert_eq!(names, ["default", "emails"]);
+        assert_eq!(json[1]["counts"]["pending"], 2);
+        assert_eq!(json[1]["paused"], false);
+        assert!(json[1]["oldest_pending_age_s"].as_f64().unwrap() >= 0.0);
+        assert!(
+            json[0]["oldest_pending_age_s"].is_null(),
+            "default's pending task is due later"
+        );
+
+        assert!(s.run(&["pause", "emails"]).contains("paused queue emails"));
+        let table = s.run(&["queues"]);
+        let emails = table.lines().find(|l| l.starts_with("emails")).unwrap();
+        assert!(emails.contains("paused"), "{table}");
+        let stats = s.run(&["stats", "--queue", "emails"]);
+        assert!(stats.contains("queue      emails (paused)"), "{stats}");
+        let counts: serde_json::Value =
+            serde_json::from_str(&s.run(&["stats", "--queue", "emails", "--json"])).unwrap();
+        assert_eq!(counts["pending"], 2);
+        assert_eq!(counts["completed"], 0);
+        let none: serde_json::Value =
+            serde_json::from_str(&s.run(&["stats", "--queue", "nothing", "--json"])).unwrap();
+        assert_eq!(none["pending"], 0);
+        s.run(&["resume", "emails"]);
+        assert!(!s.run(&["queues"]).contains("paused"));
+
+        let listed: Vec<serde_json::Value> =
+            serde_json::from_str(&s.run(&["list", "--queue", "emails", "--json"])).unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|t| t["queue"] == "emails"));
+        let table = s.run(&["list", "--queue", "emails"]);
+        assert!(
+            table.contains("PRIORITY") && table.contains("UNIQUE_KEY"),
+            "{table}"
+        );
+        assert!(table.contains("newsletter:7"), "{table}");
+        let plain = s.run(&["list", "--queue", "default"]);
+        assert!(
+            !plain.contains("UNIQUE_KEY") && plain.contains("QUEUE"),
+            "{plain}"
+        );
+        let show = s.run(&["show", &keyed]);
+        assert!(show.contains("queue        emails"), "{show}");
+        assert!(show.contains("unique_key   newsletter:7"), "{show}");
+
+        for bad in [
+            vec!["pause", "a/b"],
+            vec!["list", "--queue", ".."],
+            vec!["stats", "--queue", ""],
+        ] {
+            let err = s.fail(&bad);
+            assert!(err.contains("queue"), "{bad:?}: {err}");
+        }
+    }
+}
+
+/// A raw HTTP/1.0 GET on `addr`, as a browser's first request: the status
+/// line and the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: text/html\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn dashboard_serves_the_store_and_refuses_an_open_address_without_a_token() {
+    use std::io::BufRead;
+    for s in both() {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("omniq"))
+            .args(["--backend", s.backend.as_str(), "--base-dir"])
+            .arg(&s.base)
+            .args(["dashboard", "--bind", "127.0.0.1:0"])
+            .env_remove("OMNIQ_DASHBOARD_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .expect("the URL");
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        let counts = http_get(addr, "/api/counts");
+        assert!(counts.starts_with("HTTP/1.0 200"), "{counts}");
+        assert!(counts.contains("\"failed\":1"), "{counts}");
+        let page = http_get(addr, &format!("/tasks/{}", s.failed));
+        assert!(page.contains("it is broken"), "{page}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let err = s.fail(&["dashboard", "--bind", "0.0.0.0:0"]);
+        assert!(err.contains("token"), "{err}");
+    }
+}
