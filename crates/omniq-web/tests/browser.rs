@@ -72,8 +72,8 @@ async fn browser(port: u16) -> Client {
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
         }),
     );
-    ClientBuilder::rustls()
-        .expect("TLS setup")
+    // chromedriver listens on loopback over plain HTTP.
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
