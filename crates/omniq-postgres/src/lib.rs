@@ -290,12 +290,41 @@ impl Storage for PostgresStorage {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        let tasks = &tasks;
+        let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+        if tasks.iter().all(|t| t.unique_key.is_none()) {
+            // Without keys an enqueue is one INSERT, all or nothing by itself:
+            // one round trip, no transaction around it.
+            let mut conn = self.pool.acquire().await.map_err(sql_error)?;
+            match rows::save(&self.s, &mut conn, &tasks, true).await {
+                Ok(()) => {
+                    return Ok(tasks
+                        .iter()
+                        .map(|t| Enqueued {
+                            id: t.id,
+                            duplicate: false,
+                        })
+                        .collect())
+                }
+                // An id is taken: name it.
+                Err(Fail::Stop(Error::Conflict { .. })) => {
+                    let taken: Option<String> =
+                        sqlx::query_scalar(&self.q("SELECT id FROM {s}.tasks WHERE id = ANY($1) LIMIT 1"))
+                            .bind(&ids)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(sql_error)?;
+                    let id = taken.unwrap_or_else(|| "?".into());
+                    return Err(Error::conflict(id, "a task with this id already exists"));
+                }
+                Err(Fail::Stop(error)) => return Err(error),
+                Err(Fail::Retry(_)) => {}
+            }
+        }
+        let (tasks, ids) = (&tasks, &ids);
         Ok(in_transaction!(self, |tx| {
-            let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
             let taken: Option<String> =
                 sqlx::query_scalar(&self.q("SELECT id FROM {s}.tasks WHERE id = ANY($1) LIMIT 1"))
-                    .bind(&ids)
+                    .bind(ids)
                     .fetch_optional(&mut *tx)
                     .await?;
             if let Some(id) = taken {

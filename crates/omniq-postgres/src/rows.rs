@@ -3,7 +3,7 @@
 //! the other backends keep them; and the failures a transaction may retry.
 
 use omniq_core::{Error, Task};
-use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
@@ -105,14 +105,10 @@ pub(crate) async fn load(
     tasks(&rows)
 }
 
-/// Writes `tasks` in one statement: new rows only (`new`: an id already
-/// stored is a conflict), or new and changed ones.
-pub(crate) async fn save(
-    s: &str,
-    tx: &mut Transaction<'static, Postgres>,
-    tasks: &[Task],
-    new: bool,
-) -> Result<(), Fail> {
+/// Writes `tasks` in one statement, atomic by itself: new rows only (`new`:
+/// an id already stored is a conflict, and nothing is written), or new and
+/// changed ones.
+pub(crate) async fn save(s: &str, conn: &mut PgConnection, tasks: &[Task], new: bool) -> Result<(), Fail> {
     if tasks.is_empty() {
         return Ok(());
     }
@@ -165,7 +161,7 @@ pub(crate) async fn save(
         .bind(finished)
         .bind(expires)
         .bind(records)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
