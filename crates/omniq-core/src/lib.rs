@@ -36,7 +36,7 @@ pub use async_trait::async_trait;
 pub use error::{Error, Result};
 pub use limits::{check_new_records, earlier, later};
 pub use memory::MemoryStorage;
-pub use queue::{Enqueued, QueueStats, DEFAULT_QUEUE};
+pub use queue::{Enqueued, QueueStats, QueueTally, DEFAULT_QUEUE};
 pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};
 pub use storage::{
     ClaimRequest, Damaged, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts,

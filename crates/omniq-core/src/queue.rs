@@ -166,6 +166,42 @@ pub fn key_held(id: TaskId, key: &str, holder: TaskId) -> Error {
     )
 }
 
+/// Gathers [`crate::Storage::queue_stats`] from what a backend counts, in
+/// whatever shape it counts it: every paused queue, and counts and pending
+/// etas per queue. [`QueueTally::finish`] answers them sorted by name.
+#[derive(Debug, Default)]
+pub struct QueueTally {
+    queues: std::collections::BTreeMap<String, QueueStats>,
+}
+
+impl QueueTally {
+    /// A tally that lists `paused` as paused, with or without tasks.
+    pub fn new(paused: impl IntoIterator<Item = String>) -> Self {
+        let mut tally = QueueTally::default();
+        for name in paused {
+            tally.queue(&name).paused = true;
+        }
+        tally
+    }
+
+    /// The statistics of `queue`, made empty on first use.
+    pub fn queue(&mut self, queue: &str) -> &mut QueueStats {
+        self.queues
+            .entry(queue.to_owned())
+            .or_insert_with(|| QueueStats::empty(queue))
+    }
+
+    /// Adds `count` tasks of `queue` in `status`.
+    pub fn count(&mut self, queue: &str, status: TaskStatus, count: u64) {
+        *self.queue(queue).counts.get_mut(status) += count;
+    }
+
+    /// The statistics, sorted by queue name.
+    pub fn finish(self) -> Vec<QueueStats> {
+        self.queues.into_values().collect()
+    }
+}
+
 /// The statistics of every queue among `tasks` and `paused`, sorted by name:
 /// what a backend that reads whole records answers to
 /// [`crate::Storage::queue_stats`].
@@ -173,20 +209,11 @@ pub fn stats_of<'t>(
     tasks: impl IntoIterator<Item = &'t Task>,
     paused: &std::collections::BTreeSet<String>,
 ) -> Vec<QueueStats> {
-    let mut queues: std::collections::BTreeMap<String, QueueStats> = paused
-        .iter()
-        .map(|name| (name.clone(), QueueStats::empty(name.clone())))
-        .collect();
+    let mut tally = QueueTally::new(paused.iter().cloned());
     for task in tasks {
-        queues
-            .entry(task.queue.clone())
-            .or_insert_with(|| QueueStats::empty(task.queue.clone()))
-            .add(task);
+        tally.queue(&task.queue).add(task);
     }
-    for (name, stats) in queues.iter_mut() {
-        stats.paused = paused.contains(name);
-    }
-    queues.into_values().collect()
+    tally.finish()
 }
 
 /// The sort key of the claim order among due tasks of one queue: highest

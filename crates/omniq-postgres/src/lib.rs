@@ -17,7 +17,7 @@ pub mod schema;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use omniq_core::queue::{key_held, split_duplicates, QueueStats};
+use omniq_core::queue::{key_held, split_duplicates, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
     Finished, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId,
@@ -593,16 +593,7 @@ impl Storage for PostgresStorage {
         .fetch_all(&self.pool)
         .await
         .map_err(sql_error)?;
-        let mut queues: std::collections::BTreeMap<String, QueueStats> = self
-            .paused()
-            .await?
-            .into_iter()
-            .map(|name| {
-                let mut stats = QueueStats::empty(name.clone());
-                stats.paused = true;
-                (name, stats)
-            })
-            .collect();
+        let mut tally = QueueTally::new(self.paused().await?);
         for row in rows {
             let queue: String = row.try_get(0).map_err(sql_error)?;
             let status: String = row.try_get(1).map_err(sql_error)?;
@@ -611,15 +602,12 @@ impl Storage for PostgresStorage {
             let status: TaskStatus = status
                 .parse()
                 .map_err(|e: Error| Error::backend("postgres", e.to_string()))?;
-            let stats = queues
-                .entry(queue.clone())
-                .or_insert_with(|| QueueStats::empty(queue));
-            *stats.counts.get_mut(status) = count as u64;
+            tally.count(&queue, status, count as u64);
             if let Some(eta) = eta {
-                stats.pending_eta(from_ns(eta));
+                tally.queue(&queue).pending_eta(from_ns(eta));
             }
         }
-        Ok(queues.into_values().collect())
+        Ok(tally.finish())
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {

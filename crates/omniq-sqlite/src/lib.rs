@@ -23,15 +23,14 @@ mod rows;
 pub mod schema;
 mod writer;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListOrder, ListQuery, QueueStats, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage,
-    Task, TaskId, TaskStatus,
+    ListOrder, ListQuery, QueueStats, QueueTally, RenewOutcome, Result, Serializer, Settings, StatusCounts,
+    Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -638,28 +637,18 @@ impl Storage for SqliteStorage {
                 .fetch_all(&self.readers)
                 .await
                 .map_err(|e| locate(&self.path, sql_error(e)))?;
-        let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
-        for name in self.paused().await? {
-            let mut stats = QueueStats::empty(name.clone());
-            stats.paused = true;
-            queues.insert(name, stats);
-        }
+        let mut tally = QueueTally::new(self.paused().await?);
         for (queue, status, count) in counted {
             let status = TaskStatus::from_str(&status).map_err(|e| Error::Corrupt {
                 path: self.path.clone(),
                 reason: e.to_string(),
             })?;
-            let stats = queues
-                .entry(queue.clone())
-                .or_insert_with(|| QueueStats::empty(queue));
-            *stats.counts.get_mut(status) = count as u64;
+            tally.count(&queue, status, count as u64);
         }
         for (queue, eta) in earliest {
-            if let Some(stats) = queues.get_mut(&queue) {
-                stats.pending_eta(rows::from_ns(eta));
-            }
+            tally.queue(&queue).pending_eta(rows::from_ns(eta));
         }
-        Ok(queues.into_values().collect())
+        Ok(tally.finish())
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {

@@ -12,9 +12,8 @@
 
 // The store's types and imports, which this part of it works with.
 use super::*;
-use omniq_core::queue::{holds_key, QueueStats};
+use omniq_core::queue::{holds_key, QueueStats, QueueTally};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 
 use crate::layout::entry_queue;
 
@@ -109,15 +108,7 @@ impl Store {
     /// [`Store::counts`]); only running tasks' records are read.
     pub fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.locked(|_| {
-            let mut queues: BTreeMap<String, QueueStats> = BTreeMap::new();
-            fn stats<'q>(queues: &'q mut BTreeMap<String, QueueStats>, queue: &str) -> &'q mut QueueStats {
-                queues
-                    .entry(queue.to_owned())
-                    .or_insert_with(|| QueueStats::empty(queue))
-            }
-            for name in self.read_paused()? {
-                stats(&mut queues, &name).paused = true;
-            }
+            let mut tally = QueueTally::new(self.read_paused()?);
             for status in TaskStatus::ALL {
                 for name in names(self.layout().entry_folder(status))? {
                     let Some(id) = entry_id(&name) else { continue };
@@ -131,7 +122,7 @@ impl Store {
                             None => continue,
                         },
                     };
-                    let stats = stats(&mut queues, &queue);
+                    let stats = tally.queue(&queue);
                     stats.counts.add(status);
                     if status == TaskStatus::Pending {
                         if let Some(eta) = entry_key(&name).and_then(key_time) {
@@ -140,7 +131,7 @@ impl Store {
                     }
                 }
             }
-            Ok(queues.into_values().collect())
+            Ok(tally.finish())
         })
     }
 
