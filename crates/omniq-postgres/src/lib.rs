@@ -143,14 +143,20 @@ impl PostgresStorage {
             .await
             .map_err(&unreachable)?;
         let mut tx = pool.begin().await.map_err(&unreachable)?;
-        match prepare {
-            true => {
-                schema::prepare(&mut tx, schema.to_owned()).await?;
-                tx.commit().await.map_err(sql_error)?;
-            }
-            false => {
-                schema::check(&mut tx, schema.to_owned()).await?;
-                tx.rollback().await.map_err(sql_error)?;
+        let checked = match prepare {
+            true => schema::prepare(&mut tx, schema.to_owned()).await.map(drop),
+            false => schema::check(&mut tx, schema.to_owned()).await,
+        };
+        match (checked, prepare) {
+            (Ok(()), true) => tx.commit().await.map_err(sql_error)?,
+            (Ok(()), false) => tx.rollback().await.map_err(sql_error)?,
+            (Err(refused), _) => {
+                // Roll back and close now: a transaction left to the pool's
+                // drop would hold its locks on the schema until the server
+                // noticed, blocking whoever comes next.
+                let _ = tx.rollback().await;
+                pool.close().await;
+                return Err(refused);
             }
         }
         Ok(PostgresStorage {
