@@ -34,7 +34,7 @@ pub mod conformance;
 /// Re-exported so backends implement [`Storage`] with the same macro version.
 pub use async_trait::async_trait;
 pub use error::{Error, Result};
-pub use limits::{check_new_records, earlier, later};
+pub use limits::{check_new_records, check_pending, earlier, later};
 pub use memory::MemoryStorage;
 pub use queue::{Enqueued, QueueStats, QueueTally, DEFAULT_QUEUE};
 pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};

@@ -106,7 +106,25 @@ pub fn check_depth<'v>(what: &str, values: impl IntoIterator<Item = &'v Value>) 
     Ok(())
 }
 
-/// Checks records offered to [`crate::Storage::enqueue`], the one check every
+/// Checks that records offered to [`crate::Storage::enqueue`] are new work:
+/// `pending`. Finished history (what a migration copies) goes through
+/// [`crate::Storage::import`] instead, so an enqueue never writes history and
+/// a backend may wake workers for every record it stores.
+pub fn check_pending(tasks: &[Task]) -> Result<()> {
+    match tasks.iter().find(|task| task.status != TaskStatus::Pending) {
+        Some(task) => Err(Error::conflict(
+            task.id,
+            format!(
+                "a {} record cannot be enqueued: finished history is brought over with import",
+                task.status
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks records offered to [`crate::Storage::enqueue`] or
+/// [`crate::Storage::import`], the one check every
 /// backend runs before storing anything: no `running` record (its lease
 /// belongs to another store), no id twice, and every time, duration and JSON
 /// value within what a store can hold and read back. Ids already stored are

@@ -116,6 +116,11 @@ impl Storage for MemoryStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
+        crate::limits::check_pending(&tasks)?;
+        self.import(tasks).await
+    }
+
+    async fn import(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         crate::limits::check_new_records(&tasks)?;
         let mut inner = self.lock();
         if let Some(task) = tasks.iter().find(|task| inner.tasks.contains_key(&task.id)) {

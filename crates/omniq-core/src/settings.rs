@@ -110,6 +110,16 @@ pub struct Settings {
     /// The PostgreSQL schema OmniQ's tables live in (`OMNIQ_PG_SCHEMA`,
     /// default `omniq`), so one database can hold several stores.
     pub pg_schema: String,
+    /// The most connections a PostgreSQL store opens at once
+    /// (`OMNIQ_PG_CONNECTIONS`, default 10), besides the one it listens on.
+    /// Claims and finishes are batched, so a worker pool needs about two
+    /// plus one per queue it serves, whatever its concurrency.
+    pub pg_connections: u32,
+    /// Whether a PostgreSQL store listens for other hosts' enqueues
+    /// (`OMNIQ_PG_LISTEN`, default `true`). `false` is the poll-only mode
+    /// for a pooler in transaction mode (PgBouncer), which cannot carry
+    /// `LISTEN`: no listening connection and no named prepared statements.
+    pub pg_listen: bool,
     /// Payload encoding where a backend stores bytes (`OMNIQ_SERIALIZER`).
     pub serializer: Serializer,
     /// Time limit for one attempt of tasks that set none (`OMNIQ_DEFAULT_TIMEOUT`,
@@ -139,6 +149,8 @@ pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default for [`Settings::pg_schema`].
 pub const DEFAULT_PG_SCHEMA: &str = "omniq";
+/// The default for [`Settings::pg_connections`].
+pub const DEFAULT_PG_CONNECTIONS: u32 = 10;
 /// The default for [`Settings::base_dir`].
 pub const DEFAULT_BASE_DIR: &str = "./omniq_data";
 
@@ -150,6 +162,8 @@ impl Default for Settings {
             db_path: None,
             database_url: None,
             pg_schema: DEFAULT_PG_SCHEMA.to_owned(),
+            pg_connections: DEFAULT_PG_CONNECTIONS,
+            pg_listen: true,
             serializer: Serializer::Json,
             default_timeout: None,
             default_max_retries: DEFAULT_MAX_RETRIES,
@@ -205,6 +219,29 @@ impl Settings {
         }
         if let Some(v) = get("OMNIQ_PG_SCHEMA")? {
             builder = builder.pg_schema(v.trim());
+        }
+        if let Some(v) = get("OMNIQ_PG_CONNECTIONS")? {
+            let connections = v.trim().parse::<u32>().ok().filter(|n| (1..=10_000).contains(n));
+            let connections = connections.ok_or_else(|| {
+                Error::invalid_config(
+                    "OMNIQ_PG_CONNECTIONS",
+                    format!("{v:?} is not allowed; expected a whole number from 1 to 10000"),
+                )
+            })?;
+            builder = builder.pg_connections(connections);
+        }
+        if let Some(v) = get("OMNIQ_PG_LISTEN")? {
+            let listen = match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(Error::invalid_config(
+                        "OMNIQ_PG_LISTEN",
+                        format!("{v:?} is not allowed; expected true or false"),
+                    ))
+                }
+            };
+            builder = builder.pg_listen(listen);
         }
         if let Some(v) = get("OMNIQ_SERIALIZER")? {
             builder = builder.serializer(v.parse()?);
@@ -307,6 +344,19 @@ impl SettingsBuilder {
     /// The PostgreSQL schema OmniQ's tables live in.
     pub fn pg_schema(mut self, schema: impl Into<String>) -> Self {
         self.settings.pg_schema = schema.into();
+        self
+    }
+
+    /// The most connections a PostgreSQL store opens at once, at least 1.
+    pub fn pg_connections(mut self, connections: u32) -> Self {
+        self.settings.pg_connections = connections.max(1);
+        self
+    }
+
+    /// Whether a PostgreSQL store listens for other hosts' enqueues; `false`
+    /// for a pooler in transaction mode.
+    pub fn pg_listen(mut self, listen: bool) -> Self {
+        self.settings.pg_listen = listen;
         self
     }
 
@@ -432,8 +482,11 @@ mod tests {
                 "postgres://ada:secret@db.internal:5432/jobs",
             ),
             ("OMNIQ_PG_SCHEMA", "tenant_7"),
+            ("OMNIQ_PG_CONNECTIONS", "25"),
+            ("OMNIQ_PG_LISTEN", "off"),
         ])
         .unwrap();
+        assert_eq!((settings.pg_connections, settings.pg_listen), (25, false));
         assert_eq!(settings.backend, Some(BackendKind::Postgres));
         assert_eq!(
             settings.database_url.as_deref(),
@@ -498,6 +551,9 @@ mod tests {
             ("OMNIQ_SERIALIZER", "msgpack", "json"),
             ("OMNIQ_LOCK_TIMEOUT", "soon", "0 or more"),
             ("OMNIQ_DURABILITY", "paranoid", "normal, full"),
+            ("OMNIQ_PG_CONNECTIONS", "0", "1 to 10000"),
+            ("OMNIQ_PG_CONNECTIONS", "many", "1 to 10000"),
+            ("OMNIQ_PG_LISTEN", "maybe", "true or false"),
             ("OMNIQ_DEFAULT_TIMEOUT", "0", "greater than 0"),
             ("OMNIQ_DEFAULT_TIMEOUT", "-1", "greater than 0"),
             ("OMNIQ_DEFAULT_TIMEOUT", "ten", "greater than 0"),

@@ -192,15 +192,13 @@ pub trait Storage: Send + Sync + Debug {
     /// The backend's short name, e.g. `sqlite`.
     fn backend_name(&self) -> &'static str;
 
-    /// Stores new task records, all or none, and answers for each, in order,
-    /// the id it stored or, for a duplicate, the id of the live task holding
-    /// its unique key.
+    /// Stores new `pending` task records (see [`NewTask::into_task`]), all or
+    /// none, and answers for each, in order, the id it stored or, for a
+    /// duplicate, the id of the live task holding its unique key.
     ///
-    /// Records are normally `pending` (see [`NewTask::into_task`]); records in a
-    /// finished status (`completed`, `failed`, `cancelled`) are stored as they
-    /// are, which is how migration between stores keeps history. A `running`
-    /// record is refused with [`Error::Conflict`]: its lease belongs to another
-    /// store. An id that is already stored, or given twice, is an
+    /// A record in any other status is refused with [`Error::Conflict`] (see
+    /// [`crate::limits::check_pending`]): history goes through
+    /// [`Storage::import`]. An id that is already stored, or given twice, is an
     /// [`Error::Conflict`] and nothing is stored.
     ///
     /// A pending record whose `unique_key` is held by a pending or running task
@@ -210,6 +208,16 @@ pub trait Storage: Send + Sync + Debug {
     /// atomic step across every process sharing the store, so two enqueuers of
     /// one key store one task.
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>>;
+
+    /// Stores records as they are, all or none, with the answers of
+    /// [`Storage::enqueue`]: how a migration brings over a store's history.
+    /// Records may be `pending` or finished (`completed`, `failed`,
+    /// `cancelled`, which hold no unique key); a `running` record is refused
+    /// with [`Error::Conflict`], since its lease belongs to another store.
+    /// Ids and keys follow the rules of [`Storage::enqueue`]. Unlike an
+    /// enqueue, an import wakes no worker in other processes: a pool finds
+    /// imported work at its next poll.
+    async fn import(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `request.limit` due tasks (`pending` with `eta <= now`) of
     /// `request.queue`, unless that queue is paused: highest `priority` first,
@@ -294,6 +302,29 @@ pub trait Storage: Send + Sync + Debug {
     /// record cannot be read is failed for good with an `unreadable` error
     /// instead, so one damaged task never stops the recovery of the others.
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>>;
+
+    /// The store's own clock, for a store shared by several hosts whose clocks
+    /// may disagree (PostgreSQL: the database server's). `None`, the
+    /// default, means the store has no clock of its own: every process
+    /// sharing it runs on one host, and the callers' clock is the store's.
+    ///
+    /// Every other method still takes `now` from its caller, so tests drive
+    /// time; a worker pool measures how far its clock is from this one and
+    /// passes the store's time (see `omniq_worker::StoreClock`).
+    async fn store_time(&self) -> Result<Option<OffsetDateTime>> {
+        Ok(None)
+    }
+
+    /// Wake-ups from other processes sharing the store: the value changes
+    /// whenever, as far as the backend learned, tasks became due that a
+    /// process of its own did not enqueue (PostgreSQL: `LISTEN/NOTIFY`). A
+    /// pool waits on it beside its own process's signals and its poll
+    /// timer; it is a hint, never the only way work is found, since a
+    /// notice may be lost. `None`, the default: the backend sends none, and
+    /// other processes' work is found by polling.
+    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 
     /// Every record the store holds but cannot read back as a task, each of
     /// which [`Storage::list`] leaves out; empty for a sound store. It reads

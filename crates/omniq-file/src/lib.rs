@@ -165,6 +165,11 @@ impl Storage for FileStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
+        omniq_core::check_pending(&tasks)?;
+        self.import(tasks).await
+    }
+
+    async fn import(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         self.writable()?;
         if tasks.is_empty() {
             return Ok(Vec::new());

@@ -15,23 +15,25 @@ mod rows;
 pub mod schema;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
-use omniq_core::queue::{key_held, split_duplicates, QueueStats, QueueTally};
+use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
     Finished, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId,
     TaskStatus,
 };
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
+use write::holders;
 
 use rows::{from_ns, to_ns, Fail};
 
 /// How often a write is tried again when PostgreSQL answers a deadlock, a
 /// serialization failure, or a unique key taken by a concurrent enqueue.
-const ATTEMPTS: usize = 8;
+pub(crate) const ATTEMPTS: usize = 8;
 
 /// Runs `$body` in a transaction of `$store`'s pool, with `$tx` the
 /// transaction, and tries again (at most [`ATTEMPTS`] times) while PostgreSQL
@@ -42,7 +44,7 @@ macro_rules! in_transaction {
     ($store:expr, |$tx:ident| $body:block) => {{
         let mut last = String::new();
         let mut outcome = None;
-        for _ in 0..ATTEMPTS {
+        for _ in 0..$crate::ATTEMPTS {
             let mut $tx = $store.pool.begin().await.map_err(sql_error)?;
             let step: std::result::Result<_, Fail> = async { $body }.await;
             let step = match step {
@@ -63,30 +65,24 @@ macro_rules! in_transaction {
             None => {
                 return Err(Error::backend(
                     "postgres",
-                    format!("gave up after {ATTEMPTS} attempts: {last}"),
+                    format!("gave up after {} attempts: {last}", $crate::ATTEMPTS),
                 ))
             }
         }
     }};
 }
 
+// After the macro, which they use.
+mod connect;
+mod wake;
+mod write;
+
+pub use connect::{redact, ConnectOptions};
+pub use write::enqueue_in;
+
 /// A PostgreSQL error as OmniQ's.
 pub(crate) fn sql_error(error: sqlx::Error) -> Error {
     Error::backend("postgres", error)
-}
-
-/// `url` without its password, to name it in errors and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// A [`Storage`] in a PostgreSQL schema, shared by any number of processes
@@ -99,95 +95,13 @@ pub struct PostgresStorage {
     /// The schema's name, quoted.
     s: String,
     schema: String,
+    /// The channel its enqueues are announced on.
+    channel: String,
+    /// Hears other hosts' enqueues; none in poll-only mode.
+    listener: Option<Arc<wake::Listener>>,
 }
 
 impl PostgresStorage {
-    /// Connects to `url` and prepares the OmniQ tables in `schema` (creating
-    /// or migrating them; a schema of another program or of a newer OmniQ is
-    /// refused untouched), with a pool of 10 connections.
-    pub async fn connect(url: &str, schema: &str) -> Result<Self> {
-        Self::connect_with(url, schema, 10).await
-    }
-
-    /// As [`PostgresStorage::connect`], with a pool of `connections`.
-    pub async fn connect_with(url: &str, schema: &str, connections: u32) -> Result<Self> {
-        Self::connect_with_options(url, schema, connections, true).await
-    }
-
-    /// Connects; `prepare`: create or migrate the schema, else only check
-    /// that it is this build's.
-    async fn connect_with_options(url: &str, schema: &str, connections: u32, prepare: bool) -> Result<Self> {
-        if schema.is_empty() || schema.len() > 63 {
-            return Err(Error::invalid_config(
-                "OMNIQ_PG_SCHEMA",
-                format!("{schema:?} is not a schema name: 1 to 63 bytes"),
-            ));
-        }
-        let shown = redact(url);
-        let unreachable =
-            move |e: sqlx::Error| Error::backend("postgres", format!("cannot connect to {shown}: {e}"));
-        // One direct connection first: a refused or misconfigured server
-        // answers at once, where the pool would keep trying until its timeout.
-        let probe = <sqlx::PgConnection as sqlx::Connection>::connect(url)
-            .await
-            .map_err(&unreachable)?;
-        sqlx::Connection::close(probe).await.map_err(sql_error)?;
-        // No ping before each use: a broken connection fails its statement,
-        // which the caller sees as an error, and a ping costs every
-        // operation a round trip.
-        let pool = PgPoolOptions::new()
-            .max_connections(connections.max(1))
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(&unreachable)?;
-        let mut tx = pool.begin().await.map_err(&unreachable)?;
-        let checked = match prepare {
-            true => schema::prepare(&mut tx, schema.to_owned()).await.map(drop),
-            false => schema::check(&mut tx, schema.to_owned()).await,
-        };
-        match (checked, prepare) {
-            (Ok(()), true) => tx.commit().await.map_err(sql_error)?,
-            (Ok(()), false) => tx.rollback().await.map_err(sql_error)?,
-            (Err(refused), _) => {
-                // Roll back and close now: a transaction left to the pool's
-                // drop would hold its locks on the schema until the server
-                // noticed, blocking whoever comes next.
-                let _ = tx.rollback().await;
-                pool.close().await;
-                return Err(refused);
-            }
-        }
-        Ok(PostgresStorage {
-            pool,
-            read_only: false,
-            s: schema::quote(schema),
-            schema: schema.to_owned(),
-        })
-    }
-
-    /// Connects to the database and schema `settings` name
-    /// (`OMNIQ_DATABASE_URL`, `OMNIQ_PG_SCHEMA`).
-    pub async fn open(settings: &omniq_core::Settings) -> Result<Self> {
-        let url = settings.database_url.as_deref().ok_or_else(|| {
-            Error::invalid_config(
-                "OMNIQ_DATABASE_URL",
-                "is needed for the postgres backend: postgres://user:password@host:port/database",
-            )
-        })?;
-        Self::connect(url, &settings.pg_schema).await
-    }
-
-    /// Connects to an existing OmniQ schema only to read it: nothing is
-    /// created or migrated, and every change is refused with
-    /// [`Error::Unsupported`].
-    pub async fn connect_read_only(url: &str, schema: &str) -> Result<Self> {
-        let mut store = Self::connect_with_options(url, schema, 4, false).await?;
-        store.read_only = true;
-        Ok(store)
-    }
-
     /// Refuses a change on a store opened only to read.
     fn writable(&self) -> Result<()> {
         match self.read_only {
@@ -242,31 +156,6 @@ impl PostgresStorage {
         Ok(found.iter().filter_map(|s| TaskId::parse(s).ok()).collect())
     }
 
-    /// The live tasks holding these keys.
-    async fn holders(
-        &self,
-        tx: &mut Transaction<'static, Postgres>,
-        keys: &[String],
-    ) -> std::result::Result<HashMap<String, TaskId>, Fail> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows = sqlx::query(
-            &self.q("SELECT unique_key, id FROM {s}.tasks WHERE unique_key = ANY($1) \
-             AND status IN ('pending', 'running')"),
-        )
-        .bind(keys)
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut held = HashMap::new();
-        for row in rows {
-            let key: String = row.try_get(0)?;
-            let id: String = row.try_get(1)?;
-            held.insert(key, TaskId::parse(&id).map_err(Fail::Stop)?);
-        }
-        Ok(held)
-    }
-
     async fn fetch(
         &self,
         sql: &str,
@@ -291,61 +180,12 @@ impl Storage for PostgresStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-        self.writable()?;
-        omniq_core::check_new_records(&tasks)?;
-        if tasks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
-        if tasks.iter().all(|t| t.unique_key.is_none()) {
-            // Without keys an enqueue is one INSERT, all or nothing by itself:
-            // one round trip, no transaction around it.
-            let mut conn = self.pool.acquire().await.map_err(sql_error)?;
-            match rows::save(&self.s, &mut conn, &tasks, true).await {
-                Ok(()) => {
-                    return Ok(tasks
-                        .iter()
-                        .map(|t| Enqueued {
-                            id: t.id,
-                            duplicate: false,
-                        })
-                        .collect())
-                }
-                // An id is taken: name it.
-                Err(Fail::Stop(Error::Conflict { .. })) => {
-                    let taken: Option<String> =
-                        sqlx::query_scalar(&self.q("SELECT id FROM {s}.tasks WHERE id = ANY($1) LIMIT 1"))
-                            .bind(&ids)
-                            .fetch_optional(&mut *conn)
-                            .await
-                            .map_err(sql_error)?;
-                    let id = taken.unwrap_or_else(|| "?".into());
-                    return Err(Error::conflict(id, "a task with this id already exists"));
-                }
-                Err(Fail::Stop(error)) => return Err(error),
-                Err(Fail::Retry(_)) => {}
-            }
-        }
-        let (tasks, ids) = (&tasks, &ids);
-        Ok(in_transaction!(self, |tx| {
-            let taken: Option<String> =
-                sqlx::query_scalar(&self.q("SELECT id FROM {s}.tasks WHERE id = ANY($1) LIMIT 1"))
-                    .bind(ids)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if let Some(id) = taken {
-                return Err(Fail::Stop(Error::conflict(
-                    id,
-                    "a task with this id already exists",
-                )));
-            }
-            let keys: Vec<String> = tasks.iter().filter_map(|t| t.unique_key.clone()).collect();
-            let held = self.holders(&mut tx, &keys).await?;
-            let (stored, answers) =
-                split_duplicates(tasks.clone(), |key| Ok(held.get(key).copied())).map_err(Fail::Stop)?;
-            rows::save(&self.s, &mut tx, &stored, true).await?;
-            Ok(answers)
-        }))
+        omniq_core::check_pending(&tasks)?;
+        self.store(tasks, true).await
+    }
+
+    async fn import(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
+        self.store(tasks, false).await
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
@@ -454,7 +294,9 @@ impl Storage for PostgresStorage {
             }
             let mut writes: Vec<Task> = changed.iter().filter_map(|id| tasks.remove(id)).collect();
             writes.extend(created);
-            rows::save(&self.s, &mut tx, &writes, false).await?;
+            // Tasks handed back are due again at once.
+            let announce = (self.channel.as_str(), wake::due_queues(&writes, |_| now));
+            rows::save_announcing(&self.s, &mut tx, &writes, false, Some(announce)).await?;
             Ok(answers)
         }))
     }
@@ -542,11 +384,15 @@ impl Storage for PostgresStorage {
                 .ok_or_else(|| Fail::Stop(Error::not_found(id)))?;
             task.retry(now).map_err(Fail::Stop)?;
             if let Some(key) = task.unique_key.clone() {
-                if let Some(holder) = self.holders(&mut tx, std::slice::from_ref(&key)).await?.get(&key) {
+                if let Some(holder) = holders(&self.s, &mut tx, std::slice::from_ref(&key))
+                    .await?
+                    .get(&key)
+                {
                     return Err(Fail::Stop(key_held(id, &key, *holder)));
                 }
             }
-            rows::save(&self.s, &mut tx, &[task], false).await?;
+            let announce = (self.channel.as_str(), vec![task.queue.clone()]);
+            rows::save_announcing(&self.s, &mut tx, &[task], false, Some(announce)).await?;
             Ok(())
         });
         Ok(())
@@ -572,15 +418,21 @@ impl Storage for PostgresStorage {
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         self.writable()?;
         omniq_core::queue::check_name(queue)?;
+        // A resumed queue's due tasks are announced, as if just enqueued.
         let sql = match paused {
             true => "INSERT INTO {s}.paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING",
-            false => "DELETE FROM {s}.paused_queues WHERE name = $1",
+            false => {
+                "WITH resumed AS (DELETE FROM {s}.paused_queues WHERE name = $1 RETURNING name) \
+                 SELECT pg_notify($2, name) FROM resumed"
+            }
         };
-        sqlx::query(&self.q(sql))
-            .bind(queue)
-            .execute(&self.pool)
-            .await
-            .map_err(sql_error)?;
+        let sql = self.q(sql);
+        let query = sqlx::query(&sql).bind(queue);
+        let query = match paused {
+            true => query,
+            false => query.bind(&self.channel),
+        };
+        query.execute(&self.pool).await.map_err(sql_error)?;
         Ok(())
     }
 
@@ -660,9 +512,25 @@ impl Storage for PostgresStorage {
             }
             let expired = tasks.iter().map(|t| t.id).collect();
             tasks.extend(created);
-            rows::save(&self.s, &mut tx, &tasks, false).await?;
+            let announce = (self.channel.as_str(), wake::due_queues(&tasks, |_| now));
+            rows::save_announcing(&self.s, &mut tx, &tasks, false, Some(announce)).await?;
             Ok(expired)
         }))
+    }
+
+    async fn store_time(&self) -> Result<Option<OffsetDateTime>> {
+        // The server's clock, read when the statement runs (`now()` would be
+        // the start of its transaction).
+        let micros: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(sql_error)?;
+        Ok(Some(from_ns(micros.saturating_mul(1_000))))
+    }
+
+    fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.listener.as_ref().map(|listener| listener.notices())
     }
 
     async fn damaged(&self) -> Result<Vec<Damaged>> {

@@ -109,9 +109,23 @@ pub(crate) async fn load(
 /// an id already stored is a conflict, and nothing is written), or new and
 /// changed ones.
 pub(crate) async fn save(s: &str, conn: &mut PgConnection, tasks: &[Task], new: bool) -> Result<(), Fail> {
+    save_announcing(s, conn, tasks, new, None).await
+}
+
+/// As [`save`], and, in the same statement, a notification on `channel` for
+/// each of `queues` (see [`crate::wake`]): sent at commit, and only if the
+/// write is.
+pub(crate) async fn save_announcing(
+    s: &str,
+    conn: &mut PgConnection,
+    tasks: &[Task],
+    new: bool,
+    announce: Option<(&str, Vec<String>)>,
+) -> Result<(), Fail> {
     if tasks.is_empty() {
         return Ok(());
     }
+    let announce = announce.filter(|(_, queues)| !queues.is_empty());
     let mut ids = Vec::with_capacity(tasks.len());
     let mut statuses = Vec::with_capacity(tasks.len());
     let mut queues = Vec::with_capacity(tasks.len());
@@ -143,14 +157,22 @@ pub(crate) async fn save(s: &str, conn: &mut PgConnection, tasks: &[Task], new: 
              lease_expires = excluded.lease_expires, record = excluded.record"
         }
     };
-    let sql = format!(
+    let insert = format!(
         "INSERT INTO {s}.tasks (id, status, queue, priority, eta, unique_key, series, finished_at, \
          lease_expires, record) \
          SELECT i, st, q, p, e, k, se, f, x, r::json FROM UNNEST($1::text[], $2::text[], $3::text[], \
          $4::int2[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::text[]) \
          AS u(i, st, q, p, e, k, se, f, x, r){upsert}"
     );
-    sqlx::query(&sql)
+    let sql = match announce {
+        None => insert,
+        // A data-changing CTE runs to its end whether or not it is read.
+        Some(_) => format!(
+            "WITH saved AS ({insert} RETURNING 1) \
+             SELECT pg_notify($11, w) FROM UNNEST($12::text[]) AS n(w)"
+        ),
+    };
+    let query = sqlx::query(&sql)
         .bind(ids)
         .bind(statuses)
         .bind(queues)
@@ -160,8 +182,11 @@ pub(crate) async fn save(s: &str, conn: &mut PgConnection, tasks: &[Task], new: 
         .bind(series)
         .bind(finished)
         .bind(expires)
-        .bind(records)
-        .execute(&mut *conn)
-        .await?;
+        .bind(records);
+    let query = match announce {
+        Some((channel, queues)) => query.bind(channel).bind(queues),
+        None => query,
+    };
+    query.execute(&mut *conn).await?;
     Ok(())
 }

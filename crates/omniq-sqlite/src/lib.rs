@@ -489,6 +489,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
+        omniq_core::check_pending(&tasks)?;
+        self.import(tasks).await
+    }
+
+    async fn import(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }

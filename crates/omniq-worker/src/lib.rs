@@ -30,7 +30,7 @@ mod pool;
 mod signals;
 
 pub use backoff::Backoff;
-pub use clock::{Clock, SystemClock, TokioClock};
+pub use clock::{Clock, StoreClock, SystemClock, TokioClock};
 pub use handler::{HandlerError, Registry, Retry, TaskContext};
 pub use pool::{Pool, PoolConfig, PoolStats, ShutdownReport, WorkerPool};
 pub use signals::{Signals, TaskWatch};

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, StoreClock, SystemClock};
 use crate::handler::{Failure, HandlerError, Registry, Retry, TaskContext};
 use crate::signals::Signals;
 
@@ -159,7 +159,9 @@ impl WorkerPool {
         self
     }
 
-    /// The clock leases and retry times are computed with.
+    /// The clock leases and retry times are computed with. For a store with
+    /// a clock of its own (PostgreSQL) the pool adds the measured offset to
+    /// that clock's, so it works in the store's time.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -218,13 +220,16 @@ impl WorkerPool {
                 recording: AtomicUsize::new(0),
             })
             .collect();
+        let store_clock = Arc::new(StoreClock::new(self.clock));
+        let clock: Arc<dyn Clock> = store_clock.clone();
         let (recorder, outcomes) = mpsc::unbounded_channel();
-        tokio::spawn(record(self.storage.clone(), self.clock.clone(), outcomes));
+        tokio::spawn(record(self.storage.clone(), clock.clone(), outcomes));
         let shared = Arc::new(Shared {
             storage: self.storage,
             registry: self.registry,
             config: self.config,
-            clock: self.clock,
+            clock,
+            store_clock,
             signals: self.signals,
             counters: Counters::default(),
             lanes,
@@ -252,7 +257,11 @@ struct Shared {
     storage: Arc<dyn Storage>,
     registry: Registry,
     config: PoolConfig,
+    /// `store_clock`, as every part of the pool reads the time.
     clock: Arc<dyn Clock>,
+    /// The pool's clock set to the store's; the supervisor measures it again
+    /// before each lease pass.
+    store_clock: Arc<StoreClock>,
     signals: Arc<Signals>,
     counters: Counters,
     /// One per queue served.

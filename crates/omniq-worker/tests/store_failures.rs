@@ -32,6 +32,9 @@ impl Storage for PanicsOnce {
     async fn enqueue(&self, tasks: Vec<Task>) -> omniq_core::Result<Vec<omniq_core::Enqueued>> {
         self.inner.enqueue(tasks).await
     }
+    async fn import(&self, tasks: Vec<Task>) -> omniq_core::Result<Vec<omniq_core::Enqueued>> {
+        self.inner.import(tasks).await
+    }
     async fn claim(&self, request: ClaimRequest) -> omniq_core::Result<Vec<Task>> {
         self.inner.claim(request).await
     }

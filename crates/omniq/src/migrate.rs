@@ -179,7 +179,7 @@ async fn copy(
             count_reset(task, report);
         }
     };
-    match to.enqueue(batch.clone()).await {
+    match to.import(batch.clone()).await {
         Ok(answers) => {
             for (task, answer) in batch.iter().zip(&answers) {
                 copied(task, answer, report);
@@ -192,7 +192,7 @@ async fn copy(
     // Some ids are there already (a migration run before), or some task is
     // refused: go one by one, so each gets its own answer.
     for task in batch {
-        match to.enqueue(vec![task.clone()]).await {
+        match to.import(vec![task.clone()]).await {
             Ok(answers) => {
                 for answer in &answers {
                     copied(&task, answer, report);

@@ -44,6 +44,7 @@ mod model;
 pub mod processes;
 mod queues;
 mod scenarios;
+mod shared;
 
 use std::any::Any;
 use std::future::Future;
@@ -100,6 +101,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(edges::all());
     all.extend(hostile::all());
     all.extend(queues::all());
+    all.extend(shared::all());
     all
 }
 

@@ -262,7 +262,7 @@ async fn a_unique_key_admits_one_live_task(store: &dyn Storage) {
     old.claim("elsewhere", LEASE, T0).unwrap();
     let token = old.lease.as_ref().unwrap().token;
     old.finish(token, complete(json!(0)), at(1)).unwrap();
-    let answer = store.enqueue(vec![old.clone()]).await.unwrap();
+    let answer = store.import(vec![old.clone()]).await.unwrap();
     assert_eq!(
         answer,
         [Enqueued {

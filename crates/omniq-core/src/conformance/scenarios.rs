@@ -177,7 +177,11 @@ async fn running_records_cannot_be_enqueued(store: &dyn Storage) {
     let mut task = make(new("a"), T0);
     task.claim("elsewhere", LEASE, T0).unwrap();
     assert!(matches!(
-        store.enqueue(vec![task]).await,
+        store.enqueue(vec![task.clone()]).await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        store.import(vec![make(new("b"), T0), task]).await,
         Err(Error::Conflict { .. })
     ));
     assert_eq!(store.counts().await.unwrap().total(), 0);
@@ -271,8 +275,14 @@ async fn finished_records_are_stored_as_they_are(store: &dyn Storage) {
         .unwrap();
     let mut cancelled = make(new("c"), T0);
     cancelled.cancel(at(4)).unwrap();
+    // An enqueue takes new work only, and refuses history untouched.
+    for record in [&done, &failed, &cancelled] {
+        let refused = store.enqueue(vec![make(new("beside"), T0), record.clone()]).await;
+        assert!(matches!(refused, Err(Error::Conflict { .. })), "{refused:?}");
+    }
+    assert_eq!(store.counts().await.unwrap().total(), 0);
     store
-        .enqueue(vec![done.clone(), failed.clone(), cancelled.clone()])
+        .import(vec![done.clone(), failed.clone(), cancelled.clone()])
         .await
         .unwrap();
     assert_eq!(get(store, done.id).await, done);

@@ -11,11 +11,17 @@ use super::*;
 pub(super) async fn supervise(shared: Arc<Shared>) {
     let config = &shared.config;
     let mut next_requeue = Instant::now();
+    // Other processes' enqueues, where the store tells of them.
+    let mut wake_ups = shared.storage.wake_ups();
     loop {
         if shared.stop_claiming.is_cancelled() {
             return;
         }
         if Instant::now() >= next_requeue {
+            // Measure the clock first: the lease pass decides by it.
+            if let Err(error) = shared.store_clock.sync(&*shared.storage).await {
+                tracing::warn!(%error, "cannot read the store's clock; keeping the last offset");
+            }
             match shared.storage.requeue_expired(shared.clock.now()).await {
                 Ok(ids) if !ids.is_empty() => {
                     tracing::warn!(
@@ -34,6 +40,9 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
         enqueued.as_mut().enable();
         let mut slot = pin!(shared.slot_freed.notified());
         slot.as_mut().enable();
+        if let Some(notices) = wake_ups.as_mut() {
+            notices.mark_unchanged();
+        }
 
         // Each queue claims into its own free slots, one claim per queue a
         // round, so a queue with a flood of due tasks never delays another.
@@ -84,6 +93,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.stop_claiming.cancelled() => return,
             _ = &mut enqueued, if free => {}
+            Ok(()) = changed(&mut wake_ups), if free => {}
             _ = &mut slot => {
                 // Tasks recorded together free their slots one after another:
                 // let the others land so one claim fills them all.
@@ -91,6 +101,18 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             }
             _ = tokio::time::sleep(wait.min(until_requeue)) => {}
         }
+    }
+}
+
+/// The next change of the store's wake-ups; never, for a store without them
+/// or once their sender is gone.
+async fn changed(wake_ups: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Result<(), ()> {
+    match wake_ups {
+        Some(notices) => match notices.changed().await {
+            Ok(()) => Ok(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
