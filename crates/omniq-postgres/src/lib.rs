@@ -45,12 +45,14 @@ macro_rules! in_transaction {
         let mut last = String::new();
         let mut outcome = None;
         for _ in 0..$crate::ATTEMPTS {
-            let mut $tx = $store.pool.begin().await.map_err(sql_error)?;
-            let step: std::result::Result<_, Fail> = async { $body }.await;
-            let step = match step {
-                Ok(value) => $tx.commit().await.map_err(Fail::from).map(|()| value),
-                Err(fail) => Err(fail),
-            };
+            let step: std::result::Result<_, Fail> = async {
+                let mut $tx = $store.pool.begin().await?;
+                let body: std::result::Result<_, Fail> = async { $body }.await;
+                let value = body?;
+                $tx.commit().await.map_err(Fail::at_commit)?;
+                Ok(value)
+            }
+            .await;
             match step {
                 Ok(value) => {
                     outcome = Some(value);
@@ -78,6 +80,9 @@ mod wake;
 mod write;
 
 pub use connect::{redact, ConnectOptions};
+/// The sqlx this backend is built on: a program that enqueues in its own
+/// transaction uses this one, so the connection types match.
+pub use sqlx;
 pub use write::enqueue_in;
 
 /// A PostgreSQL error as OmniQ's.

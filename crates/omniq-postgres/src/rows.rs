@@ -19,10 +19,39 @@ pub(crate) enum Fail {
     Stop(Error),
 }
 
+impl Fail {
+    /// A failure of the commit itself: tried again only when the server
+    /// says the transaction did not commit; a connection lost at that moment
+    /// leaves the outcome unknown, which the caller must hear.
+    pub(crate) fn at_commit(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(io) => Fail::Stop(Error::backend(
+                "postgres",
+                format!(
+                    "the connection was lost while committing; the change may or may not be stored: {io}"
+                ),
+            )),
+            other => Fail::from(other),
+        }
+    }
+}
+
 impl From<sqlx::Error> for Fail {
     fn from(error: sqlx::Error) -> Self {
+        // A connection the server closed (a restart, pg_terminate_backend,
+        // a network cut): the statement did not run, and the pool drops the
+        // connection, so another try goes through a new one.
+        if let sqlx::Error::Io(io) = &error {
+            return Fail::Retry(format!("the connection was lost: {io}"));
+        }
         if let sqlx::Error::Database(db) = &error {
             let code = db.code();
+            if code
+                .as_deref()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+            {
+                return Fail::Retry(format!("the connection was lost: {}", db.message()));
+            }
             let retry = matches!(code.as_deref(), Some("40001" | "40P01"))
                 || (code.as_deref() == Some("23505") && db.constraint() == Some("tasks_unique_live"));
             if retry {

@@ -8,7 +8,7 @@ use omniq_core::{
     Enqueued, ListQuery, NewTask, QueueStats, Result, Settings, StatusCounts, Storage, Task, TaskId,
     TaskResult,
 };
-use omniq_worker::{Registry, Signals, WorkerPool};
+use omniq_worker::{Clock, Registry, Signals, StoreClock, SystemClock, WorkerPool};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -21,13 +21,17 @@ pub struct OmniQ {
     storage: Arc<dyn Storage>,
     settings: Settings,
     signals: Arc<Signals>,
+    /// This host's clock set to the store's, for etas and delays.
+    clock: Arc<StoreClock>,
 }
 
 impl OmniQ {
     /// Opens the store `settings` describe (backend, folder, durability).
     pub async fn open(settings: Settings) -> Result<Self> {
         let storage = open_storage(&settings).await?;
-        Ok(Self::with_storage(storage, settings))
+        let client = Self::with_storage(storage, settings);
+        client.sync_clock().await?;
+        Ok(client)
     }
 
     /// Opens the store the `OMNIQ_*` environment variables describe.
@@ -41,7 +45,21 @@ impl OmniQ {
             storage,
             settings,
             signals: Signals::new(),
+            clock: Arc::new(StoreClock::new(Arc::new(SystemClock))),
         }
+    }
+
+    /// Measures again how far this host's clock is from the store's (for a
+    /// store with a clock of its own, PostgreSQL), which the etas of delayed
+    /// tasks and the other times the client passes are computed in. `open`
+    /// does it once; a long-lived client may call it now and then.
+    pub async fn sync_clock(&self) -> Result<()> {
+        self.clock.sync(&*self.storage).await.map(drop)
+    }
+
+    /// Now, by the store's clock as this client last measured it.
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
     }
 
     /// The store.
@@ -87,16 +105,42 @@ impl OmniQ {
     /// whether it was stored or was a duplicate of the live task holding its
     /// unique key (whose id it then gives).
     pub async fn enqueue_checked(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
-        let now = OffsetDateTime::now_utc();
-        let tasks = tasks
-            .into_iter()
-            .map(|task| task.into_task(&self.settings, now))
-            .collect::<Result<Vec<Task>>>()?;
+        let tasks = self.records(tasks)?;
         let answers = self.storage.enqueue(tasks).await?;
         if answers.iter().any(|answer| !answer.duplicate) {
             self.signals.task_enqueued();
         }
         Ok(answers)
+    }
+
+    /// The records `tasks` become, with the settings' defaults, now.
+    fn records(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>> {
+        let now = self.now();
+        tasks
+            .into_iter()
+            .map(|task| task.into_task(&self.settings, now))
+            .collect()
+    }
+
+    /// Enqueues tasks inside the program's own PostgreSQL transaction on
+    /// `conn` (a `sqlx::Transaction` dereferences to one): they exist, and
+    /// workers hear of them, if and only if that transaction commits. The
+    /// client must be on the postgres backend, in the database `conn` is
+    /// connected to; answers as [`OmniQ::enqueue_checked`].
+    #[cfg(feature = "postgres")]
+    pub async fn enqueue_in(
+        &self,
+        conn: &mut omniq_postgres::sqlx::PgConnection,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<Enqueued>> {
+        if self.storage.backend_name() != "postgres" {
+            return Err(omniq_core::Error::Unsupported(format!(
+                "enqueue_in needs the postgres backend; this client is on {}",
+                self.storage.backend_name()
+            )));
+        }
+        let tasks = self.records(tasks)?;
+        omniq_postgres::enqueue_in(conn, &self.settings.pg_schema, tasks).await
     }
 
     /// The whole record of a task.
@@ -150,12 +194,12 @@ impl OmniQ {
     /// Cancels a task, or the whole series of an interval task; returns the ids
     /// cancelled.
     pub async fn cancel(&self, id: TaskId) -> Result<Vec<TaskId>> {
-        self.storage.cancel(id, OffsetDateTime::now_utc()).await
+        self.storage.cancel(id, self.now()).await
     }
 
     /// Puts a failed task back to pending with a fresh count of attempts.
     pub async fn retry(&self, id: TaskId) -> Result<()> {
-        self.storage.retry(id, OffsetDateTime::now_utc()).await?;
+        self.storage.retry(id, self.now()).await?;
         self.signals.task_enqueued();
         Ok(())
     }
@@ -168,9 +212,7 @@ impl OmniQ {
 
     /// Deletes tasks that finished more than `age` ago; returns how many.
     pub async fn purge_older_than(&self, age: Duration) -> Result<u64> {
-        self.storage
-            .purge(omniq_core::earlier(OffsetDateTime::now_utc(), age))
-            .await
+        self.storage.purge(omniq_core::earlier(self.now(), age)).await
     }
 
     /// How many tasks are in each status.
@@ -226,7 +268,8 @@ impl TaskBuilder<'_> {
     /// Not before `delay` from now. A delay past the latest time a store
     /// holds ([`omniq_core::limits::MAX_TIME`]) waits until that time.
     pub fn delay(self, delay: Duration) -> Self {
-        self.eta(omniq_core::later(OffsetDateTime::now_utc(), delay))
+        let now = self.client.now();
+        self.eta(omniq_core::later(now, delay))
     }
 
     /// Run again `interval` after each run ends.
@@ -277,6 +320,16 @@ impl TaskBuilder<'_> {
     /// Enqueues the task; returns its id.
     pub async fn enqueue(self) -> Result<TaskId> {
         Ok(self.enqueue_checked().await?.id)
+    }
+
+    /// Enqueues the task inside the program's own PostgreSQL transaction
+    /// (see [`OmniQ::enqueue_in`]).
+    #[cfg(feature = "postgres")]
+    pub async fn enqueue_in(self, conn: &mut omniq_postgres::sqlx::PgConnection) -> Result<Enqueued> {
+        let mut answers = self.client.enqueue_in(conn, vec![self.task]).await?;
+        answers.pop().ok_or_else(|| {
+            omniq_core::Error::backend("omniq", "the store answered an enqueue of one task with nothing")
+        })
     }
 
     /// Enqueues the task and says whether it was stored or was a duplicate

@@ -59,6 +59,14 @@ pub use omniq_core::{
 pub use omniq_file::{CheckReport, FileStorage};
 #[cfg(feature = "postgres")]
 pub use omniq_postgres::PostgresStorage;
+
+/// The PostgreSQL backend's own API: connection options, enqueueing inside
+/// a program's transaction, and the sqlx it is built on, so a program uses
+/// the same version.
+#[cfg(feature = "postgres")]
+pub mod postgres {
+    pub use omniq_postgres::{enqueue_in, redact, sqlx, ConnectOptions, PostgresStorage};
+}
 #[cfg(feature = "sqlite")]
 pub use omniq_sqlite::SqliteStorage;
 
@@ -76,7 +84,7 @@ pub async fn sqlite_integrity_check(path: &std::path::Path) -> Result<Vec<String
 }
 pub use omniq_worker::{
     Backoff, Clock, HandlerError, Pool, PoolConfig, PoolStats, Registry, Retry, ShutdownReport, Signals,
-    SystemClock, TaskContext, TokioClock, WorkerPool,
+    StoreClock, SystemClock, TaskContext, TokioClock, WorkerPool,
 };
 
 /// Sets up `tracing` output on stderr with the settings' filter (`OMNIQ_LOG`,
