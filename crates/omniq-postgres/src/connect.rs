@@ -165,10 +165,22 @@ impl PostgresStorage {
         // No ping before each use: a broken connection fails its statement,
         // which the caller sees as an error, and a ping costs every
         // operation a round trip.
-        let pool = PgPoolOptions::new()
-            .max_connections(options.connections.max(1))
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
+        let pool_of = |size: u32| {
+            PgPoolOptions::new()
+                .max_connections(size.max(1))
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(10))
+        };
+        // Claims commit without waiting for the disk: a claim lost in a
+        // server crash leaves its task pending, as if never claimed, and
+        // the worker's finish is then refused (`LeaseLost`), which is the
+        // outcome of a worker crash. Every later commit (a finish) flushes
+        // the log up to itself, claims before it included, so no durable
+        // finish ever follows a lost claim. This halves the flushes a task
+        // costs. The claims of a process come from its supervisors one at a
+        // time, so two connections serve them.
+        let claims = pool_of(2).connect_lazy_with(connect.clone().options([("synchronous_commit", "off")]));
+        let pool = pool_of(options.connections)
             .connect_with(connect)
             .await
             .map_err(&unreachable)?;
@@ -196,6 +208,7 @@ impl PostgresStorage {
         };
         Ok(PostgresStorage {
             pool,
+            claims,
             read_only: false,
             s: schema::quote(schema),
             schema: schema.to_owned(),

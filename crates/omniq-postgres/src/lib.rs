@@ -95,6 +95,9 @@ pub(crate) fn sql_error(error: sqlx::Error) -> Error {
 #[derive(Debug, Clone)]
 pub struct PostgresStorage {
     pool: PgPool,
+    /// The connections claims run on, which commit without waiting for the
+    /// disk (see `connect`).
+    claims: PgPool,
     /// Opened only to read: every change is refused.
     read_only: bool,
     /// The schema's name, quoted.
@@ -125,7 +128,7 @@ impl PostgresStorage {
 
     /// `sql` with `{s}` replaced by the quoted schema.
     fn q(&self, sql: &str) -> String {
-        sql.replace("{s}", &self.s)
+        sql.replace("{s}", &self.s).replace("{COLUMNS}", rows::COLUMNS)
     }
 
     /// Locks the interval series of these tasks (by their stored records),
@@ -144,6 +147,26 @@ impl PostgresStorage {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The tasks with these ids, locked (in id order), after the locks of
+    /// their series (in series order), in one round trip: the series locks
+    /// are an init plan of the statement, so they are taken before any row's.
+    async fn load_locking_series(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        ids: &[String],
+    ) -> std::result::Result<Vec<Task>, Fail> {
+        let rows = sqlx::query(&self.q("WITH locks AS MATERIALIZED ( \
+                 SELECT pg_advisory_xact_lock(hashtext('omniq-series:' || series)) FROM ( \
+                     SELECT DISTINCT series FROM {s}.tasks WHERE id = ANY($1) AND series IS NOT NULL \
+                     ORDER BY series) AS s) \
+             SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY($1) \
+             AND (SELECT count(*) FROM locks) >= 0 ORDER BY id FOR UPDATE"))
+        .bind(ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows::tasks(&rows)
     }
 
     /// The series of the given tasks, read without locks.
@@ -198,26 +221,45 @@ impl Storage for PostgresStorage {
         if request.limit == 0 {
             return Ok(Vec::new());
         }
-        let request = &request;
-        let mut claimed = in_transaction!(self, |tx| {
-            let rows = sqlx::query(&self.q("WITH due AS MATERIALIZED ( \
-                             SELECT id FROM {s}.tasks WHERE status = 'pending' AND queue = $1 AND eta <= $2 \
-                             AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) \
-                             ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                         SELECT t.id, t.record::text FROM {s}.tasks t JOIN due USING (id)"))
-            .bind(&request.queue)
-            .bind(to_ns(request.now)?)
-            .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut tasks = rows::tasks(&rows)?;
-            for task in &mut tasks {
-                task.claim(&request.worker_id, request.lease_for, request.now)
-                    .map_err(Fail::Stop)?;
+        // One statement, so one round trip: it locks the due rows, marks them
+        // running and records the claim beside each record, which reading
+        // the row replays with `Task::claim` (see `rows::read`).
+        let sql = self.q("WITH due AS MATERIALIZED ( \
+                 SELECT id FROM {s}.tasks WHERE status = 'pending' AND queue = $1 AND eta <= $2 \
+                 AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) \
+                 ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             UPDATE {s}.tasks t SET status = 'running', lease_expires = $5, \
+                 claim = json_build_object('worker', $4::text, 'token', gen_random_uuid(), \
+                 'at', $2::int8, 'lease_ns', $6::int8) \
+             FROM due WHERE t.id = due.id \
+             RETURNING t.id, t.record::text, t.claim::text");
+        let now = to_ns(request.now)?;
+        let expires = to_ns(omniq_core::later(request.now, request.lease_for))?;
+        let lease_ns = i64::try_from(request.lease_for.as_nanos()).unwrap_or(i64::MAX);
+        let mut last = String::new();
+        let mut claimed = None;
+        for _ in 0..ATTEMPTS {
+            let rows = sqlx::query(&sql)
+                .bind(&request.queue)
+                .bind(now)
+                .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+                .bind(&request.worker_id)
+                .bind(expires)
+                .bind(lease_ns)
+                .fetch_all(&self.claims)
+                .await;
+            match rows.map_err(Fail::from).and_then(|rows| rows::tasks(&rows)) {
+                Ok(tasks) => {
+                    claimed = Some(tasks);
+                    break;
+                }
+                Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Stop(error)) => return Err(error),
             }
-            rows::save(&self.s, &mut tx, &tasks, false).await?;
-            Ok(tasks)
-        });
+        }
+        let mut claimed = claimed.ok_or_else(|| {
+            Error::backend("postgres", format!("gave up after {ATTEMPTS} attempts: {last}"))
+        })?;
         claimed.sort_by_key(omniq_core::queue::claim_order);
         Ok(claimed)
     }
@@ -267,9 +309,8 @@ impl Storage for PostgresStorage {
         let finishes = &finishes;
         Ok(in_transaction!(self, |tx| {
             let ids: Vec<String> = finishes.iter().map(|f| f.id.to_string()).collect();
-            let series = self.series_of(&mut tx, &ids).await?;
-            self.lock_series(&mut tx, series).await?;
-            let mut tasks: HashMap<TaskId, Task> = rows::load(&self.s, &mut tx, &ids, true)
+            let mut tasks: HashMap<TaskId, Task> = self
+                .load_locking_series(&mut tx, &ids)
                 .await?
                 .into_iter()
                 .map(|t| (t.id, t))
@@ -319,7 +360,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn get(&self, id: TaskId) -> Result<Task> {
-        self.fetch("SELECT id, record::text FROM {s}.tasks WHERE id = $1", |q| {
+        self.fetch("SELECT {COLUMNS} FROM {s}.tasks WHERE id = $1", |q| {
             q.bind(id.to_string())
         })
         .await?
@@ -333,7 +374,7 @@ impl Storage for PostgresStorage {
             ListOrder::NewestFirst => ("<", "DESC"),
         };
         let sql = format!(
-            "SELECT id, record::text FROM {{s}}.tasks WHERE ($1::text IS NULL OR status = $1) \
+            "SELECT {{COLUMNS}} FROM {{s}}.tasks WHERE ($1::text IS NULL OR status = $1) \
              AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR id {compare} $3) \
              ORDER BY id {order} LIMIT $4"
         );
@@ -364,10 +405,8 @@ impl Storage for PostgresStorage {
             let scope = match CancelScope::of(id, target.as_ref()) {
                 CancelScope::Task(_) => target.iter().cloned().collect(),
                 CancelScope::Series(series) => {
-                    let rows = sqlx::query(
-                        &self.q("SELECT id, record::text FROM {s}.tasks WHERE series = $1 \
-                             AND status IN ('pending', 'running') ORDER BY id FOR UPDATE"),
-                    )
+                    let rows = sqlx::query(&self.q("SELECT {COLUMNS} FROM {s}.tasks WHERE series = $1 \
+                             AND status IN ('pending', 'running') ORDER BY id FOR UPDATE"))
                     .bind(series.to_string())
                     .fetch_all(&mut *tx)
                     .await?;
@@ -502,7 +541,7 @@ impl Storage for PostgresStorage {
             let series = self.series_of(&mut tx, &candidates).await?;
             self.lock_series(&mut tx, series).await?;
             let rows = sqlx::query(&self.q(
-                "SELECT id, record::text FROM {s}.tasks WHERE id = ANY($1) AND status = 'running' \
+                "SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY($1) AND status = 'running' \
                      AND lease_expires <= $2 ORDER BY id FOR UPDATE SKIP LOCKED",
             ))
             .bind(&candidates)
@@ -542,13 +581,12 @@ impl Storage for PostgresStorage {
         let mut found = Vec::new();
         let mut after = String::new();
         loop {
-            let rows = sqlx::query(
-                &self.q("SELECT id, record::text FROM {s}.tasks WHERE id > $1 ORDER BY id LIMIT 500"),
-            )
-            .bind(&after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(sql_error)?;
+            let rows =
+                sqlx::query(&self.q("SELECT {COLUMNS} FROM {s}.tasks WHERE id > $1 ORDER BY id LIMIT 500"))
+                    .bind(&after)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(sql_error)?;
             let Some(last) = rows.last() else { break };
             after = last.try_get(0).map_err(sql_error)?;
             for (id, reason) in rows::unreadable(&rows) {

@@ -2,7 +2,9 @@
 //! queries need, read and written in batches; times as Unix nanoseconds, as
 //! the other backends keep them; and the failures a transaction may retry.
 
-use omniq_core::{Error, Task};
+use std::time::Duration;
+
+use omniq_core::{Error, LeaseToken, Task};
 use sqlx::postgres::{PgArguments, PgConnection, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
@@ -81,14 +83,50 @@ pub(crate) fn from_ns(ns: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// The task of each `(id, record)` row; a record that does not read back is
-/// an error naming the task.
+/// The columns every read of tasks selects, in the order [`read`] takes them.
+pub(crate) const COLUMNS: &str = "id, record::text, claim::text";
+
+/// A claim made by the claim statement, kept beside the record it applies
+/// to (the pending record, as last written whole): the arguments of
+/// [`Task::claim`] and the token the statement drew. Reading a row replays
+/// the claim with them, so the rule stays in one place, `Task::claim`.
+#[derive(serde::Deserialize)]
+struct Claim {
+    worker: String,
+    token: LeaseToken,
+    /// When, in Unix nanoseconds.
+    at: i64,
+    /// For how long, in nanoseconds.
+    lease_ns: u64,
+}
+
+/// The task of one row selected with [`COLUMNS`], or why it does not read back.
+fn read(row: &PgRow) -> Result<Task, String> {
+    let record: String = row.try_get(1).map_err(|e| e.to_string())?;
+    let claim: Option<String> = row.try_get(2).map_err(|e| e.to_string())?;
+    let mut task: Task = serde_json::from_str(&record).map_err(|e| e.to_string())?;
+    if let Some(claim) = claim {
+        let claim: Claim = serde_json::from_str(&claim).map_err(|e| format!("its claim: {e}"))?;
+        task.claim(
+            &claim.worker,
+            Duration::from_nanos(claim.lease_ns),
+            from_ns(claim.at),
+        )
+        .map_err(|e| format!("its claim: {e}"))?;
+        if let Some(lease) = task.lease.as_mut() {
+            lease.token = claim.token;
+        }
+    }
+    Ok(task)
+}
+
+/// The task of each row selected with [`COLUMNS`]; a record that does not
+/// read back is an error naming the task.
 pub(crate) fn tasks(rows: &[PgRow]) -> Result<Vec<Task>, Fail> {
     rows.iter()
         .map(|row| {
-            let id: String = row.try_get(0)?;
-            let record: String = row.try_get(1)?;
-            serde_json::from_str(&record).map_err(|e| {
+            read(row).map_err(|e| {
+                let id: String = row.try_get(0).unwrap_or_default();
                 Fail::Stop(Error::backend(
                     "postgres",
                     format!("task {id}: its stored record cannot be read: {e}"),
@@ -100,9 +138,7 @@ pub(crate) fn tasks(rows: &[PgRow]) -> Result<Vec<Task>, Fail> {
 
 /// The tasks of the rows whose records read back.
 pub(crate) fn readable(rows: &[PgRow]) -> Vec<Task> {
-    rows.iter()
-        .filter_map(|row| serde_json::from_str(&row.try_get::<String, _>(1).ok()?).ok())
-        .collect()
+    rows.iter().filter_map(|row| read(row).ok()).collect()
 }
 
 /// The `(id, reason)` of each row whose record does not read back.
@@ -110,10 +146,7 @@ pub(crate) fn unreadable(rows: &[PgRow]) -> Vec<(String, String)> {
     rows.iter()
         .filter_map(|row| {
             let id: String = row.try_get(0).ok()?;
-            let record: String = row.try_get(1).ok()?;
-            serde_json::from_str::<Task>(&record)
-                .err()
-                .map(|e| (id, e.to_string()))
+            read(row).err().map(|e| (id, e))
         })
         .collect()
 }
@@ -127,7 +160,7 @@ pub(crate) async fn load(
     lock: bool,
 ) -> Result<Vec<Task>, Fail> {
     let sql = format!(
-        "SELECT id, record::text FROM {s}.tasks WHERE id = ANY($1) ORDER BY id{}",
+        "SELECT {COLUMNS} FROM {s}.tasks WHERE id = ANY($1) ORDER BY id{}",
         if lock { " FOR UPDATE" } else { "" }
     );
     let rows = sqlx::query(&sql).bind(ids).fetch_all(&mut **tx).await?;
@@ -183,7 +216,7 @@ pub(crate) async fn save_announcing(
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status, queue = excluded.queue, \
              priority = excluded.priority, eta = excluded.eta, unique_key = excluded.unique_key, \
              series = excluded.series, finished_at = excluded.finished_at, \
-             lease_expires = excluded.lease_expires, record = excluded.record"
+             lease_expires = excluded.lease_expires, record = excluded.record, claim = NULL"
         }
     };
     let insert = format!(

@@ -12,7 +12,8 @@ use sqlx::{Executor, Postgres, Row, Transaction};
 /// One migration per schema version: `MIGRATIONS[i]` takes a schema from
 /// version `i` to `i + 1`. `{s}` is the quoted schema name. Released
 /// migrations are never edited, only appended.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE {s}.tasks (
         id            text COLLATE "C" PRIMARY KEY,
         status        text NOT NULL
@@ -35,7 +36,13 @@ const MIGRATIONS: &[&str] = &[r#"
     CREATE INDEX tasks_expiry ON {s}.tasks (lease_expires) WHERE status = 'running';
     CREATE INDEX tasks_finished ON {s}.tasks (finished_at) WHERE finished_at IS NOT NULL;
     CREATE TABLE {s}.paused_queues (name text PRIMARY KEY);
-"#];
+"#,
+    // Version 2: the claim made by the one-statement claim, replayed on the
+    // record when the row is read (`rows::read`); every whole write clears it.
+    r#"
+    ALTER TABLE {s}.tasks ADD COLUMN claim json;
+"#,
+];
 
 /// The refusal of `schema`, saying why.
 fn incompatible(schema: &str, reason: String) -> Error {

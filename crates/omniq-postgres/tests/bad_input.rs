@@ -28,6 +28,31 @@ async fn an_unreachable_server_is_named_without_its_password() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
+/// A server that refuses the login (here: a role it does not know, as a
+/// wrong password would be on a server that checks them) is a clear error
+/// naming the URL without its password.
+#[tokio::test]
+async fn a_refused_login_is_named_without_its_password() {
+    if !common::available().await {
+        return;
+    }
+    let base = url();
+    let Some(rest) = base.strip_prefix("postgres://") else {
+        return;
+    };
+    let host = rest.rsplit('@').next().unwrap_or(rest);
+    let refused = PostgresStorage::connect(&format!("postgres://omniq_nobody:hunter2@{host}"), "omniq")
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        text.contains("cannot connect to postgres://omniq_nobody:***@"),
+        "{text}"
+    );
+    assert!(text.contains("omniq_nobody"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
 async fn raw() -> sqlx::PgConnection {
     sqlx::PgConnection::connect(&url()).await.unwrap()
 }
