@@ -2,6 +2,8 @@
 //! folder under the workspace's `target/`, and the enqueue, claim and finish
 //! loops the benchmarks time.
 
+pub mod processes;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use time::OffsetDateTime;
 pub struct Store {
     /// The store.
     pub store: Arc<dyn Storage>,
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     backend: String,
 }
 

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omniq_benches::{enqueue_batch, enqueue_each, open, scratch, BACKENDS};
+use omniq_benches::{enqueue_batch, enqueue_each, open, processes, scratch, BACKENDS};
 use omniq_core::Storage;
 use omniq_worker::{HandlerError, Pool, Registry, Signals, WorkerPool};
 use serde_json::json;
@@ -32,6 +32,18 @@ struct Row {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, backend, dir, concurrency] = &args[..] {
+        if mode == "worker" {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            let concurrency = concurrency.parse().expect("a concurrency");
+            runtime.block_on(processes::child_worker(
+                backend,
+                std::path::Path::new(dir),
+                concurrency,
+            ));
+            return;
+        }
+    }
     let json = args.iter().any(|a| a == "--json");
     let backends: Vec<&'static str> = match args.iter().position(|a| a == "--backend") {
         // PostgreSQL needs a server, so it runs only when asked for.
@@ -120,6 +132,17 @@ fn main() {
                  {beside:.3} s from {CALLERS} beside a pool"
             );
             println!("| {backend} | {one:.3} | {many:.3} | {beside:.3} |");
+        }
+        // Workers in other processes, as on other hosts: what PostgreSQL is
+        // for. (The embedded backends find other processes' work by polling.)
+        if backends.contains(&"postgres") {
+            println!();
+            println!("| Backend | Batch of 10,000 run by 4 worker processes of 4 (s) | Latency to a worker in another process, p50 (ms) | p99 (ms) |");
+            println!("|---------|--------------------------------------------------:|-------------------------------------------------:|---------:|");
+            let four = runtime.block_on(processes::several_processes("postgres", 10_000, 4));
+            let (p50, p99) = runtime.block_on(processes::cross_process_latency("postgres", 500));
+            eprintln!("  postgres 4 worker processes: {four:.3} s; latency across processes p50 {p50:.3} ms p99 {p99:.3} ms");
+            println!("| postgres | {four:.3} | {p50:.3} | {p99:.3} |");
         }
     }
 }
