@@ -214,6 +214,7 @@ impl PostgresStorage {
             schema: schema.to_owned(),
             channel,
             listener,
+            upkeep: Default::default(),
         })
     }
 }

@@ -76,6 +76,7 @@ macro_rules! in_transaction {
 
 // After the macro, which they use.
 mod connect;
+mod upkeep;
 mod wake;
 mod write;
 
@@ -107,6 +108,8 @@ pub struct PostgresStorage {
     channel: String,
     /// Hears other hosts' enqueues; none in poll-only mode.
     listener: Option<Arc<wake::Listener>>,
+    /// Vacuums the task table as claims turn it over.
+    upkeep: Arc<upkeep::Upkeep>,
 }
 
 impl PostgresStorage {
@@ -260,6 +263,10 @@ impl Storage for PostgresStorage {
         let mut claimed = claimed.ok_or_else(|| {
             Error::backend("postgres", format!("gave up after {ATTEMPTS} attempts: {last}"))
         })?;
+        if !claimed.is_empty() {
+            self.upkeep
+                .claimed(claimed.len(), &self.pool, &self.q("{s}.tasks"));
+        }
         claimed.sort_by_key(omniq_core::queue::claim_order);
         Ok(claimed)
     }
