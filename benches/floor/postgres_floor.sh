@@ -11,6 +11,10 @@
 #   process, k=1: 4 clients, each transaction claims 1 task (FOR UPDATE SKIP
 #            LOCKED) and finishes the one it claimed before
 #   process, k=4: the same, 4 tasks a transaction
+# The tables are the backend's own: the migrations are read from
+# crates/omniq-postgres/src/schema.rs, so every index a task row keeps up is
+# in the floor too, and each row carries a record of the size OmniQ writes
+# for a no-op task (about 430 bytes of JSON).
 # The server is OMNIQ_TEST_DATABASE_URL, else postgres://127.0.0.1:5432/test.
 set -euo pipefail
 N=${1:-10000}
@@ -18,16 +22,26 @@ URL=${OMNIQ_TEST_DATABASE_URL:-postgres://127.0.0.1:5432/test}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; psql "$URL" -qc "DROP SCHEMA IF EXISTS omniq_floor CASCADE" >/dev/null 2>&1' EXIT
 
+HERE=$(cd "$(dirname "$0")" && pwd)
+# The backend's migrations, in order, for the schema omniq_floor, plus the
+# column the floor's workers mark their claims with.
+python3 - "$HERE/../../crates/omniq-postgres/src/schema.rs" > "$WORK/schema.sql" <<'PY'
+import re, sys
+source = open(sys.argv[1]).read()
+block = source[source.index("const MIGRATIONS"):]
+block = block[:block.index("];")]
+for migration in re.findall(r'r#"(.*?)"#', block, re.S):
+    print(migration.replace("{s}", "omniq_floor"))
+print("ALTER TABLE omniq_floor.tasks ADD COLUMN worker int;")
+PY
+
 setup() {
-    psql "$URL" -q >/dev/null <<'SQL'
-DROP SCHEMA IF EXISTS omniq_floor CASCADE;
-CREATE SCHEMA omniq_floor;
-CREATE TABLE omniq_floor.tasks (
-    id text COLLATE "C" PRIMARY KEY, status text NOT NULL, queue text NOT NULL,
-    priority smallint NOT NULL, eta bigint NOT NULL, worker int, record json NOT NULL);
-CREATE INDEX tasks_due ON omniq_floor.tasks (queue, priority DESC, eta, id) WHERE status = 'pending';
-SQL
+    psql "$URL" -q >/dev/null -c "DROP SCHEMA IF EXISTS omniq_floor CASCADE" -c "CREATE SCHEMA omniq_floor"
+    psql "$URL" -q >/dev/null -f "$WORK/schema.sql"
 }
+
+# A record as OmniQ stores it for a no-op task, its id and times set per row.
+RECORD="'{\"id\":\"' || ID || '\",\"func_path\":\"noop\",\"args\":[1],\"kwargs\":{},\"status\":\"pending\",\"eta\":\"2026-11-30T04:20:00.123456789Z\",\"interval\":null,\"max_retries\":3,\"timeout\":null,\"attempts\":0,\"created_at\":\"2026-11-30T04:20:00.123456789Z\",\"updated_at\":\"2026-11-30T04:20:00.123456789Z\",\"started_at\":null,\"finished_at\":null,\"error\":null,\"result\":null,\"lease\":null,\"series\":null,\"queue\":\"default\",\"priority\":0,\"unique_key\":null}'"
 
 seconds() { # pgbench's output -> elapsed seconds, from its transaction count and tps
     awk '/number of transactions actually processed/ {split($0, a, ": "); split(a[2], b, "/"); n = b[1]}
@@ -35,14 +49,17 @@ seconds() { # pgbench's output -> elapsed seconds, from its transaction count an
 }
 
 setup
-cat > "$WORK/insert.sql" <<'SQL'
-INSERT INTO omniq_floor.tasks VALUES (md5(random()::text || clock_timestamp()::text), 'pending', 'default', 0, 0, NULL, '{"args":[1],"kwargs":{}}');
+cat > "$WORK/insert.sql" <<SQL
+INSERT INTO omniq_floor.tasks (id, status, queue, priority, eta, record)
+SELECT i, 'pending', 'default', 0, 0, (${RECORD//ID/i})::json
+FROM (SELECT md5(random()::text || clock_timestamp()::text) AS i) AS n;
 SQL
 insert_each=$(pgbench "$URL" -n -c 1 -t "$N" -f "$WORK/insert.sql" 2>/dev/null | seconds)
 
 setup
 start=$(date +%s.%N)
-psql "$URL" -qc "INSERT INTO omniq_floor.tasks SELECT md5(i::text), 'pending', 'default', 0, i, NULL, '{\"args\":[1],\"kwargs\":{}}' FROM generate_series(1, $N) i" >/dev/null
+psql "$URL" -qc "INSERT INTO omniq_floor.tasks (id, status, queue, priority, eta, record)
+    SELECT md5(i::text), 'pending', 'default', 0, i, (${RECORD//ID/md5(i::text)})::json FROM generate_series(1, $N) i" >/dev/null
 insert_batch=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.3f", b - a}')
 
 process() { # k: tasks per transaction
@@ -56,7 +73,13 @@ UPDATE omniq_floor.tasks t SET status = 'running', worker = :client_id FROM due 
 COMMIT;
 SQL
     local per_client=$(( (N / k + 3) / 4 ))
-    pgbench "$URL" -n -c 4 -j 2 -t "$per_client" -f "$WORK/process.sql" 2>/dev/null | seconds
+    pgbench "$URL" -n -c 4 -j 2 -t "$per_client" -f "$WORK/process.sql" 2>"$WORK/pgbench.err" >"$WORK/pgbench.out"
+    # A floor measured on failed transactions would be no floor.
+    if ! grep -q "number of failed transactions: 0 " "$WORK/pgbench.out"; then
+        cat "$WORK/pgbench.err" "$WORK/pgbench.out" >&2
+        exit 1
+    fi
+    seconds < "$WORK/pgbench.out"
 }
 process_1=$(process 1)
 psql "$URL" -qc "UPDATE omniq_floor.tasks SET status = 'pending', worker = NULL" >/dev/null

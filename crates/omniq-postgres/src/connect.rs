@@ -215,6 +215,7 @@ impl PostgresStorage {
             channel,
             listener,
             upkeep: Default::default(),
+            claimed: Default::default(),
         })
     }
 }

@@ -21,8 +21,7 @@ use std::time::Duration;
 use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
-    Finished, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId,
-    TaskStatus,
+    LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -65,7 +64,7 @@ macro_rules! in_transaction {
         match outcome {
             Some(value) => value,
             None => {
-                return Err(Error::backend(
+                return Err(omniq_core::Error::backend(
                     "postgres",
                     format!("gave up after {} attempts: {last}", $crate::ATTEMPTS),
                 ))
@@ -76,6 +75,7 @@ macro_rules! in_transaction {
 
 // After the macro, which they use.
 mod connect;
+mod finish;
 mod upkeep;
 mod wake;
 mod write;
@@ -110,6 +110,8 @@ pub struct PostgresStorage {
     listener: Option<Arc<wake::Listener>>,
     /// Vacuums the task table as claims turn it over.
     upkeep: Arc<upkeep::Upkeep>,
+    /// The tasks this process claimed, for the short way of their finish.
+    claimed: Arc<finish::Claimed>,
 }
 
 impl PostgresStorage {
@@ -266,6 +268,7 @@ impl Storage for PostgresStorage {
         if !claimed.is_empty() {
             self.upkeep
                 .claimed(claimed.len(), &self.pool, &self.q("{s}.tasks"));
+            self.claimed.keep(&claimed);
         }
         claimed.sort_by_key(omniq_core::queue::claim_order);
         Ok(claimed)
@@ -313,45 +316,7 @@ impl Storage for PostgresStorage {
         if finishes.is_empty() {
             return Ok(Vec::new());
         }
-        let finishes = &finishes;
-        Ok(in_transaction!(self, |tx| {
-            let ids: Vec<String> = finishes.iter().map(|f| f.id.to_string()).collect();
-            let mut tasks: HashMap<TaskId, Task> = self
-                .load_locking_series(&mut tx, &ids)
-                .await?
-                .into_iter()
-                .map(|t| (t.id, t))
-                .collect();
-            let mut changed: Vec<TaskId> = Vec::new();
-            let mut created = Vec::new();
-            let mut answers = Vec::with_capacity(finishes.len());
-            for finish in finishes {
-                let Some(task) = tasks.get_mut(&finish.id) else {
-                    answers.push(FinishOutcome::LeaseLost);
-                    continue;
-                };
-                match task
-                    .finish(finish.token, finish.outcome.clone(), now)
-                    .map_err(Fail::Stop)?
-                {
-                    Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
-                    Finished::Applied { status, next } => {
-                        changed.push(task.id);
-                        answers.push(FinishOutcome::Applied {
-                            status,
-                            next: next.as_ref().map(|n| n.id),
-                        });
-                        created.extend(next);
-                    }
-                }
-            }
-            let mut writes: Vec<Task> = changed.iter().filter_map(|id| tasks.remove(id)).collect();
-            writes.extend(created);
-            // Tasks handed back are due again at once.
-            let announce = (self.channel.as_str(), wake::due_queues(&writes, |_| now));
-            rows::save_announcing(&self.s, &mut tx, &writes, false, Some(announce)).await?;
-            Ok(answers)
-        }))
+        self.finish_claims(finishes, now).await
     }
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
