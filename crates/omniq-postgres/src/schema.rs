@@ -39,12 +39,30 @@ const MIGRATIONS: &[&str] = &[
 "#,
     // Version 2: the claim made by the one-statement claim, replayed on the
     // record when the row is read (`rows::read`); every whole write clears it.
+    // Views under the seed's names, for users who look with SQL.
     // Autovacuum is asked to visit the table after 1,000 changed rows rather
     // than a fifth of the table, as a queue's table turns over all the time.
     r#"
     ALTER TABLE {s}.tasks ADD COLUMN claim json;
     ALTER TABLE {s}.tasks SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
         autovacuum_analyze_scale_factor = 0.05);
+    CREATE VIEW {s}.pending AS
+        SELECT id, record->>'func_path' AS func_path, queue, priority,
+               to_timestamp(eta / 1e9) AS eta, unique_key, record
+        FROM {s}.tasks WHERE status = 'pending';
+    CREATE VIEW {s}.running AS
+        SELECT id, record->>'func_path' AS func_path, queue, priority,
+               COALESCE(claim->>'worker', record->'lease'->>'worker_id') AS worker_id,
+               to_timestamp(lease_expires / 1e9) AS lease_expires, record
+        FROM {s}.tasks WHERE status = 'running';
+    CREATE VIEW {s}.completed AS
+        SELECT id, record->>'func_path' AS func_path, queue,
+               to_timestamp(finished_at / 1e9) AS finished_at, record->'result' AS result, record
+        FROM {s}.tasks WHERE status = 'completed';
+    CREATE VIEW {s}.results AS
+        SELECT id, status, record->'result' AS result, record->'error' AS error,
+               to_timestamp(finished_at / 1e9) AS finished_at
+        FROM {s}.tasks WHERE status IN ('completed', 'failed', 'cancelled');
 "#,
 ];
 

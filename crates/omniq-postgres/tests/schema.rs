@@ -24,10 +24,11 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_tasks() {
     let task = NewTask::new("kept").into_task(&Settings::default(), now).unwrap();
     store.enqueue(vec![task.clone()]).await.unwrap();
     drop(store);
-    // Back to what version 1 wrote: no claim column.
+    // Back to what version 1 wrote: no claim column, no views.
     let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
     sqlx::raw_sql(&format!(
-        "ALTER TABLE \"{schema}\".tasks DROP COLUMN claim; \
+        "SET search_path TO \"{schema}\"; DROP VIEW pending, running, completed, results; \
+         ALTER TABLE \"{schema}\".tasks DROP COLUMN claim; \
          UPDATE \"{schema}\".omniq_meta SET value = '1' WHERE key = 'schema_version'"
     ))
     .execute(&mut conn)
@@ -55,4 +56,66 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_tasks() {
         .unwrap();
     assert_eq!(store.get(task.id).await.unwrap(), claimed[0]);
     assert_eq!(claimed[0].status, TaskStatus::Running);
+}
+
+/// The views under the seed's names show each task where its status puts it.
+#[tokio::test]
+async fn the_views_show_tasks_by_status() {
+    if !common::available().await {
+        return;
+    }
+    let schema = fresh_schema();
+    let _drop = DropSchema(schema.clone());
+    let store = PostgresStorage::connect(&url(), &schema).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            NewTask::new("viewed")
+                .into_task(&Settings::default(), now)
+                .unwrap()
+        })
+        .collect();
+    store.enqueue(tasks).await.unwrap();
+    let claimed = store
+        .claim(ClaimRequest {
+            worker_id: "w-views".into(),
+            queue: omniq_core::DEFAULT_QUEUE.into(),
+            limit: 2,
+            lease_for: Duration::from_secs(30),
+            now,
+        })
+        .await
+        .unwrap();
+    let finish = omniq_core::Finish {
+        id: claimed[0].id,
+        token: claimed[0].lease.as_ref().unwrap().token,
+        outcome: omniq_core::Outcome::Complete {
+            result: serde_json::json!({"ok": 1}),
+        },
+    };
+    store.finish(vec![finish], now).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let count = |view: &str| format!("SELECT count(*) FROM \"{schema}\".{view}");
+    for (view, expected) in [
+        ("pending", 1i64),
+        ("running", 1),
+        ("completed", 1),
+        ("results", 1),
+    ] {
+        let n: i64 = sqlx::query_scalar(&count(view))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, expected, "{view}");
+    }
+    let worker: String = sqlx::query_scalar(&format!("SELECT worker_id FROM \"{schema}\".running"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(worker, "w-views");
+    let result: String = sqlx::query_scalar(&format!("SELECT result::text FROM \"{schema}\".results"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(result, r#"{"ok":1}"#);
 }
