@@ -102,6 +102,17 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// A task waited for ended without a result: it failed for good or was
+    /// cancelled.
+    #[error("task {id} {status}: {message}")]
+    TaskFailed {
+        /// The task.
+        id: String,
+        /// How it ended: `failed` or `cancelled`.
+        status: crate::task::TaskStatus,
+        /// Its last error's message, or why it has none.
+        message: String,
+    },
     /// The feature asked for is not available in this build or this backend,
     /// e.g. a backend whose cargo feature is not enabled.
     #[error("unsupported: {0}")]

@@ -1,6 +1,8 @@
-//! Handlers: typed async functions registered under a name, what they receive
-//! (`TaskContext`) and how they say what went wrong (`HandlerError`).
+//! Handlers: typed async functions registered under a name, the shared state
+//! registered beside them, what they receive (`TaskContext`) and how they say
+//! what went wrong (`HandlerError`).
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -29,8 +31,16 @@ pub struct TaskContext {
     pub queue: String,
     /// The task's priority.
     pub priority: i16,
+    /// The worker running the attempt, as recorded in its lease.
+    pub worker_id: String,
+    /// When the attempt's timeout stops it, if the task has one.
+    pub deadline: Option<tokio::time::Instant>,
     cancel: CancellationToken,
+    data: Arc<DataMap>,
 }
+
+/// Shared state registered with [`Registry::data`], by type.
+pub(crate) type DataMap = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 
 impl TaskContext {
     /// Cancelled when this attempt should stop: its timeout passed, its lease
@@ -46,12 +56,30 @@ impl TaskContext {
         self.cancel.is_cancelled()
     }
 
+    /// The token cancelled when this attempt should stop (see
+    /// [`TaskContext::cancelled`]), to hand to code that takes one.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// The shared state of type `T` registered with [`Registry::data`] (a
+    /// database pool, an HTTP client, configuration); `None` if none was.
+    pub fn data<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.data.get(&TypeId::of::<T>())?.downcast_ref::<T>()
+    }
+
     /// Whether this is the last attempt the task allows.
     pub fn is_last_attempt(&self) -> bool {
         self.attempt > self.max_retries
     }
 
-    pub(crate) fn new(task: &Task, attempt: u32, cancel: CancellationToken) -> Self {
+    pub(crate) fn new(
+        task: &Task,
+        attempt: u32,
+        worker_id: &str,
+        cancel: CancellationToken,
+        data: Arc<DataMap>,
+    ) -> Self {
         TaskContext {
             id: task.id,
             func_path: task.func_path.clone(),
@@ -59,7 +87,12 @@ impl TaskContext {
             max_retries: task.max_retries,
             queue: task.queue.clone(),
             priority: task.priority,
+            worker_id: worker_id.to_owned(),
+            deadline: task
+                .timeout
+                .and_then(|limit| tokio::time::Instant::now().checked_add(limit)),
             cancel,
+            data,
         }
     }
 }
@@ -154,10 +187,12 @@ pub(crate) enum Failure {
 
 type Erased = dyn Fn(Value, TaskContext) -> BoxFuture<'static, Result<Value, Failure>> + Send + Sync;
 
-/// Handlers by name. Cloning is cheap; a pool takes a clone when it starts.
+/// Handlers by name, and the shared state their context offers. Cloning is
+/// cheap; a pool takes a clone when it starts.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<Erased>>,
+    data: DataMap,
 }
 
 impl fmt::Debug for Registry {
@@ -250,6 +285,20 @@ impl Registry {
         };
         self.handlers.insert(func_path, Arc::new(erased));
         self
+    }
+
+    /// Registers shared state that every handler reaches with
+    /// [`TaskContext::data`]: one value per type, registered once (a later
+    /// value of the same type replaces it). Values shared with the rest of
+    /// the program are registered as handles (`Arc<T>`, a database pool).
+    pub fn data<T: Send + Sync + 'static>(&mut self, value: T) -> &mut Self {
+        self.data.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// The shared state, for the contexts of one pool.
+    pub(crate) fn data_map(&self) -> Arc<DataMap> {
+        Arc::new(self.data.clone())
     }
 
     /// Whether a handler is registered under `func_path`.

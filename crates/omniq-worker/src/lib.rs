@@ -26,11 +26,13 @@
 mod backoff;
 mod clock;
 mod handler;
+mod job;
 mod pool;
 mod signals;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, StoreClock, SystemClock, TokioClock};
 pub use handler::{HandlerError, Registry, Retry, TaskContext};
+pub use job::Job;
 pub use pool::{Pool, PoolConfig, PoolStats, ShutdownReport, WorkerPool};
 pub use signals::{Signals, TaskWatch};

@@ -226,6 +226,7 @@ impl WorkerPool {
         tokio::spawn(record(self.storage.clone(), clock.clone(), outcomes));
         let shared = Arc::new(Shared {
             storage: self.storage,
+            data: self.registry.data_map(),
             registry: self.registry,
             config: self.config,
             clock,
@@ -256,6 +257,8 @@ impl WorkerPool {
 struct Shared {
     storage: Arc<dyn Storage>,
     registry: Registry,
+    /// The registry's shared state, handed to every context.
+    data: Arc<crate::handler::DataMap>,
     config: PoolConfig,
     /// `store_clock`, as every part of the pool reads the time.
     clock: Arc<dyn Clock>,

@@ -195,10 +195,12 @@ async fn tasks_due_while_the_pool_is_idle_start_on_time() {
             );
         }
         let started = started.lock().unwrap().clone();
+        // Well under the 500 ms poll: the pool woke for the eta, not the
+        // poll, with room for a machine busy with other tests.
         for (eta, at) in etas.iter().zip(&started) {
             let late = *at - *eta;
             assert!(
-                late >= time::Duration::ZERO && late < time::Duration::milliseconds(20),
+                late >= time::Duration::ZERO && late < time::Duration::milliseconds(250),
                 "{}: started {late} after its eta",
                 store.backend_name()
             );

@@ -87,10 +87,12 @@ impl OmniQ {
     /// `.max_retries(..)`, `.timeout(..)`, `.queue(..)`, `.priority(..)`,
     /// `.unique_key(..)`, then `.enqueue().await`.
     pub fn task<P: Serialize + ?Sized>(&self, func_path: &str, payload: &P) -> Result<TaskBuilder<'_>> {
-        Ok(TaskBuilder {
-            client: self,
-            task: NewTask::with_payload(func_path, payload)?,
-        })
+        Ok(self.builder(NewTask::with_payload(func_path, payload)?))
+    }
+
+    /// A builder over a task already made.
+    pub(crate) fn builder(&self, task: NewTask) -> TaskBuilder<'_> {
+        TaskBuilder { client: self, task }
     }
 
     /// Enqueues many tasks in one call, all or none; returns their ids in
@@ -246,6 +248,10 @@ impl OmniQ {
     /// queue it serves, or `.concurrency(n)` for `default` alone), then
     /// `.start()` it.
     pub fn worker(&self, registry: Registry) -> WorkerPool {
+        // The client is the handlers' way to enqueue follow-up work
+        // (`ContextExt::queue`).
+        let mut registry = registry;
+        registry.data(self.clone());
         WorkerPool::new(self.storage.clone(), registry).signals(self.signals.clone())
     }
 }
@@ -258,7 +264,7 @@ pub struct TaskBuilder<'a> {
     task: NewTask,
 }
 
-impl TaskBuilder<'_> {
+impl<'a> TaskBuilder<'a> {
     /// Not before `eta`.
     pub fn eta(mut self, eta: OffsetDateTime) -> Self {
         self.task = self.task.eta(eta);
@@ -310,6 +316,11 @@ impl TaskBuilder<'_> {
     pub fn unique_key(mut self, key: impl Into<String>) -> Self {
         self.task = self.task.unique_key(key);
         self
+    }
+
+    /// The client it enqueues with.
+    pub(crate) fn client(&self) -> &'a OmniQ {
+        self.client
     }
 
     /// The task as it will be enqueued.

@@ -41,12 +41,14 @@
 mod backends;
 pub mod blocking;
 mod client;
+mod jobs;
 mod migrate;
 #[cfg(feature = "web")]
 pub mod web;
 
 pub use backends::{chosen_backend, compiled_backends, open_storage, StoreUrl};
 pub use client::{OmniQ, TaskBuilder};
+pub use jobs::{ContextExt, JobBuilder, JobHandle};
 pub use migrate::{migrate, MigrationReport, NotCopied, Progress};
 /// The core crate, for backend authors and the conformance suite.
 pub use omniq_core as core;
@@ -83,7 +85,7 @@ pub async fn sqlite_integrity_check(path: &std::path::Path) -> Result<Vec<String
     omniq_sqlite::integrity_check_file(path).await
 }
 pub use omniq_worker::{
-    Backoff, Clock, HandlerError, Pool, PoolConfig, PoolStats, Registry, Retry, ShutdownReport, Signals,
+    Backoff, Clock, HandlerError, Job, Pool, PoolConfig, PoolStats, Registry, Retry, ShutdownReport, Signals,
     StoreClock, SystemClock, TaskContext, TokioClock, WorkerPool,
 };
 

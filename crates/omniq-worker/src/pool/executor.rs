@@ -146,7 +146,13 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
         });
     };
     let cancel = CancellationToken::new();
-    let ctx = TaskContext::new(task, attempt, cancel.clone());
+    let ctx = TaskContext::new(
+        task,
+        attempt,
+        &shared.config.worker_id,
+        cancel.clone(),
+        shared.data.clone(),
+    );
     // The handler runs in a task of its own, so a panic ends only that task and
     // a timeout can drop it.
     let mut call = tokio::spawn(handler(task.payload(), ctx));

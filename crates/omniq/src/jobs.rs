@@ -1,0 +1,192 @@
+//! The typed API over the client: pushing a [`Job`] (with its defaults, or
+//! options from a builder), the [`JobHandle`] that waits for its typed
+//! output, and the client a handler reaches from its context to enqueue
+//! follow-up work.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use omniq_core::{Error, Result, TaskId, TaskResult, TaskStatus};
+use omniq_worker::{HandlerError, Job, TaskContext};
+use time::OffsetDateTime;
+
+use crate::client::{OmniQ, TaskBuilder};
+
+/// What a finished task's result means for a typed job: its output, or the
+/// error saying how it ended without one; `None` while it has not finished.
+fn typed<J: Job>(result: TaskResult) -> Result<Option<J::Output>> {
+    match result.status {
+        TaskStatus::Completed => {
+            let value = result.value.unwrap_or(serde_json::Value::Null);
+            serde_json::from_value(value)
+                .map(Some)
+                .map_err(|error| Error::Conflict {
+                    id: result.id.to_string(),
+                    reason: format!("its result is not a {} output: {error}", J::NAME),
+                })
+        }
+        TaskStatus::Failed | TaskStatus::Cancelled => Err(Error::TaskFailed {
+            id: result.id.to_string(),
+            status: result.status,
+            message: result
+                .error
+                .map(|e| e.message)
+                .unwrap_or_else(|| "it has no error recorded".into()),
+        }),
+        TaskStatus::Pending | TaskStatus::Running => Ok(None),
+    }
+}
+
+impl OmniQ {
+    /// Enqueues a typed job with its defaults ([`Job::QUEUE`],
+    /// [`Job::PRIORITY`], ...); the handle waits for its typed output.
+    pub async fn push<J: Job>(&self, job: J) -> Result<JobHandle<J>> {
+        self.job(&job)?.push().await
+    }
+
+    /// Starts a typed job with options: `.delay(..)`, `.queue(..)`,
+    /// `.unique_key(..)`, ..., then `.push().await`.
+    pub fn job<J: Job>(&self, job: &J) -> Result<JobBuilder<'_, J>> {
+        Ok(JobBuilder {
+            task: self.builder(job.to_task()?),
+            job: PhantomData,
+        })
+    }
+
+    /// The typed output of the job `id`: `Some` once it completed, `None`
+    /// while it waits or runs, [`Error::TaskFailed`] if it failed or was
+    /// cancelled.
+    pub async fn job_result<J: Job>(&self, id: TaskId) -> Result<Option<J::Output>> {
+        typed::<J>(self.result(id).await?)
+    }
+}
+
+/// A typed job being set up; see [`OmniQ::job`].
+#[must_use = "a job builder does nothing until .push() is awaited"]
+#[derive(Debug)]
+pub struct JobBuilder<'a, J: Job> {
+    task: TaskBuilder<'a>,
+    job: PhantomData<fn() -> J>,
+}
+
+impl<'a, J: Job> JobBuilder<'a, J> {
+    /// Not before `eta`.
+    pub fn eta(self, eta: OffsetDateTime) -> Self {
+        self.map(|t| t.eta(eta))
+    }
+
+    /// Not before `delay` from now.
+    pub fn delay(self, delay: Duration) -> Self {
+        self.map(|t| t.delay(delay))
+    }
+
+    /// Run again `interval` after each run ends.
+    pub fn interval(self, interval: Duration) -> Self {
+        self.map(|t| t.interval(interval))
+    }
+
+    /// Retry up to `max_retries` times after a failure.
+    pub fn max_retries(self, max_retries: u32) -> Self {
+        self.map(|t| t.max_retries(max_retries))
+    }
+
+    /// Cancel an attempt that runs longer than `timeout`.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.map(|t| t.timeout(timeout))
+    }
+
+    /// Into `queue` instead of [`Job::QUEUE`].
+    pub fn queue(self, queue: impl Into<String>) -> Self {
+        self.map(|t| t.queue(queue))
+    }
+
+    /// At `priority` instead of [`Job::PRIORITY`].
+    pub fn priority(self, priority: i16) -> Self {
+        self.map(|t| t.priority(priority))
+    }
+
+    /// Stored only if no pending or running task holds `key`; else the
+    /// handle is that task's.
+    pub fn unique_key(self, key: impl Into<String>) -> Self {
+        self.map(|t| t.unique_key(key))
+    }
+
+    fn map(self, change: impl FnOnce(TaskBuilder<'a>) -> TaskBuilder<'a>) -> Self {
+        JobBuilder {
+            task: change(self.task),
+            job: PhantomData,
+        }
+    }
+
+    /// Enqueues the job.
+    pub async fn push(self) -> Result<JobHandle<J>> {
+        let client = self.task.client().clone();
+        let id = self.task.enqueue().await?;
+        Ok(JobHandle {
+            id,
+            client,
+            job: PhantomData,
+        })
+    }
+}
+
+/// An enqueued job, to wait for its typed output.
+#[derive(Debug)]
+pub struct JobHandle<J: Job> {
+    id: TaskId,
+    client: OmniQ,
+    job: PhantomData<fn() -> J>,
+}
+
+impl<J: Job> Clone for JobHandle<J> {
+    fn clone(&self) -> Self {
+        JobHandle {
+            id: self.id,
+            client: self.client.clone(),
+            job: PhantomData,
+        }
+    }
+}
+
+impl<J: Job> JobHandle<J> {
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Waits until the job finishes (see [`OmniQ::wait_result`]) and gives its
+    /// typed output; [`Error::TaskFailed`] if it failed or was cancelled,
+    /// [`Error::Timeout`] after `timeout`.
+    pub async fn wait(&self, timeout: Duration) -> Result<J::Output> {
+        let result = self.client.wait_result(self.id, timeout).await?;
+        let id = result.id;
+        typed::<J>(result)?.ok_or_else(|| Error::Timeout {
+            id: id.to_string(),
+            waited: timeout,
+        })
+    }
+
+    /// The typed output now: `None` while the job waits or runs.
+    pub async fn result(&self) -> Result<Option<J::Output>> {
+        self.client.job_result::<J>(self.id).await
+    }
+}
+
+/// What a handler reaches through its context beyond the worker's own:
+/// the client of the pool it runs in, to enqueue follow-up work.
+pub trait ContextExt {
+    /// The client whose pool runs this task (`OmniQ::worker`), to enqueue
+    /// follow-up tasks or jobs; an error for a pool started without a client.
+    fn queue(&self) -> std::result::Result<&OmniQ, HandlerError>;
+}
+
+impl ContextExt for TaskContext {
+    fn queue(&self) -> std::result::Result<&OmniQ, HandlerError> {
+        self.data::<OmniQ>().ok_or_else(|| {
+            HandlerError::fatal(
+                "this pool was not started from an OmniQ client (OmniQ::worker), so its handlers have none",
+            )
+            .kind("no_client")
+        })
+    }
+}
