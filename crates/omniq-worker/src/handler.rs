@@ -177,6 +177,40 @@ impl<E: std::error::Error> From<E> for HandlerError {
     }
 }
 
+/// The error types a handler may return: [`HandlerError`] (which any
+/// `std::error::Error` converts into with `?`), `anyhow::Error`, and
+/// `Box<dyn Error + Send + Sync>`. The last two are retryable errors of kind
+/// `handler`, their message the error with its causes.
+pub trait IntoHandlerError: Send + 'static {
+    /// The error as the pool records it.
+    fn into_handler_error(self) -> HandlerError;
+}
+
+impl IntoHandlerError for HandlerError {
+    fn into_handler_error(self) -> HandlerError {
+        self
+    }
+}
+
+impl IntoHandlerError for anyhow::Error {
+    fn into_handler_error(self) -> HandlerError {
+        // `{:#}` keeps the chain of causes on one line.
+        HandlerError::retry(format!("{self:#}"))
+    }
+}
+
+impl IntoHandlerError for Box<dyn std::error::Error + Send + Sync> {
+    fn into_handler_error(self) -> HandlerError {
+        let mut message = self.to_string();
+        let mut cause = self.source();
+        while let Some(error) = cause {
+            message.push_str(&format!(": {error}"));
+            cause = error.source();
+        }
+        HandlerError::retry(message)
+    }
+}
+
 /// Why a call to a handler failed, as the pool sees it.
 pub(crate) enum Failure {
     /// The stored payload does not deserialize into the handler's type.
@@ -250,6 +284,36 @@ impl Registry {
         F: Fn(P, TaskContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
     {
+        self.register_any_error(func_path, handler)
+    }
+
+    /// Like [`Registry::register_with_context`], for handlers whose error
+    /// type is any [`IntoHandlerError`]: `anyhow::Error` or
+    /// `Box<dyn Error + Send + Sync>` as well as [`HandlerError`]. (The
+    /// plain registrations fix the error type to `HandlerError`, so a
+    /// closure's `?` and `Ok(..)` need no annotation.)
+    ///
+    /// ```
+    /// use omniq_worker::{Registry, TaskContext};
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.register_any_error("parse", |text: String, _ctx: TaskContext| async move {
+    ///     let n: i64 = text.parse()?;
+    ///     Ok::<_, anyhow::Error>(n)
+    /// });
+    /// ```
+    pub fn register_any_error<P, R, E, F, Fut>(
+        &mut self,
+        func_path: impl Into<String>,
+        handler: F,
+    ) -> &mut Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        E: IntoHandlerError,
+        F: Fn(P, TaskContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+    {
         let func_path = func_path.into();
         let name = func_path.clone();
         let erased = move |payload: Value, ctx: TaskContext| -> BoxFuture<'static, Result<Value, Failure>> {
@@ -272,7 +336,9 @@ impl Registry {
             };
             let call = handler(payload, ctx);
             Box::pin(async move {
-                let result = call.await.map_err(Failure::Handler)?;
+                let result = call
+                    .await
+                    .map_err(|error| Failure::Handler(error.into_handler_error()))?;
                 serde_json::to_value(result).map_err(|error| {
                     Failure::Handler(
                         HandlerError::fatal(format!(
@@ -315,5 +381,41 @@ impl Registry {
 
     pub(crate) fn get(&self, func_path: &str) -> Option<Arc<Erased>> {
         self.handlers.get(func_path).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anyhow_and_boxed_errors_keep_their_causes() {
+        let io = std::io::Error::other("disk gone");
+        let error = anyhow::Error::new(io).context("writing the report");
+        let recorded = error.into_handler_error();
+        assert_eq!(recorded.message, "writing the report: disk gone");
+        assert_eq!(
+            (recorded.kind.as_str(), recorded.retry),
+            ("handler", Retry::Backoff)
+        );
+
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("upload failed")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let boxed: Box<dyn std::error::Error + Send + Sync> =
+            Box::new(Outer(std::io::Error::other("connection reset")));
+        assert_eq!(
+            boxed.into_handler_error().message,
+            "upload failed: connection reset"
+        );
     }
 }

@@ -9,7 +9,7 @@ use omniq_core::{NewTask, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::handler::{HandlerError, Registry, TaskContext};
+use crate::handler::{HandlerError, IntoHandlerError, Registry, TaskContext};
 
 /// A job: its fields are the task's payload, [`Job::NAME`] the handler it is
 /// stored under (its `func_path`), and [`Job::run`] the handler.
@@ -26,6 +26,7 @@ use crate::handler::{HandlerError, Registry, TaskContext};
 ///     const QUEUE: &'static str = "emails";
 ///     const MAX_RETRIES: Option<u32> = Some(5);
 ///     type Output = String;
+///     type Error = HandlerError;
 ///
 ///     async fn run(self, _ctx: TaskContext) -> Result<String, HandlerError> {
 ///         Ok(format!("sent to {}", self.to))
@@ -55,9 +56,12 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     const TIMEOUT: Option<Duration> = None;
     /// What a run gives back, stored as the task's result.
     type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// What a failed run returns: [`HandlerError`] (retry or not, and when),
+    /// `anyhow::Error`, or `Box<dyn Error + Send + Sync>`, each working with `?`.
+    type Error: IntoHandlerError;
 
     /// Runs one attempt.
-    fn run(self, ctx: TaskContext) -> impl Future<Output = Result<Self::Output, HandlerError>> + Send;
+    fn run(self, ctx: TaskContext) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
     /// The new task that enqueues this job, with the job's defaults.
     fn to_task(&self) -> Result<NewTask> {
@@ -79,6 +83,6 @@ impl Registry {
     /// deserialized as `J` (a payload of another shape fails the task, naming
     /// the job) and [`Job::run`] runs it.
     pub fn job<J: Job>(&mut self) -> &mut Self {
-        self.register_with_context(J::NAME, |job: J, ctx: TaskContext| job.run(ctx))
+        self.register_any_error(J::NAME, |job: J, ctx: TaskContext| job.run(ctx))
     }
 }

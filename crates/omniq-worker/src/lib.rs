@@ -32,7 +32,7 @@ mod signals;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, StoreClock, SystemClock, TokioClock};
-pub use handler::{HandlerError, Registry, Retry, TaskContext};
+pub use handler::{HandlerError, IntoHandlerError, Registry, Retry, TaskContext};
 pub use job::Job;
 pub use pool::{Pool, PoolConfig, PoolStats, ShutdownReport, WorkerPool};
 pub use signals::{Signals, TaskWatch};

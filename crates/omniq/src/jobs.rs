@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use omniq_core::{Error, Result, TaskId, TaskResult, TaskStatus};
-use omniq_worker::{HandlerError, Job, TaskContext};
+use omniq_worker::{Job, TaskContext};
 use time::OffsetDateTime;
 
 use crate::client::{OmniQ, TaskBuilder};
@@ -176,17 +176,19 @@ impl<J: Job> JobHandle<J> {
 /// the client of the pool it runs in, to enqueue follow-up work.
 pub trait ContextExt {
     /// The client whose pool runs this task (`OmniQ::worker`), to enqueue
-    /// follow-up tasks or jobs; an error for a pool started without a client.
-    fn queue(&self) -> std::result::Result<&OmniQ, HandlerError>;
+    /// follow-up tasks or jobs; [`Error::Unsupported`] for a pool started
+    /// without a client. The error works with `?` in handlers returning
+    /// `HandlerError`, `anyhow::Error` or a boxed error alike.
+    fn queue(&self) -> Result<&OmniQ>;
 }
 
 impl ContextExt for TaskContext {
-    fn queue(&self) -> std::result::Result<&OmniQ, HandlerError> {
+    fn queue(&self) -> Result<&OmniQ> {
         self.data::<OmniQ>().ok_or_else(|| {
-            HandlerError::fatal(
-                "this pool was not started from an OmniQ client (OmniQ::worker), so its handlers have none",
+            Error::Unsupported(
+                "this pool was not started from an OmniQ client (OmniQ::worker), so its handlers have none"
+                    .into(),
             )
-            .kind("no_client")
         })
     }
 }

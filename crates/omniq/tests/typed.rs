@@ -31,6 +31,7 @@ impl Job for Add {
     const PRIORITY: i16 = 3;
     const MAX_RETRIES: Option<u32> = Some(1);
     type Output = Sum;
+    type Error = HandlerError;
 
     async fn run(self, ctx: TaskContext) -> Result<Sum, HandlerError> {
         Ok(Sum {
@@ -57,11 +58,12 @@ impl Job for Fanout {
     const NAME: &'static str = "typed.fanout";
     const QUEUE: &'static str = "math";
     type Output = String;
+    type Error = anyhow::Error;
 
-    async fn run(self, ctx: TaskContext) -> Result<String, HandlerError> {
+    async fn run(self, ctx: TaskContext) -> Result<String, anyhow::Error> {
         let seen = ctx
             .data::<Arc<Seen>>()
-            .ok_or_else(|| HandlerError::fatal("no shared state"))?;
+            .ok_or_else(|| anyhow::anyhow!("no shared state"))?;
         seen.followups.fetch_add(1, Ordering::SeqCst);
         let next = ctx.queue()?.push(Add { a: self.n, b: self.n }).await?;
         Ok(next.id().to_string())
@@ -78,8 +80,9 @@ impl Job for Slow {
     const MAX_RETRIES: Option<u32> = Some(0);
     const TIMEOUT: Option<Duration> = Some(Duration::from_millis(200));
     type Output = ();
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    async fn run(self, ctx: TaskContext) -> Result<(), HandlerError> {
+    async fn run(self, ctx: TaskContext) -> Result<(), Self::Error> {
         assert!(ctx.deadline.is_some());
         let token = ctx.cancellation_token();
         let seen = ctx.data::<Arc<Seen>>().cloned();
