@@ -9,7 +9,7 @@ use omniq_core::{NewTask, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::handler::{HandlerError, IntoHandlerError, Registry, TaskContext};
+use crate::handler::{IntoHandlerError, Registry, TaskContext};
 
 /// A job: its fields are the task's payload, [`Job::NAME`] the handler it is
 /// stored under (its `func_path`), and [`Job::run`] the handler.
@@ -56,7 +56,7 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     const TIMEOUT: Option<Duration> = None;
     /// What a run gives back, stored as the task's result.
     type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// What a failed run returns: [`HandlerError`] (retry or not, and when),
+    /// What a failed run returns: [`HandlerError`](crate::HandlerError) (retry or not, and when),
     /// `anyhow::Error`, or `Box<dyn Error + Send + Sync>`, each working with `?`.
     type Error: IntoHandlerError;
 
