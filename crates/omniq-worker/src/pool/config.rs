@@ -16,7 +16,7 @@ pub struct PoolConfig {
     pub queues: Vec<(String, usize)>,
     /// How often an idle pool looks for tasks enqueued by other processes or
     /// coming due (default 500 ms). Tasks enqueued through the same
-    /// [`Signals`] start at once.
+    /// [`Signals`](crate::Signals) start at once.
     pub poll_interval: Duration,
     /// How long a claim lasts without renewal (default 30 s). A worker that dies
     /// holds its tasks this long before others take them over.
