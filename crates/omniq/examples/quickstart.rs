@@ -1,5 +1,6 @@
-//! The quickstart: enqueue tasks with an eta, an interval, retries and a
-//! timeout, run a worker pool, print what happened, and exit.
+//! The quickstart: push a typed job whose handler enqueues a follow-up job,
+//! enqueue tasks with an eta, an interval, retries and a timeout, run a
+//! worker pool, print what happened, and exit.
 //!
 //! ```sh
 //! cargo run --release --example quickstart                       # file store in ./omniq_data
@@ -13,9 +14,56 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omniq::{Backoff, HandlerError, OmniQ, Registry, Settings, StoreUrl, TaskContext, TaskId, TaskResult};
+use omniq::{
+    Backoff, ContextExt, HandlerError, Job, OmniQ, Registry, Settings, StoreUrl, TaskContext, TaskId,
+    TaskResult,
+};
+use serde::{Deserialize, Serialize};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// A typed job: its fields are the payload, `NAME` the handler it is stored
+/// under, and `run` the handler; the compiler links the two.
+#[derive(Serialize, Deserialize)]
+struct Invoice {
+    customer: String,
+    cents: u64,
+}
+
+impl Job for Invoice {
+    const NAME: &'static str = "billing.invoice";
+    type Output = String;
+    type Error = HandlerError;
+
+    async fn run(self, ctx: TaskContext) -> Result<String, HandlerError> {
+        let number = format!("INV-{}", ctx.id.to_string().split('-').next().unwrap_or("0"));
+        // Follow-up work, enqueued from the handler through its pool's client.
+        ctx.queue()?
+            .push(Receipt {
+                to: self.customer.clone(),
+                number: number.clone(),
+            })
+            .await?;
+        Ok(format!("{number}: {} cents for {}", self.cents, self.customer))
+    }
+}
+
+/// The follow-up job an invoice enqueues.
+#[derive(Serialize, Deserialize)]
+struct Receipt {
+    to: String,
+    number: String,
+}
+
+impl Job for Receipt {
+    const NAME: &'static str = "billing.receipt";
+    type Output = String;
+    type Error = HandlerError;
+
+    async fn run(self, _ctx: TaskContext) -> Result<String, HandlerError> {
+        Ok(format!("receipt {} sent to {}", self.number, self.to))
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let heartbeats = Arc::new(AtomicU32::new(0));
     let mut registry = Registry::new();
+    registry.job::<Invoice>().job::<Receipt>();
     registry.register("math.add", |(a, b): (i64, i64)| async move {
         Ok::<_, HandlerError>(a + b)
     });
@@ -63,6 +112,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start()?;
 
     let started = Instant::now();
+    let invoice = queue
+        .push(Invoice {
+            customer: "ada@example.com".into(),
+            cents: 4200,
+        })
+        .await?;
     let add = queue.enqueue("math.add", &(2, 3)).await?;
     let report = queue
         .task("report.daily", "2026-11-28")?
@@ -85,7 +140,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .interval(Duration::from_millis(300))
         .enqueue()
         .await?;
-    println!("enqueued 5 tasks");
+    println!("pushed 1 typed job, enqueued 5 tasks");
+
+    // Typed all the way: the output is a `String`, as `Invoice::Output` says.
+    let issued: String = invoice.wait(WAIT).await?;
+    println!("{:>14}  (typed job): {issued}", "billing.invoice");
+    let receipts = queue
+        .list(Default::default())
+        .await?
+        .into_iter()
+        .filter(|t| t.func_path == Receipt::NAME)
+        .map(|t| t.id)
+        .collect::<Vec<_>>();
+    for id in receipts {
+        queue.wait_result(id, WAIT).await?;
+        if let Some(sent) = queue.job_result::<Receipt>(id).await? {
+            println!(
+                "{:>14}  (follow-up enqueued by the invoice): {sent}",
+                "billing.receipt"
+            );
+        }
+    }
 
     show("math.add", "2 + 3", &queue.wait_result(add, WAIT).await?);
     let result = queue.wait_result(report, WAIT).await?;
