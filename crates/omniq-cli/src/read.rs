@@ -249,6 +249,14 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
             output::relative(lease.expires_at, now)
         );
     }
+    if let Some(progress) = &task.progress {
+        out!(
+            "progress     {:.0}% {} ({})",
+            progress.fraction * 100.0,
+            progress.message,
+            output::relative(progress.at, now)
+        );
+    }
     if let Some(error) = &task.error {
         out!(
             "error        [{}] {} (attempt {}, {})",

@@ -43,6 +43,6 @@ pub use storage::{
     Storage, StorageExt,
 };
 pub use task::{
-    cancel_in_scope, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Task, TaskError, TaskId,
-    TaskResult, TaskStatus,
+    cancel_in_scope, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Progress, Task, TaskError,
+    TaskId, TaskResult, TaskStatus,
 };

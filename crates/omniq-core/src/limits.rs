@@ -165,6 +165,9 @@ pub fn check_record(task: &Task) -> Result<()> {
             check_time(what, time).map_err(named)?;
         }
     }
+    if let Some(progress) = &task.progress {
+        progress.check().map_err(named)?;
+    }
     for (what, duration) in [("interval", task.interval), ("timeout", task.timeout)] {
         if let Some(duration) = duration {
             check_duration(what, duration).map_err(named)?;

@@ -13,7 +13,7 @@ use crate::queue::{holds_key, split_duplicates, Enqueued, QueueStats};
 use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
-use crate::task::{cancel_in_scope, CancelScope, Finished, Task, TaskId, TaskStatus};
+use crate::task::{cancel_in_scope, CancelScope, Finished, Progress, Task, TaskId, TaskStatus};
 
 /// A [`Storage`] that keeps every task in memory, behind one lock.
 ///
@@ -131,6 +131,15 @@ impl Storage for MemoryStorage {
             inner.put(task);
         }
         Ok(answers)
+    }
+
+    async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
+        progress.check()?;
+        let mut inner = self.lock();
+        Ok(inner
+            .tasks
+            .get_mut(&lease.id)
+            .is_some_and(|task| task.set_progress(lease.token, progress)))
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {

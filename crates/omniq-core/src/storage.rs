@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::queue::{Enqueued, QueueStats};
 use crate::settings::Settings;
-use crate::task::{LeaseToken, NewTask, Outcome, Task, TaskId, TaskResult, TaskStatus};
+use crate::task::{LeaseToken, NewTask, Outcome, Progress, Task, TaskId, TaskResult, TaskStatus};
 
 /// The most tasks one [`Storage::requeue_expired`] call hands back, so one
 /// pass over a store with a flood of expired leases stays short; the next
@@ -239,6 +239,14 @@ pub trait Storage: Send + Sync + Debug {
         lease_for: Duration,
         now: OffsetDateTime,
     ) -> Result<Vec<RenewOutcome>>;
+
+    /// Records how far a running attempt has got ([`Task::set_progress`]),
+    /// if `lease` is still its current claim: `true` when stored, `false`
+    /// (and nothing written) when the claim is no longer current or the task
+    /// is unknown. Values out of range ([`Progress::check`]) are an
+    /// [`Error::InvalidConfig`]. The progress shows in the task's record
+    /// until the task stops running.
+    async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool>;
 
     /// Ends claims, applying each outcome with [`Task::finish`], which answers
     /// [`FinishOutcome::LeaseLost`] and writes nothing when the claim is no

@@ -4,6 +4,7 @@
 mod id;
 mod new_task;
 mod outcome;
+mod progress;
 mod status;
 mod transitions;
 
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 pub use id::{LeaseToken, TaskId};
 pub use new_task::NewTask;
 pub use outcome::{Finished, Outcome};
+pub use progress::{Progress, MAX_PROGRESS_MESSAGE};
 pub use status::TaskStatus;
 pub use transitions::{cancel_in_scope, CancelScope};
 
@@ -124,6 +126,10 @@ pub struct Task {
     /// with the same key stores nothing; see [`crate::Storage::enqueue`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_key: Option<String>,
+    /// How far the running attempt has got, as its handler last reported
+    /// ([`crate::Storage::set_progress`]); dropped when the task stops running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 /// What a user reads back about a task's outcome.

@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListQuery, QueueStats, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task, TaskId,
+    ListQuery, Progress, QueueStats, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task,
+    TaskId,
 };
 use time::OffsetDateTime;
 
@@ -180,6 +181,12 @@ impl Storage for FileStorage {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
         self.writable()?;
         self.run(move |store| store.claim(request)).await
+    }
+
+    async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
+        self.writable()?;
+        progress.check()?;
+        self.run(move |store| store.set_progress(lease, progress)).await
     }
 
     async fn renew(

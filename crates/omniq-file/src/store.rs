@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use omniq_core::queue::split_duplicates;
 use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome,
-    Finished, Lease, LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Task, TaskId,
-    TaskStatus,
+    Finished, Lease, LeaseRef, ListOrder, ListQuery, Progress, RenewOutcome, Result, StatusCounts, Task,
+    TaskId, TaskStatus,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

@@ -21,7 +21,8 @@ use std::time::Duration;
 use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
-    LeaseRef, ListOrder, ListQuery, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId, TaskStatus,
+    LeaseRef, ListOrder, ListQuery, Progress, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId,
+    TaskStatus,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -272,6 +273,25 @@ impl Storage for PostgresStorage {
         }
         claimed.sort_by_key(omniq_core::queue::claim_order);
         Ok(claimed)
+    }
+
+    async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
+        self.writable()?;
+        progress.check()?;
+        let progress = &progress;
+        Ok(in_transaction!(self, |tx| {
+            let Some(mut task) = rows::load(&self.s, &mut tx, &[lease.id.to_string()], true)
+                .await?
+                .pop()
+            else {
+                return Ok(false);
+            };
+            if !task.set_progress(lease.token, progress.clone()) {
+                return Ok(false);
+            }
+            rows::save(&self.s, &mut tx, &[task], false).await?;
+            Ok(true)
+        }))
     }
 
     async fn renew(

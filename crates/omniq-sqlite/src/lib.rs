@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListOrder, ListQuery, QueueStats, QueueTally, RenewOutcome, Result, Serializer, Settings, StatusCounts,
-    Storage, Task, TaskId, TaskStatus,
+    ListOrder, ListQuery, Progress, QueueStats, QueueTally, RenewOutcome, Result, Serializer, Settings,
+    StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -236,9 +236,9 @@ impl SqliteStorage {
         if version < schema::CURRENT_VERSION {
             // An older database is read as it is, through views that show it
             // in this build's layout.
-            readers = readers.after_connect(|conn, _| {
+            readers = readers.after_connect(move |conn, _| {
                 Box::pin(async move {
-                    conn.execute(schema::OLDER_AS_CURRENT).await?;
+                    conn.execute(schema::older_as_current(version).as_str()).await?;
                     Ok(())
                 })
             });
@@ -502,6 +502,11 @@ impl Storage for SqliteStorage {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
         self.write(|reply| Op::Claim(request, reply)).await
+    }
+
+    async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
+        progress.check()?;
+        self.write(|reply| Op::Progress(lease, progress, reply)).await
     }
 
     async fn renew(

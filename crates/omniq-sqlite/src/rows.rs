@@ -26,7 +26,8 @@ use crate::writer::Session;
 pub const TASK_JSON: &str =
     "json_array(t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
      t.max_retries, t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, \
-     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at, t.queue, t.priority, t.unique_key)";
+     t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at, t.queue, t.priority, t.unique_key, \
+     rn.progress)";
 
 /// The joins that gather one task from its tables.
 pub const TASK_FROM: &str =
@@ -101,6 +102,8 @@ struct RowOut {
     priority: i64,
     finished_at: Option<i64>,
     lease: Option<(String, String, i64)>,
+    /// The running attempt's progress, as JSON, kept in `running`.
+    progress: Option<String>,
     value: Option<String>,
     error: Option<String>,
 }
@@ -161,6 +164,7 @@ impl RowOut {
                 )),
                 None => None,
             },
+            progress: task.progress.as_ref().map(serde_json::to_string).transpose()?,
             value: task.result.as_ref().map(serde_json::to_string).transpose()?,
             error: task.error.as_ref().map(serde_json::to_string).transpose()?,
         })
@@ -255,8 +259,8 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
         .filter_map(|r| r.lease.as_ref().map(|lease| (r, lease)))
         .collect();
     command.insert(
-        "INSERT INTO running (id, worker_id, token, expires_at)",
-        4,
+        "INSERT INTO running (id, worker_id, token, expires_at, progress)",
+        5,
         running,
         |(r, (worker, token, expires)), v| {
             v.extend([
@@ -264,6 +268,7 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
                 worker.clone().into(),
                 token.clone().into(),
                 (*expires).into(),
+                r.progress.clone().into(),
             ])
         },
     );
@@ -320,6 +325,7 @@ struct RowIn {
     queue: String,
     priority: i16,
     unique_key: Option<String>,
+    progress: Option<String>,
 }
 
 /// A stored row that does not make a task (damaged by hand, or written by
@@ -444,6 +450,11 @@ fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
         queue: row.queue,
         priority: row.priority,
         unique_key: row.unique_key,
+        progress: row
+            .progress
+            .map(|v| serde_json::from_str(&v))
+            .transpose()
+            .map_err(|e| bad("progress", &e))?,
     })
 }
 

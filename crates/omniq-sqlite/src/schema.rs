@@ -143,18 +143,37 @@ pub const MIGRATIONS: &[&str] = &[
         DELETE FROM results WHERE id = OLD.id;
     END;
     "#,
+    // v5: the running attempt's progress, kept with its claim in `running`,
+    // so it goes when the task stops running.
+    r#"
+    ALTER TABLE running ADD COLUMN progress TEXT;
+    "#,
 ];
 
-/// What a connection that only reads runs on a database older than version
-/// 4, so the reads of this build work on it unchanged: temporary views (which
-/// take precedence over the database's own tables of the same name) add the
-/// columns of queues, priorities and unique keys with the values a migration
-/// would give, and an empty table stands for the paused queues.
-pub const OLDER_AS_CURRENT: &str = "\
-    CREATE TEMP VIEW IF NOT EXISTS tasks AS \
-        SELECT *, 'default' AS queue, 0 AS priority, NULL AS unique_key FROM main.tasks; \
-    CREATE TEMP VIEW IF NOT EXISTS pending AS SELECT *, 'default' AS queue, 0 AS priority FROM main.pending; \
-    CREATE TEMP TABLE IF NOT EXISTS paused_queues (name TEXT PRIMARY KEY NOT NULL)";
+/// What a connection that only reads runs on a database of an older
+/// `version`, so the reads of this build work on it unchanged: temporary
+/// views (which take precedence over the database's own tables of the same
+/// name) add the columns later versions added, with the values a migration
+/// would give: before version 4, queues, priorities and unique keys (and an
+/// empty table stands for the paused queues); before version 5, progress.
+pub fn older_as_current(version: i64) -> String {
+    let mut sql = String::new();
+    if version < 4 {
+        sql.push_str(
+            "CREATE TEMP VIEW IF NOT EXISTS tasks AS \
+                 SELECT *, 'default' AS queue, 0 AS priority, NULL AS unique_key FROM main.tasks; \
+             CREATE TEMP VIEW IF NOT EXISTS pending AS \
+                 SELECT *, 'default' AS queue, 0 AS priority FROM main.pending; \
+             CREATE TEMP TABLE IF NOT EXISTS paused_queues (name TEXT PRIMARY KEY NOT NULL); ",
+        );
+    }
+    if version < 5 {
+        sql.push_str(
+            "CREATE TEMP VIEW IF NOT EXISTS running AS SELECT *, NULL AS progress FROM main.running;",
+        );
+    }
+    sql
+}
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -25,7 +25,7 @@ use futures::FutureExt;
 use omniq_core::queue::split_duplicates;
 use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Enqueued, Error, Finish, FinishOutcome, Finished, LeaseRef,
-    LeaseToken, Outcome, RenewOutcome, Result, Task, TaskId, TaskStatus,
+    LeaseToken, Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};
@@ -40,7 +40,7 @@ mod ops;
 
 use merge::{apply_merged, merged};
 pub use ops::setup;
-use ops::{cancel, claim, enqueue, finish, purge, renew, requeue_expired, retry, set_paused};
+use ops::{cancel, claim, enqueue, finish, progress, purge, renew, requeue_expired, retry, set_paused};
 
 /// The most changes one transaction takes, so a flood of callers still gets
 /// answers in bounded time.
@@ -53,6 +53,7 @@ pub enum Op {
     Enqueue(Vec<Task>, Reply<Vec<Enqueued>>),
     Claim(ClaimRequest, Reply<Vec<Task>>),
     Renew(Vec<LeaseRef>, Duration, OffsetDateTime, Reply<Vec<RenewOutcome>>),
+    Progress(LeaseRef, Progress, Reply<bool>),
     Finish(Vec<Finish>, OffsetDateTime, Reply<Vec<FinishOutcome>>),
     Cancel(TaskId, OffsetDateTime, Reply<Vec<TaskId>>),
     Retry(TaskId, OffsetDateTime, Reply<()>),
@@ -304,6 +305,7 @@ fn fail(op: Op, message: &str) -> Answer {
         Op::Retry(_, _, r) | Op::SetPaused(_, _, r) | Op::Panic(r) => answer(r, Err(error())),
         Op::Claim(_, r) => answer(r, Err(error())),
         Op::Renew(_, _, _, r) => answer(r, Err(error())),
+        Op::Progress(_, _, r) => answer(r, Err(error())),
         Op::Finish(_, _, r) => answer(r, Err(error())),
         Op::Cancel(_, _, r) | Op::RequeueExpired(_, r) => answer(r, Err(error())),
         Op::Purge(_, r) => answer(r, Err(error())),
@@ -329,6 +331,7 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::Enqueue(tasks, reply) => done(reply, enqueue(conn, tasks).await),
         Op::Claim(request, reply) => done(reply, claim(conn, db, request).await),
         Op::Renew(leases, lease_for, now, reply) => done(reply, renew(conn, &leases, lease_for, now).await),
+        Op::Progress(lease, report, reply) => done(reply, progress(conn, lease, &report).await),
         Op::Finish(finishes, now, reply) => done(reply, finish(conn, db, finishes, now).await),
         Op::Cancel(id, now, reply) => done(reply, cancel(conn, db, id, now).await),
         Op::Retry(id, now, reply) => done(reply, retry(conn, db, id, now).await),

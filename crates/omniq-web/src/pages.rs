@@ -364,6 +364,14 @@ pub(crate) async fn task(Extract(app): Extract<State>, Path(id): Path<String>) -
             @if let Some(lease) = &t.lease {
                 dt { "Lease" } dd { "worker " (lease.worker_id) ", expires " (ago(lease.expires_at, now)) }
             }
+            @if let Some(progress) = &t.progress {
+                dt { "Progress" }
+                dd #progress {
+                    progress max="1" value=(progress.fraction) {}
+                    " " (format!("{:.0}%", progress.fraction * 100.0)) " " (progress.message)
+                    " (" (ago(progress.at, now)) ")"
+                }
+            }
         }
         h2 { "Arguments" }
         pre #args { (json_block(&t.args)) }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use omniq_core::{Task, TaskId};
+use omniq_core::{LeaseRef, LeaseToken, Progress, Storage, Task, TaskId};
+
+use crate::clock::Clock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -37,6 +39,22 @@ pub struct TaskContext {
     pub deadline: Option<tokio::time::Instant>,
     cancel: CancellationToken,
     data: Arc<DataMap>,
+    /// Where progress reports go: the store, this claim, and the pool's clock.
+    reports: Reporter,
+}
+
+/// What a context needs to record progress.
+#[derive(Clone)]
+pub(crate) struct Reporter {
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) token: LeaseToken,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reporter").field("token", &self.token).finish()
+    }
 }
 
 /// Shared state registered with [`Registry::data`], by type.
@@ -62,6 +80,21 @@ impl TaskContext {
         self.cancel.clone()
     }
 
+    /// Records how far this attempt has got: `fraction` from 0 to 1 and what
+    /// it is doing. It is stored on the task while it runs (`omniq show`, the
+    /// dashboard) and dropped when the task stops running. `Ok(false)` when
+    /// the claim is no longer this attempt's; an out-of-range fraction or a
+    /// message past [`omniq_core::task::MAX_PROGRESS_MESSAGE`] characters is
+    /// an error.
+    pub async fn progress(&self, fraction: f64, message: impl Into<String>) -> omniq_core::Result<bool> {
+        let report = Progress::new(fraction, message, self.reports.clock.now())?;
+        let lease = LeaseRef {
+            id: self.id,
+            token: self.reports.token,
+        };
+        self.reports.storage.set_progress(lease, report).await
+    }
+
     /// The shared state of type `T` registered with [`Registry::data`] (a
     /// database pool, an HTTP client, configuration); `None` if none was.
     pub fn data<T: Send + Sync + 'static>(&self) -> Option<&T> {
@@ -79,6 +112,7 @@ impl TaskContext {
         worker_id: &str,
         cancel: CancellationToken,
         data: Arc<DataMap>,
+        reports: Reporter,
     ) -> Self {
         TaskContext {
             id: task.id,
@@ -93,6 +127,7 @@ impl TaskContext {
                 .and_then(|limit| tokio::time::Instant::now().checked_add(limit)),
             cancel,
             data,
+            reports,
         }
     }
 }

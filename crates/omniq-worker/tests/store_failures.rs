@@ -38,6 +38,13 @@ impl Storage for PanicsOnce {
     async fn claim(&self, request: ClaimRequest) -> omniq_core::Result<Vec<Task>> {
         self.inner.claim(request).await
     }
+    async fn set_progress(
+        &self,
+        lease: omniq_core::LeaseRef,
+        progress: omniq_core::Progress,
+    ) -> omniq_core::Result<bool> {
+        self.inner.set_progress(lease, progress).await
+    }
     async fn renew(
         &self,
         leases: &[omniq_core::LeaseRef],

@@ -7,8 +7,9 @@ use serde_json::json;
 
 use super::scenarios::*;
 use super::Scenario;
+use crate::error::Error;
 use crate::storage::{Finish, FinishOutcome, LeaseRef, RenewOutcome, Storage};
-use crate::task::{Outcome, TaskError, TaskId, TaskStatus};
+use crate::task::{LeaseToken, Outcome, Progress, TaskError, TaskId, TaskStatus};
 
 scenarios![
     complete_stores_the_result,
@@ -27,6 +28,7 @@ scenarios![
     live_leases_are_not_requeued,
     old_owner_cannot_finish_after_requeue,
     expired_lease_without_retries_fails,
+    progress_is_kept_for_the_current_claim_only,
 ];
 
 async fn complete_stores_the_result(store: &dyn Storage) {
@@ -344,4 +346,64 @@ async fn expired_lease_without_retries_fails(store: &dyn Storage) {
     assert_eq!(task.status, TaskStatus::Failed);
     assert_eq!(task.error.unwrap().kind, "lease_expired");
     assert_eq!(task.finished_at, Some(at(60_000)));
+}
+
+/// A running attempt's progress is stored for its current claim only,
+/// survives renewals, and goes when the task stops running.
+async fn progress_is_kept_for_the_current_claim_only(store: &dyn Storage) {
+    let id = enqueue_one(store, new("p")).await;
+    let other = enqueue_one(store, new("q")).await;
+    let claimed = claim_one(store, at(1)).await;
+    assert_eq!(claimed.id, id);
+    let lease = LeaseRef {
+        id,
+        token: claimed.lease.as_ref().unwrap().token,
+    };
+    let half = Progress::new(0.5, "halfway: 50 of 100 rows", at(2)).unwrap();
+    assert!(store.set_progress(lease, half.clone()).await.unwrap());
+    assert_eq!(get(store, id).await.progress, Some(half.clone()));
+
+    // Another token, a task not running, an unknown task: refused, nothing written.
+    let stranger = LeaseRef {
+        id,
+        token: LeaseToken::new(),
+    };
+    let late = Progress::new(0.9, "not mine", at(3)).unwrap();
+    assert!(!store.set_progress(stranger, late.clone()).await.unwrap());
+    let pending = LeaseRef {
+        id: other,
+        token: lease.token,
+    };
+    assert!(!store.set_progress(pending, late.clone()).await.unwrap());
+    let unknown = LeaseRef {
+        id: TaskId::new(),
+        token: lease.token,
+    };
+    assert!(!store.set_progress(unknown, late.clone()).await.unwrap());
+    assert_eq!(get(store, id).await.progress, Some(half.clone()));
+    assert_eq!(get(store, other).await.progress, None);
+
+    // Values out of range are refused.
+    let mut wrong = half.clone();
+    wrong.fraction = 1.5;
+    assert!(matches!(
+        store.set_progress(lease, wrong.clone()).await,
+        Err(Error::InvalidConfig { .. })
+    ));
+    wrong.fraction = f64::NAN;
+    assert!(matches!(
+        store.set_progress(lease, wrong).await,
+        Err(Error::InvalidConfig { .. })
+    ));
+
+    // A renewal keeps it; a later report replaces it; the finish drops it.
+    store.renew(&[lease], LEASE, at(4)).await.unwrap();
+    assert_eq!(get(store, id).await.progress, Some(half));
+    let most = Progress::new(0.99, "almost", at(5)).unwrap();
+    assert!(store.set_progress(lease, most.clone()).await.unwrap());
+    assert_eq!(get(store, id).await.progress, Some(most.clone()));
+    finish(store, &claimed, complete(json!(1)), at(6)).await;
+    let done = get(store, id).await;
+    assert_eq!((done.status, done.progress), (TaskStatus::Completed, None));
+    assert!(!store.set_progress(lease, most).await.unwrap());
 }

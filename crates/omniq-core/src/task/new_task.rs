@@ -168,6 +168,7 @@ impl NewTask {
             queue: self.queue.unwrap_or_else(crate::queue::default_queue),
             priority: self.priority,
             unique_key: self.unique_key,
+            progress: None,
         };
         limits::check_record(&task)?;
         Ok(task)

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{Finished, Lease, LeaseToken, Outcome, Task, TaskError, TaskId, TaskResult, TaskStatus};
+use super::{
+    Finished, Lease, LeaseToken, Outcome, Progress, Task, TaskError, TaskId, TaskResult, TaskStatus,
+};
 use crate::error::{Error, Result};
 use crate::limits::{self, later};
 
@@ -54,9 +56,23 @@ impl Task {
                 format!("cannot move from {} to {}", self.status, to),
             ));
         }
+        // Progress belongs to the running attempt.
+        if self.status == TaskStatus::Running {
+            self.progress = None;
+        }
         self.status = to;
         self.updated_at = now;
         Ok(())
+    }
+
+    /// Records `progress` on this running task if `token` names its current
+    /// claim; `false` (and no change) when it does not.
+    pub fn set_progress(&mut self, token: LeaseToken, progress: Progress) -> bool {
+        if !self.holds_lease(token) {
+            return false;
+        }
+        self.progress = Some(progress);
+        true
     }
 
     /// Claims this pending task for `worker_id` until `now + lease_for`: one more
@@ -231,6 +247,7 @@ impl Task {
             queue: self.queue.clone(),
             priority: self.priority,
             unique_key: self.unique_key.clone(),
+            progress: None,
         })
     }
 }

@@ -138,6 +138,26 @@ impl Store {
         })
     }
 
+    /// Records progress in the record of a task running under `lease`, the
+    /// running entry saying which claim is current.
+    pub fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
+        self.locked(|state| {
+            match self.read_lease(lease.id) {
+                Some(current) if current.token == lease.token => {}
+                _ => return Ok(false),
+            }
+            let Loaded::Found(old) = self.load(lease.id)? else {
+                return Ok(false);
+            };
+            let mut task = old.clone();
+            if !task.set_progress(lease.token, progress) {
+                return Ok(false);
+            }
+            self.apply(state, vec![Save { task, old: Some(old) }], Vec::new())?;
+            Ok(true)
+        })
+    }
+
     pub fn finish(&self, finishes: Vec<Finish>, now: OffsetDateTime) -> Result<Vec<FinishOutcome>> {
         self.locked(|state| {
             // Tasks as this batch has changed them so far, with their stored state.

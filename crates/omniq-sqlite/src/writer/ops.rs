@@ -178,6 +178,22 @@ pub(super) async fn renew(
         .collect())
 }
 
+/// Records a running attempt's progress in its `running` row, which exists
+/// exactly while the task runs under that token (and goes with the claim).
+pub(super) async fn progress(s: &mut Session<'_>, lease: LeaseRef, report: &Progress) -> Result<bool> {
+    // `RETURNING`, as the count of changed rows of a command that also
+    // begins the transaction is not this statement's alone.
+    let sql = s.sql("UPDATE running SET progress = ?1 WHERE id = ?2 AND token = ?3 RETURNING id");
+    let done: Option<String> = sqlx::query_scalar(&sql)
+        .bind(serde_json::to_string(report)?)
+        .bind(lease.id.to_string())
+        .bind(lease.token.to_string())
+        .fetch_optional(s.conn())
+        .await
+        .map_err(sql_error)?;
+    Ok(done.is_some())
+}
+
 /// The common finish, as one command: tasks that completed, none of them an
 /// interval task (whose next occurrence needs `Task::finish`). `CROSS JOIN`
 /// keeps SQLite from scanning a table once per given task. It makes the

@@ -152,6 +152,11 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
         &shared.config.worker_id,
         cancel.clone(),
         shared.data.clone(),
+        crate::handler::Reporter {
+            storage: shared.storage.clone(),
+            token: lease.token,
+            clock: shared.clock.clone(),
+        },
     );
     // The handler runs in a task of its own, so a panic ends only that task and
     // a timeout can drop it.
