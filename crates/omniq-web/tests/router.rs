@@ -26,6 +26,7 @@ struct Seeded {
     failed: TaskId,
     completed: TaskId,
     pending: TaskId,
+    running: TaskId,
 }
 
 async fn seed(store: &dyn Storage) -> Seeded {
@@ -91,11 +92,18 @@ async fn seed(store: &dyn Storage) -> Seeded {
         )
         .await
         .unwrap();
+    let report = omniq_core::Progress::new(0.25, format!("step 1 of 4 {XSS}"), now).unwrap();
+    let lease = omniq_core::LeaseRef {
+        id: ids[4],
+        token: token(ids[4]),
+    };
+    assert!(store.set_progress(lease, report).await.unwrap());
     store.set_paused("reports", true).await.unwrap();
     Seeded {
         failed: ids[0],
         completed: ids[1],
         pending: ids[5],
+        running: ids[4],
     }
 }
 
@@ -242,6 +250,10 @@ async fn every_page_and_api_route_answers_on_every_backend() {
         assert!(detail.body.contains("&lt;script&gt;"), "{backend}");
         assert!(detail.body.contains("bad address") && detail.body.contains("not retryable"));
         assert!(detail.body.contains("Retry"), "a failed task offers a retry");
+        // A running task's progress, its message escaped.
+        let running = send(&app, get(&format!("/tasks/{}", seeded.running))).await;
+        assert!(running.body.contains("Progress") && running.body.contains("25%"), "{backend}");
+        assert!(running.body.contains("step 1 of 4 &lt;script&gt;"), "{backend}");
         let done = send(&app, get(&format!("/tasks/{}", seeded.completed))).await;
         assert!(done.body.contains("&quot;pages&quot;: 12") || done.body.contains("\"pages\": 12"));
         assert_eq!(
