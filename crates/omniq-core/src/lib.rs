@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod batch;
 pub mod error;
 pub mod limits;
 mod memory;

@@ -156,37 +156,9 @@ impl PostgresStorage {
     ) -> Result<Vec<FinishOutcome>> {
         Ok(in_transaction!(self, |tx| {
             let ids: Vec<String> = finishes.iter().map(|f| f.id.to_string()).collect();
-            let mut tasks: HashMap<TaskId, Task> = self
-                .load_locking_series(&mut tx, &ids)
-                .await?
-                .into_iter()
-                .map(|t| (t.id, t))
-                .collect();
-            let mut changed: Vec<TaskId> = Vec::new();
-            let mut created = Vec::new();
-            let mut answers = Vec::with_capacity(finishes.len());
-            for finish in finishes {
-                let Some(task) = tasks.get_mut(&finish.id) else {
-                    answers.push(FinishOutcome::LeaseLost);
-                    continue;
-                };
-                match task
-                    .finish(finish.token, finish.outcome.clone(), now)
-                    .map_err(Fail::Stop)?
-                {
-                    Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
-                    Finished::Applied { status, next } => {
-                        changed.push(task.id);
-                        answers.push(FinishOutcome::Applied {
-                            status,
-                            next: next.as_ref().map(|n| n.id),
-                        });
-                        created.extend(next);
-                    }
-                }
-            }
-            let mut writes: Vec<Task> = changed.iter().filter_map(|id| tasks.remove(id)).collect();
-            writes.extend(created);
+            let loaded = self.load_locking_series(&mut tx, &ids).await?;
+            let (answers, writes) =
+                omniq_core::batch::apply_finishes(loaded, finishes, now).map_err(Fail::Stop)?;
             // Tasks handed back are due again at once.
             let announce = (self.channel.as_str(), wake::due_queues(&writes, |_| now));
             rows::save_announcing(&self.s, &mut tx, &writes, false, Some(announce)).await?;

@@ -24,8 +24,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use omniq_core::queue::split_duplicates;
 use omniq_core::{
-    cancel_in_scope, CancelScope, ClaimRequest, Enqueued, Error, Finish, FinishOutcome, Finished, LeaseRef,
-    LeaseToken, Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus,
+    cancel_in_scope, CancelScope, ClaimRequest, Enqueued, Error, Finish, FinishOutcome, LeaseRef, LeaseToken,
+    Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};

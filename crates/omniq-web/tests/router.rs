@@ -252,7 +252,10 @@ async fn every_page_and_api_route_answers_on_every_backend() {
         assert!(detail.body.contains("Retry"), "a failed task offers a retry");
         // A running task's progress, its message escaped.
         let running = send(&app, get(&format!("/tasks/{}", seeded.running))).await;
-        assert!(running.body.contains("Progress") && running.body.contains("25%"), "{backend}");
+        assert!(
+            running.body.contains("Progress") && running.body.contains("25%"),
+            "{backend}"
+        );
         assert!(running.body.contains("step 1 of 4 &lt;script&gt;"), "{backend}");
         let done = send(&app, get(&format!("/tasks/{}", seeded.completed))).await;
         assert!(done.body.contains("&quot;pages&quot;: 12") || done.body.contains("\"pages\": 12"));

@@ -310,29 +310,7 @@ pub(super) async fn finish(
     // fails it; the others of the batch finish.
     let (tasks, unreadable) = rows::load_split(s, &ids, db).await?;
     rows::report_unreadable(&unreadable, db, "finish");
-    let mut tasks: HashMap<TaskId, Task> = tasks.into_iter().map(|task| (task.id, task)).collect();
-    let mut changed = HashMap::new();
-    let mut created = Vec::new();
-    let mut answers = Vec::with_capacity(finishes.len());
-    for finish in finishes {
-        let Some(task) = tasks.get_mut(&finish.id) else {
-            answers.push(FinishOutcome::LeaseLost);
-            continue;
-        };
-        match task.finish(finish.token, finish.outcome, now)? {
-            Finished::LeaseLost => answers.push(FinishOutcome::LeaseLost),
-            Finished::Applied { status, next } => {
-                changed.insert(task.id, task.clone());
-                answers.push(FinishOutcome::Applied {
-                    status,
-                    next: next.as_ref().map(|n| n.id),
-                });
-                created.extend(next);
-            }
-        }
-    }
-    let mut writes: Vec<Task> = changed.into_values().collect();
-    writes.extend(created);
+    let (answers, writes) = omniq_core::batch::apply_finishes(tasks, &finishes, now)?;
     rows::save(s, &writes).await?;
     Ok(answers)
 }
