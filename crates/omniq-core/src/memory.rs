@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::queue::{holds_key, split_duplicates, Enqueued, QueueStats};
+use crate::schedule::Schedule;
 use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
@@ -36,6 +37,8 @@ struct Inner {
     keys: HashMap<String, TaskId>,
     /// The paused queues.
     paused: BTreeSet<String>,
+    /// The schedules, by name.
+    schedules: BTreeMap<String, Schedule>,
 }
 
 impl MemoryStorage {
@@ -140,6 +143,71 @@ impl Storage for MemoryStorage {
             .tasks
             .get_mut(&lease.id)
             .is_some_and(|task| task.set_progress(lease.token, progress)))
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+        crate::schedule::check_schedule(&schedule)?;
+        self.lock().schedules.insert(schedule.name.clone(), schedule);
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        Ok(self.lock().schedules.values().cloned().collect())
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.lock().schedules.remove(name).is_some())
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        let mut inner = self.lock();
+        Ok(inner
+            .schedules
+            .get_mut(name)
+            .map(|schedule| schedule.paused = paused)
+            .is_some())
+    }
+
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: OffsetDateTime,
+        next: OffsetDateTime,
+        task: Task,
+    ) -> Result<Option<Enqueued>> {
+        crate::limits::check_pending(std::slice::from_ref(&task))?;
+        crate::limits::check_new_records(std::slice::from_ref(&task))?;
+        crate::limits::check_time("next_run", next)?;
+        let mut inner = self.lock();
+        if !crate::schedule::may_fire(inner.schedules.get(name), due) {
+            return Ok(None);
+        }
+        if inner.tasks.contains_key(&task.id) {
+            return Err(Error::conflict(task.id, "a task with this id already exists"));
+        }
+        let (tasks, answers) = split_duplicates(vec![task], |key| Ok(inner.keys.get(key).copied()))?;
+        for task in tasks {
+            inner.put(task);
+        }
+        let answer = answers.into_iter().next();
+        if let Some(schedule) = inner.schedules.get_mut(name) {
+            schedule.next_run = next;
+            schedule.last_run = Some(due);
+            schedule.last_task = answer.as_ref().map(|a| a.id);
+        }
+        Ok(answer)
+    }
+
+    async fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool> {
+        crate::limits::check_time("next_run", next)?;
+        let mut inner = self.lock();
+        if !crate::schedule::may_fire(inner.schedules.get(name), due) {
+            return Ok(false);
+        }
+        if let Some(schedule) = inner.schedules.get_mut(name) {
+            schedule.next_run = next;
+        }
+        Ok(true)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {

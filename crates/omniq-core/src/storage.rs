@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::queue::{Enqueued, QueueStats};
+use crate::schedule::Schedule;
 use crate::settings::Settings;
 use crate::task::{LeaseToken, NewTask, Outcome, Progress, Task, TaskId, TaskResult, TaskStatus};
 
@@ -297,6 +298,45 @@ pub trait Storage: Send + Sync + Debug {
     /// Every queue that holds a task or is paused, sorted by name, with its
     /// counts per status, whether it is paused, and its earliest pending eta.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
+
+    /// Stores `schedule` under its name, replacing any schedule of that name
+    /// (see [`crate::schedule`]). A name or value out of range
+    /// ([`crate::schedule::check_schedule`]) is an [`Error::InvalidConfig`].
+    async fn put_schedule(&self, schedule: Schedule) -> Result<()>;
+
+    /// Every schedule, sorted by name.
+    async fn schedules(&self) -> Result<Vec<Schedule>>;
+
+    /// Removes the schedule `name`; `false` if there was none. Tasks its
+    /// ticks enqueued stay.
+    async fn remove_schedule(&self, name: &str) -> Result<bool>;
+
+    /// Pauses or resumes the schedule `name`, changing nothing else; `false`
+    /// if there is none.
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool>;
+
+    /// Fires the tick `due` of schedule `name`, in one atomic step across
+    /// every process sharing the store, if the schedule exists, is not
+    /// paused, and its stored next tick is `due` ([`crate::schedule::may_fire`]):
+    /// moves its next tick to `next`, records `due` as its last run, and
+    /// enqueues `task` (pending, with the tick's unique key) as
+    /// [`Storage::enqueue`] does, recording the task enqueued (or the live
+    /// task holding the key) as its last. Answers that enqueue's answer, or
+    /// `None` when the tick may not fire (another process fired it, or it
+    /// was paused or removed): nothing is written then.
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: OffsetDateTime,
+        next: OffsetDateTime,
+        task: Task,
+    ) -> Result<Option<Enqueued>>;
+
+    /// Moves schedule `name` from its tick `due` on to `next` without a task
+    /// (missed ticks skipped after downtime), under the same condition as
+    /// [`Storage::fire_schedule`], atomically; `false` (nothing written) when
+    /// that condition does not hold.
+    async fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool>;
 
     /// Deletes finished tasks (`completed`, `failed`, `cancelled`) whose
     /// `finished_at` is before `finished_before`, with their results. Returns how

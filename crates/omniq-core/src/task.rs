@@ -164,7 +164,7 @@ impl TaskResult {
 
 /// Serde for `Option<Duration>` as a number of seconds (fractions allowed), the
 /// unit of the `OMNIQ_*` variables and the easiest to read in a JSON record.
-mod opt_secs {
+pub(crate) mod opt_secs {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -28,6 +28,8 @@ pub struct Layout {
     pub keys: PathBuf,
     /// The paused queues, a JSON array of names.
     pub paused: PathBuf,
+    /// The schedules, a JSON array.
+    pub schedules: PathBuf,
     /// The store's format version.
     pub format: PathBuf,
     pub tmp: PathBuf,
@@ -49,6 +51,7 @@ impl Layout {
             series: base.join("series"),
             keys: base.join("keys"),
             paused: base.join("paused.json"),
+            schedules: base.join("schedules.json"),
             format: base.join("format"),
             tmp: base.join("tmp"),
             quarantine: base.join("quarantine"),

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListQuery, Progress, QueueStats, RenewOutcome, Result, Serializer, Settings, StatusCounts, Storage, Task,
-    TaskId,
+    ListQuery, Progress, QueueStats, RenewOutcome, Result, Schedule, Serializer, Settings, StatusCounts,
+    Storage, Task, TaskId,
 };
 use time::OffsetDateTime;
 
@@ -181,6 +181,47 @@ impl Storage for FileStorage {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
         self.writable()?;
         self.run(move |store| store.claim(request)).await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+        self.writable()?;
+        self.run(move |store| store.put_schedule(schedule)).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        self.run(|store| store.schedules()).await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        self.writable()?;
+        let name = name.to_owned();
+        self.run(move |store| store.remove_schedule(&name)).await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        self.writable()?;
+        let name = name.to_owned();
+        self.run(move |store| store.set_schedule_paused(&name, paused))
+            .await
+    }
+
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: OffsetDateTime,
+        next: OffsetDateTime,
+        task: Task,
+    ) -> Result<Option<Enqueued>> {
+        self.writable()?;
+        let name = name.to_owned();
+        self.run(move |store| store.fire_schedule(&name, due, next, task))
+            .await
+    }
+
+    async fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool> {
+        self.writable()?;
+        let name = name.to_owned();
+        self.run(move |store| store.skip_schedule(&name, due, next)).await
     }
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {

@@ -43,6 +43,7 @@ mod journal;
 mod keys;
 mod ops;
 mod records;
+mod schedules;
 mod view;
 use crate::safe::{self, Modes, TMP_PREFIX};
 pub use check::CheckReport;

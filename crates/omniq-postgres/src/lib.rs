@@ -21,8 +21,8 @@ use std::time::Duration;
 use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
-    LeaseRef, ListOrder, ListQuery, Progress, RenewOutcome, Result, StatusCounts, Storage, Task, TaskId,
-    TaskStatus,
+    LeaseRef, ListOrder, ListQuery, Progress, RenewOutcome, Result, Schedule, StatusCounts, Storage, Task,
+    TaskId, TaskStatus,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -77,6 +77,7 @@ macro_rules! in_transaction {
 // After the macro, which they use.
 mod connect;
 mod finish;
+mod schedules;
 mod upkeep;
 mod wake;
 mod write;
@@ -502,6 +503,36 @@ impl Storage for PostgresStorage {
             }
         }
         Ok(tally.finish())
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+        self.put_schedule_row(schedule).await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        self.schedule_rows().await
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        self.remove_schedule_row(name).await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        self.pause_schedule_row(name, paused).await
+    }
+
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: OffsetDateTime,
+        next: OffsetDateTime,
+        task: Task,
+    ) -> Result<Option<Enqueued>> {
+        self.fire_schedule_row(name, due, next, task).await
+    }
+
+    async fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool> {
+        self.skip_schedule_row(name, due, next).await
     }
 
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {

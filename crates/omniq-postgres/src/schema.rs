@@ -64,6 +64,10 @@ const MIGRATIONS: &[&str] = &[
                to_timestamp(finished_at / 1e9) AS finished_at
         FROM {s}.tasks WHERE status IN ('completed', 'failed', 'cancelled');
 "#,
+    // Version 3: schedules, each a JSON record under its name.
+    r#"
+    CREATE TABLE {s}.schedules (name text PRIMARY KEY, record json NOT NULL);
+"#,
 ];
 
 /// The refusal of `schema`, saying why.

@@ -57,7 +57,7 @@ async fn taken(s: &str, conn: &mut PgConnection, ids: &[String]) -> std::result:
 /// Stores checked records on `conn`, in the transaction it is in: refuses
 /// ids already stored, answers duplicates of live keys, and announces on
 /// `channel` the queues made due, when it is given.
-async fn store_on(
+pub(crate) async fn store_on(
     s: &str,
     conn: &mut PgConnection,
     tasks: &[Task],

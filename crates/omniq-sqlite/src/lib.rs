@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListOrder, ListQuery, Progress, QueueStats, QueueTally, RenewOutcome, Result, Serializer, Settings,
-    StatusCounts, Storage, Task, TaskId, TaskStatus,
+    ListOrder, ListQuery, Progress, QueueStats, QueueTally, RenewOutcome, Result, Schedule, Serializer,
+    Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -502,6 +502,55 @@ impl Storage for SqliteStorage {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
         self.write(|reply| Op::Claim(request, reply)).await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+        self.write(|reply| Op::PutSchedule(Box::new(schedule), reply))
+            .await
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let records: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, record FROM schedules ORDER BY name")
+                .fetch_all(&self.readers)
+                .await
+                .map_err(sql_error)?;
+        records
+            .into_iter()
+            .map(|(name, record)| {
+                serde_json::from_str(&record).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("schedule {name:?} cannot be read: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_schedule(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(|reply| Op::RemoveSchedule(name, reply)).await
+    }
+
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(|reply| Op::PauseSchedule(name, paused, reply)).await
+    }
+
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: OffsetDateTime,
+        next: OffsetDateTime,
+        task: Task,
+    ) -> Result<Option<Enqueued>> {
+        let name = name.to_owned();
+        self.write(|reply| Op::FireSchedule(name, due, next, Box::new(task), reply))
+            .await
+    }
+
+    async fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(|reply| Op::SkipSchedule(name, due, next, reply)).await
     }
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {

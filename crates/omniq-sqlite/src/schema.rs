@@ -148,6 +148,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE running ADD COLUMN progress TEXT;
     "#,
+    // v6: schedules, each a JSON record under its name.
+    r#"
+    CREATE TABLE schedules (name TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
+    "#,
 ];
 
 /// What a connection that only reads runs on a database of an older
@@ -155,7 +159,8 @@ pub const MIGRATIONS: &[&str] = &[
 /// views (which take precedence over the database's own tables of the same
 /// name) add the columns later versions added, with the values a migration
 /// would give: before version 4, queues, priorities and unique keys (and an
-/// empty table stands for the paused queues); before version 5, progress.
+/// empty table stands for the paused queues); before version 5, progress;
+/// before version 6, an empty table stands for the schedules.
 pub fn older_as_current(version: i64) -> String {
     let mut sql = String::new();
     if version < 4 {
@@ -169,8 +174,11 @@ pub fn older_as_current(version: i64) -> String {
     }
     if version < 5 {
         sql.push_str(
-            "CREATE TEMP VIEW IF NOT EXISTS running AS SELECT *, NULL AS progress FROM main.running;",
+            "CREATE TEMP VIEW IF NOT EXISTS running AS SELECT *, NULL AS progress FROM main.running; ",
         );
+    }
+    if version < 6 {
+        sql.push_str("CREATE TEMP TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL);");
     }
     sql
 }

@@ -37,6 +37,7 @@ use crate::sql_error;
 
 mod merge;
 mod ops;
+mod schedules;
 
 use merge::{apply_merged, merged};
 pub use ops::setup;
@@ -60,6 +61,17 @@ pub enum Op {
     Purge(OffsetDateTime, Reply<u64>),
     RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
     SetPaused(String, bool, Reply<()>),
+    PutSchedule(Box<omniq_core::Schedule>, Reply<()>),
+    RemoveSchedule(String, Reply<bool>),
+    PauseSchedule(String, bool, Reply<bool>),
+    FireSchedule(
+        String,
+        OffsetDateTime,
+        OffsetDateTime,
+        Box<Task>,
+        Reply<Option<Enqueued>>,
+    ),
+    SkipSchedule(String, OffsetDateTime, OffsetDateTime, Reply<bool>),
     /// Test hook: the writer panics while applying this change.
     Panic(Reply<()>),
 }
@@ -306,6 +318,10 @@ fn fail(op: Op, message: &str) -> Answer {
         Op::Claim(_, r) => answer(r, Err(error())),
         Op::Renew(_, _, _, r) => answer(r, Err(error())),
         Op::Progress(_, _, r) => answer(r, Err(error())),
+        Op::PutSchedule(_, r) => answer(r, Err(error())),
+        Op::RemoveSchedule(_, r) | Op::PauseSchedule(_, _, r) => answer(r, Err(error())),
+        Op::FireSchedule(_, _, _, _, r) => answer(r, Err(error())),
+        Op::SkipSchedule(_, _, _, r) => answer(r, Err(error())),
         Op::Finish(_, _, r) => answer(r, Err(error())),
         Op::Cancel(_, _, r) | Op::RequeueExpired(_, r) => answer(r, Err(error())),
         Op::Purge(_, r) => answer(r, Err(error())),
@@ -338,6 +354,15 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::Purge(before, reply) => done(reply, purge(conn, before).await),
         Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
         Op::SetPaused(queue, paused, reply) => done(reply, set_paused(conn, &queue, paused).await),
+        Op::PutSchedule(schedule, reply) => done(reply, schedules::put(conn, *schedule).await),
+        Op::RemoveSchedule(name, reply) => done(reply, schedules::remove(conn, &name).await),
+        Op::PauseSchedule(name, paused, reply) => done(reply, schedules::pause(conn, &name, paused).await),
+        Op::FireSchedule(name, due, next, task, reply) => {
+            done(reply, schedules::fire(conn, &name, due, next, *task).await)
+        }
+        Op::SkipSchedule(name, due, next, reply) => {
+            done(reply, schedules::skip(conn, &name, due, next).await)
+        }
         Op::Panic(_reply) => panic!("test hook: the writer panics while applying a change"),
     }
 }

@@ -38,6 +38,35 @@ impl Storage for PanicsOnce {
     async fn claim(&self, request: ClaimRequest) -> omniq_core::Result<Vec<Task>> {
         self.inner.claim(request).await
     }
+    async fn put_schedule(&self, schedule: omniq_core::Schedule) -> omniq_core::Result<()> {
+        self.inner.put_schedule(schedule).await
+    }
+    async fn schedules(&self) -> omniq_core::Result<Vec<omniq_core::Schedule>> {
+        self.inner.schedules().await
+    }
+    async fn remove_schedule(&self, name: &str) -> omniq_core::Result<bool> {
+        self.inner.remove_schedule(name).await
+    }
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> omniq_core::Result<bool> {
+        self.inner.set_schedule_paused(name, paused).await
+    }
+    async fn fire_schedule(
+        &self,
+        name: &str,
+        due: time::OffsetDateTime,
+        next: time::OffsetDateTime,
+        task: Task,
+    ) -> omniq_core::Result<Option<omniq_core::Enqueued>> {
+        self.inner.fire_schedule(name, due, next, task).await
+    }
+    async fn skip_schedule(
+        &self,
+        name: &str,
+        due: time::OffsetDateTime,
+        next: time::OffsetDateTime,
+    ) -> omniq_core::Result<bool> {
+        self.inner.skip_schedule(name, due, next).await
+    }
     async fn set_progress(
         &self,
         lease: omniq_core::LeaseRef,

@@ -44,6 +44,7 @@ mod model;
 pub mod processes;
 mod queues;
 mod scenarios;
+mod schedules;
 mod shared;
 
 use std::any::Any;
@@ -102,6 +103,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(hostile::all());
     all.extend(queues::all());
     all.extend(shared::all());
+    all.extend(schedules::all());
     all
 }
 

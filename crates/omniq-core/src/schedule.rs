@@ -1,0 +1,155 @@
+//! Schedules: a name, a cron expression in a time zone, and the task each
+//! tick enqueues, stored in the store so that any number of processes produce
+//! exactly one task per tick.
+//!
+//! The store keeps each schedule's next tick. A process that finds a tick due
+//! fires it with [`crate::Storage::fire_schedule`], which moves the next tick
+//! on and enqueues the tick's task in one atomic step, and only if the stored
+//! next tick is still the one it saw: of several processes firing one tick,
+//! one wins. The tick's task carries the unique key [`tick_key`], so even a
+//! repeated fire (a crash between the two writes of the file store) stores it
+//! once while it is live. The cron arithmetic lives with the pools
+//! (`omniq-worker`); the store only compares and moves times.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+use crate::task::{NewTask, Task, TaskId};
+
+/// The task a schedule enqueues at each tick: a handler and payload with the
+/// options of an enqueue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledTask {
+    /// The handler's name.
+    pub func_path: String,
+    /// Positional arguments.
+    #[serde(default)]
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    #[serde(default)]
+    pub kwargs: Map<String, Value>,
+    /// Its queue; `None`: `default`.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: i16,
+    /// Its retries; `None`: the settings' default.
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    /// The time limit of one attempt; `None`: the settings' default.
+    #[serde(default, with = "crate::task::opt_secs")]
+    pub timeout: Option<Duration>,
+}
+
+impl ScheduledTask {
+    /// The template of `task` (its eta, interval, id and unique key are not
+    /// kept: each tick's task gets its own).
+    pub fn from_new_task(task: &NewTask) -> Self {
+        ScheduledTask {
+            func_path: task.func_path.clone(),
+            args: task.args.clone(),
+            kwargs: task.kwargs.clone(),
+            queue: task.queue.clone(),
+            priority: task.priority,
+            max_retries: task.max_retries,
+            timeout: task.timeout,
+        }
+    }
+
+    /// The task of schedule `name`'s tick `due`, enqueued `now`: due at once,
+    /// with the tick's unique key.
+    pub fn for_tick(
+        &self,
+        name: &str,
+        due: OffsetDateTime,
+        settings: &Settings,
+        now: OffsetDateTime,
+    ) -> Result<Task> {
+        let mut task = NewTask::new(self.func_path.clone())
+            .args(self.args.clone())
+            .kwargs(self.kwargs.clone())
+            .priority(self.priority)
+            .unique_key(tick_key(name, due));
+        if let Some(queue) = &self.queue {
+            task = task.queue(queue.clone());
+        }
+        if let Some(retries) = self.max_retries {
+            task = task.max_retries(retries);
+        }
+        if let Some(timeout) = self.timeout {
+            task = task.timeout(timeout);
+        }
+        task.into_task(settings, now)
+    }
+}
+
+/// A stored schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Its name, unique in the store; see [`check_schedule_name`].
+    pub name: String,
+    /// The cron expression: five fields (minute granularity) or six (with
+    /// seconds first).
+    pub expression: String,
+    /// The IANA time zone the expression is read in, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// What each tick enqueues.
+    pub task: ScheduledTask,
+    /// After downtime, fire the latest missed tick once (`true`), or skip
+    /// every missed tick (`false`, the default).
+    #[serde(default)]
+    pub catch_up: bool,
+    /// A paused schedule fires nothing; its ticks pass.
+    #[serde(default)]
+    pub paused: bool,
+    /// The next tick, UTC.
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_run: OffsetDateTime,
+    /// The last tick fired.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_run: Option<OffsetDateTime>,
+    /// The task the last tick enqueued (or the live task that held its key).
+    #[serde(default)]
+    pub last_task: Option<TaskId>,
+}
+
+/// The unique key of schedule `name`'s tick `due`.
+pub fn tick_key(name: &str, due: OffsetDateTime) -> String {
+    format!("schedule:{name}:{}", due.unix_timestamp())
+}
+
+/// Checks a schedule's name: 1 to 128 characters, none of them a control
+/// character (it is shown in tables and used in keys).
+pub fn check_schedule_name(name: &str) -> Result<()> {
+    let length = name.chars().count();
+    if length == 0 || length > 128 || name.chars().any(char::is_control) {
+        return Err(Error::invalid_config(
+            "schedule name",
+            format!("{name:?} is not allowed; expected 1 to 128 characters, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what a store keeps of a schedule: its name, and times it can hold.
+pub fn check_schedule(schedule: &Schedule) -> Result<()> {
+    check_schedule_name(&schedule.name)?;
+    crate::limits::check_time("next_run", schedule.next_run)?;
+    if let Some(queue) = &schedule.task.queue {
+        crate::queue::check_name(queue)?;
+    }
+    Ok(())
+}
+
+/// What [`crate::Storage::fire_schedule`] decides from a stored schedule:
+/// whether the tick `due` may fire now (the schedule exists, is not paused,
+/// and its next tick is `due`).
+pub fn may_fire(stored: Option<&Schedule>, due: OffsetDateTime) -> bool {
+    stored.is_some_and(|s| !s.paused && s.next_run == due)
+}
