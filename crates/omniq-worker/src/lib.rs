@@ -25,6 +25,7 @@
 
 mod backoff;
 mod clock;
+pub mod cron;
 mod handler;
 mod job;
 mod pool;

@@ -6,6 +6,7 @@
 mod config;
 mod executor;
 mod recorder;
+pub mod scheduler;
 mod supervisor;
 
 pub use config::PoolConfig;

@@ -43,6 +43,7 @@ pub mod blocking;
 mod client;
 mod jobs;
 mod migrate;
+mod schedules;
 #[cfg(feature = "web")]
 pub mod web;
 
@@ -52,6 +53,7 @@ pub use jobs::{ContextExt, JobBuilder, JobHandle};
 pub use migrate::{migrate, MigrationReport, NotCopied, Progress};
 /// The core crate, for backend authors and the conformance suite.
 pub use omniq_core as core;
+pub use omniq_core::schedule::{Schedule, ScheduledTask};
 pub use omniq_core::{
     earlier, later, limits, payload, queue, BackendKind, Durability, Enqueued, Error, ListOrder, ListQuery,
     MemoryStorage, NewTask, QueueStats, Result, Serializer, Settings, SettingsBuilder, StatusCounts, Storage,
@@ -61,6 +63,7 @@ pub use omniq_core::{
 pub use omniq_file::{CheckReport, FileStorage};
 #[cfg(feature = "postgres")]
 pub use omniq_postgres::PostgresStorage;
+pub use schedules::ScheduleBuilder;
 
 /// The PostgreSQL backend's own API: connection options, enqueueing inside
 /// a program's transaction, and the sqlx it is built on, so a program uses
@@ -84,6 +87,7 @@ pub fn sqlite_schema_version() -> i64 {
 pub async fn sqlite_integrity_check(path: &std::path::Path) -> Result<Vec<String>> {
     omniq_sqlite::integrity_check_file(path).await
 }
+pub use omniq_worker::cron;
 pub use omniq_worker::{
     Backoff, Clock, HandlerError, Job, Pool, PoolConfig, PoolStats, Registry, Retry, ShutdownReport, Signals,
     StoreClock, SystemClock, TaskContext, TokioClock, WorkerPool,

@@ -29,6 +29,9 @@ pub struct PoolConfig {
     pub backoff: Backoff,
     /// This pool's name in leases and logs (default `pid<pid>-<random>`).
     pub worker_id: String,
+    /// Whether the pool fires the store's schedules' ticks (default `true`;
+    /// any number of pools may, and each tick fires once).
+    pub schedules: bool,
 }
 
 impl PoolConfig {
@@ -53,6 +56,7 @@ impl Default for PoolConfig {
             requeue_every: Duration::from_secs(15),
             backoff: Backoff::default(),
             worker_id: format!("pid{}-{}", std::process::id(), &unique[unique.len() - 8..]),
+            schedules: true,
         }
     }
 }

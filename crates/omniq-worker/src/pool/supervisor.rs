@@ -11,6 +11,7 @@ use super::*;
 pub(super) async fn supervise(shared: Arc<Shared>) {
     let config = &shared.config;
     let mut next_requeue = Instant::now();
+    let mut next_schedules = Instant::now();
     // Other processes' enqueues, where the store tells of them.
     let mut wake_ups = shared.storage.wake_ups();
     loop {
@@ -33,6 +34,16 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
                 Err(error) => tracing::warn!(%error, "cannot requeue expired leases"),
             }
             next_requeue = from_now(config.requeue_every);
+        }
+        if config.schedules && Instant::now() >= next_schedules {
+            let earliest = super::scheduler::fire_due(&shared).await;
+            // Again at the earliest next tick, or after a second at most, so
+            // schedules made meanwhile are seen.
+            let until = earliest
+                .map(|at| at - shared.clock.now())
+                .and_then(|wait| Duration::try_from(wait).ok())
+                .unwrap_or(super::scheduler::SCHEDULE_EVERY);
+            next_schedules = from_now(until.min(super::scheduler::SCHEDULE_EVERY));
         }
         // Listen before looking, so an enqueue or a free slot between the
         // claim and the wait is not missed.
@@ -90,6 +101,10 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             wait = Duration::MAX;
         }
         let until_requeue = next_requeue.saturating_duration_since(Instant::now());
+        let until_requeue = match config.schedules {
+            true => until_requeue.min(next_schedules.saturating_duration_since(Instant::now())),
+            false => until_requeue,
+        };
         tokio::select! {
             _ = shared.stop_claiming.cancelled() => return,
             _ = &mut enqueued, if free => {}

@@ -1,0 +1,213 @@
+//! Cron schedules through the public API: ticks fired by a pool on a fake
+//! clock, downtime skipped or caught up once, three processes' pools on one
+//! store producing one task per tick, and bad input named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use omniq::cron::CronSchedule;
+use omniq::{
+    BackendKind, Error, HandlerError, Job, MemoryStorage, OmniQ, PoolConfig, Registry, Settings, Storage,
+    TaskContext, TokioClock,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Serialize, Deserialize)]
+struct Report {
+    kind: String,
+}
+
+impl Job for Report {
+    const NAME: &'static str = "report.build";
+    type Output = String;
+    type Error = HandlerError;
+
+    async fn run(self, _ctx: TaskContext) -> Result<String, HandlerError> {
+        Ok(format!("{} report", self.kind))
+    }
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::new();
+    registry.job::<Report>();
+    registry
+}
+
+/// The tick keys of the tasks `store` holds, with how many tasks hold each.
+async fn ticks(store: &dyn Storage) -> HashMap<String, usize> {
+    let mut keys = HashMap::new();
+    for task in store.list(Default::default()).await.unwrap() {
+        *keys.entry(task.unique_key.unwrap_or_default()).or_insert(0) += 1;
+    }
+    keys
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_fires_each_tick_on_a_fake_clock() {
+    let storage = Arc::new(MemoryStorage::new());
+    let q = OmniQ::with_storage(storage.clone(), Settings::default());
+    let clock = Arc::new(TokioClock::new());
+    let schedule = q
+        .schedule("every-10s", "*/10 * * * * *", &Report { kind: "short".into() })
+        .unwrap()
+        .create()
+        .await
+        .unwrap();
+    let pool = q.worker(registry()).clock(clock.clone()).start().unwrap();
+    let start = schedule.next_run;
+    // The fake clock runs on to 1 s past the fifth tick (start, +10 ... +40).
+    let until = start + Duration::from_secs(41) - omniq::Clock::now(&*clock);
+    tokio::time::sleep(Duration::try_from(until).unwrap()).await;
+    let fired = ticks(&*storage).await;
+    let expected: Vec<String> = (0..5)
+        .map(|i| omniq::core::schedule::tick_key("every-10s", start + Duration::from_secs(10 * i)))
+        .collect();
+    for key in &expected {
+        assert_eq!(fired.get(key), Some(&1), "{key} in {fired:?}");
+    }
+    assert_eq!(fired.len(), 5, "{fired:?}");
+    let stored = q.schedules().await.unwrap().pop().unwrap();
+    assert_eq!(stored.next_run, start + Duration::from_secs(50));
+    let last = stored.last_task.expect("the last tick's task");
+    q.wait_result(last, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        q.job_result::<Report>(last).await.unwrap().as_deref(),
+        Some("short report")
+    );
+    pool.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn downtime_is_skipped_by_default_and_caught_up_once_when_asked() {
+    for catch_up in [false, true] {
+        let storage = Arc::new(MemoryStorage::new());
+        let q = OmniQ::with_storage(storage.clone(), Settings::default());
+        let mut schedule = q
+            .schedule(
+                "hourly",
+                "0 0 * * * *",
+                &Report {
+                    kind: "hourly".into(),
+                },
+            )
+            .unwrap()
+            .catch_up(catch_up)
+            .create()
+            .await
+            .unwrap();
+        // As if no pool had run for a day: the stored next tick is long past.
+        let now = OffsetDateTime::now_utc();
+        let missed = CronSchedule::parse("0 0 * * * *", "UTC")
+            .unwrap()
+            .next_after(now - Duration::from_secs(86_400))
+            .unwrap();
+        schedule.next_run = missed;
+        storage.put_schedule(schedule).await.unwrap();
+
+        let pool = q
+            .worker(registry())
+            .clock(Arc::new(TokioClock::new()))
+            .start()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let fired = ticks(&*storage).await;
+        match catch_up {
+            // 24 ticks missed: none runs.
+            false => assert!(fired.is_empty(), "{fired:?}"),
+            // One task for them all, as the first missed tick.
+            true => assert_eq!(
+                fired,
+                HashMap::from([(omniq::core::schedule::tick_key("hourly", missed), 1)])
+            ),
+        }
+        let stored = q.schedules().await.unwrap().pop().unwrap();
+        assert!(stored.next_run > now, "the schedule moved past the downtime");
+        pool.shutdown(Duration::from_secs(5)).await;
+    }
+}
+
+/// Three processes' pools, each with a store of its own on one folder or
+/// database file, fire a schedule of one tick a second: each tick is one task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_processes_produce_one_task_per_tick() {
+    for backend in [BackendKind::File, BackendKind::Sqlite] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::builder()
+            .backend(backend)
+            .base_dir(dir.path())
+            .build()
+            .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(OmniQ::open(settings.clone()).await.unwrap());
+        }
+        clients[0]
+            .schedule("each-second", "* * * * * *", &Report { kind: "tick".into() })
+            .unwrap()
+            .create()
+            .await
+            .unwrap();
+        let config = PoolConfig {
+            poll_interval: Duration::from_millis(50),
+            ..PoolConfig::default()
+        };
+        let pools: Vec<_> = clients
+            .iter()
+            .map(|q| q.worker(registry()).config(config.clone()).start().unwrap())
+            .collect();
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        for pool in pools {
+            pool.shutdown(Duration::from_secs(5)).await;
+        }
+        let fired = ticks(&**clients[0].storage()).await;
+        assert!(fired.len() >= 2, "{backend:?}: {fired:?}");
+        assert!(fired.values().all(|n| *n == 1), "{backend:?}: {fired:?}");
+        assert!(fired.keys().all(|k| k.starts_with("schedule:each-second:")));
+    }
+}
+
+#[tokio::test]
+async fn schedules_are_listed_paused_removed_and_bad_ones_refused() {
+    let q = OmniQ::with_storage(Arc::new(MemoryStorage::new()), Settings::default());
+    for (name, expression, timezone, what) in [
+        ("", "0 0 * * *", "UTC", "schedule name"),
+        ("x", "every day", "UTC", "cron expression"),
+        ("x", "0 0 * * *", "Moon/Base", "timezone"),
+    ] {
+        let refused = q
+            .schedule(name, expression, &Report { kind: "x".into() })
+            .unwrap()
+            .timezone(timezone)
+            .create()
+            .await;
+        match refused {
+            Err(Error::InvalidConfig { name, .. }) => assert_eq!(name, what),
+            other => panic!("{other:?}"),
+        }
+    }
+    let made = q
+        .schedule("nightly", "0 0 3 * * *", &Report { kind: "night".into() })
+        .unwrap()
+        .timezone("Europe/Berlin")
+        .create()
+        .await
+        .unwrap();
+    assert!(q.pause_schedule("nightly").await.unwrap());
+    // Creating it again, as every process does at start, keeps its state.
+    let again = q
+        .schedule("nightly", "0 0 3 * * *", &Report { kind: "night".into() })
+        .unwrap()
+        .timezone("Europe/Berlin")
+        .create()
+        .await
+        .unwrap();
+    assert!(again.paused);
+    assert_eq!(again.next_run, made.next_run);
+    assert_eq!(again.task.queue.as_deref(), Some("default"));
+    assert!(q.resume_schedule("nightly").await.unwrap());
+    assert!(q.remove_schedule("nightly").await.unwrap());
+    assert!(q.schedules().await.unwrap().is_empty());
+    assert!(!q.pause_schedule("nightly").await.unwrap());
+}
