@@ -6,6 +6,7 @@
 
 mod output;
 mod read;
+mod schedules;
 
 use output::out;
 use read::{list, queues, result, show, stats};
@@ -69,6 +70,9 @@ enum Command {
     Pause { queue: String },
     /// Resumes a paused queue.
     Resume { queue: String },
+    /// The cron schedules: name, expression, time zone, next run, last task;
+    /// `schedules remove|pause|resume NAME` changes one.
+    Schedules(schedules::SchedulesArgs),
     /// Serves the dashboard: see and steer the queue in a browser.
     Dashboard(DashboardArgs),
 }
@@ -352,7 +356,7 @@ async fn run(cli: Cli) -> Outcome {
             | Command::Purge(_)
             | Command::Pause { .. }
             | Command::Resume { .. }
-    );
+    ) || matches!(&cli.command, Command::Schedules(args) if args.writes());
     let store = match writes {
         true => open_existing(&url, &settings).await?,
         false => open_to_read(&url, &settings).await?,
@@ -362,6 +366,7 @@ async fn run(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Stats(args) => stats(&*store, &url, args, now).await,
         Command::Queues(flag) => queues(&*store, flag.json, now).await,
+        Command::Schedules(args) => schedules::schedules(&*store, args, now).await,
         Command::Pause { queue } => {
             store.set_paused(queue, true).await?;
             out!("paused queue {queue}: no worker claims its tasks until `omniq resume {queue}`");

@@ -1,6 +1,6 @@
 //! The quickstart: push a typed job whose handler enqueues a follow-up job,
-//! enqueue tasks with an eta, an interval, retries and a timeout, run a
-//! worker pool, print what happened, and exit.
+//! schedule a job with cron, enqueue tasks with an eta, an interval, retries
+//! and a timeout, run a worker pool, print what happened, and exit.
 //!
 //! ```sh
 //! cargo run --release --example quickstart                       # file store in ./omniq_data
@@ -140,7 +140,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .interval(Duration::from_millis(300))
         .enqueue()
         .await?;
-    println!("pushed 1 typed job, enqueued 5 tasks");
+    // A cron schedule (six fields: seconds first), stored in the store, so any
+    // number of processes give one task per tick.
+    queue
+        .schedule(
+            "receipt-digest",
+            "* * * * * *",
+            &Receipt {
+                to: "ops@example.com".into(),
+                number: "digest".into(),
+            },
+        )?
+        .timezone("Europe/Berlin")
+        .create()
+        .await?;
+    println!("pushed 1 typed job, enqueued 5 tasks, scheduled 1 job every second");
 
     // Typed all the way: the output is a `String`, as `Invoice::Output` says.
     let issued: String = invoice.wait(WAIT).await?;
@@ -149,7 +163,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .list(Default::default())
         .await?
         .into_iter()
-        .filter(|t| t.func_path == Receipt::NAME)
+        .filter(|t| t.func_path == Receipt::NAME && t.unique_key.is_none())
         .map(|t| t.id)
         .collect::<Vec<_>>();
     for id in receipts {
@@ -192,6 +206,32 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cancelled.len()
     );
     print_series(&queue, heartbeat).await?;
+
+    let digest = queue
+        .schedules()
+        .await?
+        .into_iter()
+        .find(|s| s.name == "receipt-digest");
+    let ticks = queue
+        .list(Default::default())
+        .await?
+        .into_iter()
+        .filter(|t| {
+            t.unique_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with("schedule:receipt-digest:"))
+        })
+        .count();
+    if let Some(digest) = digest {
+        println!(
+            "{:>14}  cron \"{}\" ({}): {ticks} ticks so far, last task {}",
+            "receipt-digest",
+            digest.expression,
+            digest.timezone,
+            digest.last_task.map_or("-".into(), |id| id.to_string())
+        );
+    }
+    queue.remove_schedule("receipt-digest").await?;
 
     let report = pool.shutdown(Duration::from_secs(5)).await;
     let counts = queue.counts().await?;
