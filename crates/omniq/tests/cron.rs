@@ -79,6 +79,97 @@ async fn a_pool_fires_each_tick_on_a_fake_clock() {
     pool.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A wall clock that starts at a chosen moment and moves with tokio's
+/// (paused) clock.
+#[derive(Debug)]
+struct FakeWall {
+    start: OffsetDateTime,
+    origin: tokio::time::Instant,
+}
+
+impl omniq::Clock for FakeWall {
+    fn now(&self) -> OffsetDateTime {
+        self.start + self.origin.elapsed()
+    }
+}
+
+/// Runs a pool on a fake clock from `from` to `until`, with schedule `name`
+/// of `expression` in Berlin; answers the ticks it fired, in order.
+async fn berlin_ticks(
+    name: &str,
+    expression: &str,
+    from: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Vec<String> {
+    let storage = Arc::new(MemoryStorage::new());
+    let q = OmniQ::with_storage(storage.clone(), Settings::default());
+    let mut schedule = q
+        .schedule(name, expression, &Report { kind: "dst".into() })
+        .unwrap()
+        .timezone("Europe/Berlin")
+        .create()
+        .await
+        .unwrap();
+    schedule.next_run = CronSchedule::parse(expression, "Europe/Berlin")
+        .unwrap()
+        .next_after(from)
+        .unwrap();
+    storage.put_schedule(schedule).await.unwrap();
+    let clock = Arc::new(FakeWall {
+        start: from,
+        origin: tokio::time::Instant::now(),
+    });
+    let config = PoolConfig {
+        poll_interval: Duration::from_secs(3600),
+        requeue_every: Duration::from_secs(3600),
+        ..PoolConfig::default()
+    };
+    let pool = q.worker(registry()).config(config).clock(clock).start().unwrap();
+    tokio::time::sleep(Duration::try_from(until - from).unwrap()).await;
+    pool.shutdown(Duration::from_secs(5)).await;
+    let mut fired: Vec<String> = ticks(&*storage).await.into_keys().collect();
+    fired.sort();
+    fired
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_on_a_fake_clock_fires_each_local_time_once_across_berlins_dst_changes() {
+    use time::macros::datetime;
+    let key = |name: &str, at: OffsetDateTime| omniq::core::schedule::tick_key(name, at);
+    // Spring: 02:30 does not exist on 29 March 2026; that day's tick runs at 03:00 CEST.
+    let spring = berlin_ticks(
+        "spring",
+        "0 30 2 * * *",
+        datetime!(2026-03-27 12:00 UTC),
+        datetime!(2026-03-29 12:00 UTC),
+    )
+    .await;
+    assert_eq!(
+        spring,
+        [
+            key("spring", datetime!(2026-03-28 01:30 UTC)),
+            key("spring", datetime!(2026-03-29 01:00 UTC)),
+        ]
+    );
+    // Autumn: 02:00-02:59 happen twice on 25 October 2026; an hourly job runs
+    // at 02:00 once.
+    let autumn = berlin_ticks(
+        "autumn",
+        "0 0 * * * *",
+        datetime!(2026-10-24 22:30 UTC),
+        datetime!(2026-10-25 02:30 UTC),
+    )
+    .await;
+    assert_eq!(
+        autumn,
+        [
+            key("autumn", datetime!(2026-10-24 23:00 UTC)), // 01:00 CEST
+            key("autumn", datetime!(2026-10-25 00:00 UTC)), // 02:00 CEST
+            key("autumn", datetime!(2026-10-25 02:00 UTC)), // 03:00 CET
+        ]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn downtime_is_skipped_by_default_and_caught_up_once_when_asked() {
     for catch_up in [false, true] {

@@ -2,7 +2,8 @@
 //! processes claim from three queues of one store while the parent enqueues
 //! tasks of mixed priorities, and every task must run exactly once (no lease
 //! expires in that test); at the same moment, every child enqueues the same
-//! unique keys, and each key must be stored once.
+//! unique keys, and each key must be stored once, and then fires the same
+//! ticks of one schedule, and each tick must give one task.
 //!
 //! The backend's test re-executes its own test binary as the children (an
 //! ignored test named `child_worker` that calls [`child_main`]), so no extra
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use crate::schedule::{Schedule, ScheduledTask};
 use crate::settings::Settings;
 use crate::storage::{ClaimRequest, Finish, FinishOutcome, Storage};
 use crate::task::{NewTask, Outcome, TaskId, TaskStatus};
@@ -55,6 +57,55 @@ const KEYS: usize = 50;
 /// The queue of the keyed tasks, which no child serves, so each stays
 /// pending, holding its key, until the parent checks.
 const HELD: &str = "held";
+
+/// The schedule every child fires the ticks of, and how many ticks.
+const SCHEDULE: &str = "multi-process";
+const TICKS: u64 = 20;
+
+/// The queue of the ticks' tasks, which no child serves.
+const TICKED: &str = "ticked";
+
+/// The first tick of [`SCHEDULE`].
+fn first_tick() -> OffsetDateTime {
+    time::macros::datetime!(2030-01-01 00:00 UTC)
+}
+
+/// The schedule the parent stores before the children start.
+fn schedule() -> Schedule {
+    Schedule {
+        name: SCHEDULE.into(),
+        expression: "* * * * * *".into(),
+        timezone: "UTC".into(),
+        task: ScheduledTask::from_new_task(&NewTask::new("ticked").queue(TICKED)),
+        catch_up: false,
+        paused: false,
+        next_run: first_tick(),
+        last_run: None,
+        last_task: None,
+    }
+}
+
+/// Fires every tick of [`SCHEDULE`] in turn, as every other child does at
+/// that moment, and writes the ticks this child won (`tick id`) beside `log`.
+async fn fire_ticks(store: &dyn Storage, log: &Path) {
+    let template = schedule().task;
+    let mut won = String::new();
+    for k in 0..TICKS {
+        let due = first_tick() + Duration::from_secs(k);
+        let task = template
+            .for_tick(SCHEDULE, due, &Settings::default(), OffsetDateTime::now_utc())
+            .expect("the tick's task");
+        let next = due + Duration::from_secs(1);
+        if let Some(fired) = store
+            .fire_schedule(SCHEDULE, due, next, task)
+            .await
+            .expect("fire")
+        {
+            won.push_str(&format!("{k} {}\n", fired.id));
+        }
+    }
+    std::fs::write(log.with_extension("ticks"), won).expect("write the ticks won");
+}
 
 /// A child's work: claim up to 8 tasks at a time from each queue in turn,
 /// append each id to `log` (one line per execution), complete it, until
@@ -115,6 +166,7 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log_path: &Path, stop:
             wait_for_every_child(barrier, worker_id).await;
             waited = true;
             enqueue_keys(store, log_path).await;
+            fire_ticks(store, log_path).await;
         }
         let answers = store
             .finish(finishes, OffsetDateTime::now_utc())
@@ -258,6 +310,7 @@ pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
     let logs: Vec<PathBuf> = (0..CHILDREN)
         .map(|i| work_dir.join(format!("child-{i}.log")))
         .collect();
+    store.put_schedule(schedule()).await.expect("store the schedule");
     let mut children = Vec::new();
     for (i, log) in logs.iter().enumerate() {
         let child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
@@ -292,6 +345,40 @@ pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
     let logs: Vec<&Path> = logs.iter().map(|p| p.as_path()).collect();
     assert_exactly_once(store, &ids, &logs).await;
     assert_each_key_stored_once(store, &logs).await;
+    assert_each_tick_fired_once(store, &logs).await;
+}
+
+/// Checks that of the children firing the same ticks at once, one fired
+/// each, and the store holds one task per tick.
+async fn assert_each_tick_fired_once(store: &dyn Storage, logs: &[&Path]) {
+    let mut won: HashMap<u64, Vec<String>> = HashMap::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log.with_extension("ticks")).expect("read the ticks won");
+        for line in text.lines() {
+            let (tick, id) = line.split_once(' ').expect("tick id");
+            won.entry(tick.parse().expect("tick"))
+                .or_default()
+                .push(id.to_string());
+        }
+    }
+    for k in 0..TICKS {
+        assert_eq!(won.get(&k).map(Vec::len), Some(1), "tick {k}: {won:?}");
+    }
+    let ticked = store
+        .list(crate::storage::ListQuery {
+            queue: Some(TICKED.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list the ticks' tasks");
+    assert_eq!(ticked.len() as u64, TICKS, "one task per tick");
+    let stored = store
+        .schedules()
+        .await
+        .expect("schedules")
+        .pop()
+        .expect("the schedule");
+    assert_eq!(stored.next_run, first_tick() + Duration::from_secs(TICKS));
 }
 
 /// Checks that the children's enqueues of the same keys stored one task per
