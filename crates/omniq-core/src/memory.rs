@@ -175,9 +175,7 @@ impl Storage for MemoryStorage {
         next: OffsetDateTime,
         task: Task,
     ) -> Result<Option<Enqueued>> {
-        crate::limits::check_pending(std::slice::from_ref(&task))?;
-        crate::limits::check_new_records(std::slice::from_ref(&task))?;
-        crate::limits::check_time("next_run", next)?;
+        crate::schedule::check_fire(&task, next)?;
         let mut inner = self.lock();
         if !crate::schedule::may_fire(inner.schedules.get(name), due) {
             return Ok(None);
@@ -191,9 +189,7 @@ impl Storage for MemoryStorage {
         }
         let answer = answers.into_iter().next();
         if let Some(schedule) = inner.schedules.get_mut(name) {
-            schedule.next_run = next;
-            schedule.last_run = Some(due);
-            schedule.last_task = answer.as_ref().map(|a| a.id);
+            schedule.fired(due, next, answer.as_ref());
         }
         Ok(answer)
     }
@@ -205,7 +201,7 @@ impl Storage for MemoryStorage {
             return Ok(false);
         }
         if let Some(schedule) = inner.schedules.get_mut(name) {
-            schedule.next_run = next;
+            schedule.fired(due, next, None);
         }
         Ok(true)
     }

@@ -147,6 +147,28 @@ pub fn check_schedule(schedule: &Schedule) -> Result<()> {
     Ok(())
 }
 
+/// Checks what [`crate::Storage::fire_schedule`] is given before anything
+/// is read: the tick's task is new work a store can hold, and the next tick a
+/// time it can hold.
+pub fn check_fire(task: &Task, next: OffsetDateTime) -> Result<()> {
+    crate::limits::check_pending(std::slice::from_ref(task))?;
+    crate::limits::check_new_records(std::slice::from_ref(task))?;
+    crate::limits::check_time("next_run", next)
+}
+
+impl Schedule {
+    /// Records the fire of tick `due`: the schedule moves on to `next`, and,
+    /// when the tick enqueued (or found holding its key) a task, the tick and
+    /// that task are its last.
+    pub fn fired(&mut self, due: OffsetDateTime, next: OffsetDateTime, answer: Option<&crate::Enqueued>) {
+        self.next_run = next;
+        if let Some(answer) = answer {
+            self.last_run = Some(due);
+            self.last_task = Some(answer.id);
+        }
+    }
+}
+
 /// What [`crate::Storage::fire_schedule`] decides from a stored schedule:
 /// whether the tick `due` may fire now (the schedule exists, is not paused,
 /// and its next tick is `due`).

@@ -2,7 +2,7 @@
 //! and changed under the row's lock, so a tick's fire (the schedule moved on
 //! and the tick's task stored) is one transaction that one host wins.
 
-use omniq_core::schedule::{check_schedule, may_fire, Schedule};
+use omniq_core::schedule::{check_fire, check_schedule, may_fire, Schedule};
 use omniq_core::{Enqueued, Error, Result, Task};
 use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
@@ -104,7 +104,7 @@ impl PostgresStorage {
             let Some(mut schedule) = stored else {
                 return Ok(false);
             };
-            schedule.next_run = next;
+            schedule.fired(due, next, None);
             save(&self.s, &mut tx, &schedule).await?;
             Ok(true)
         }))
@@ -118,9 +118,7 @@ impl PostgresStorage {
         task: Task,
     ) -> Result<Option<Enqueued>> {
         self.writable()?;
-        omniq_core::check_pending(std::slice::from_ref(&task))?;
-        omniq_core::check_new_records(std::slice::from_ref(&task))?;
-        omniq_core::limits::check_time("next_run", next)?;
+        check_fire(&task, next)?;
         let tasks = std::slice::from_ref(&task);
         Ok(in_transaction!(self, |tx| {
             let stored = locked(&self.s, &mut tx, name).await?;
@@ -133,9 +131,7 @@ impl PostgresStorage {
             let answer = write::store_on(&self.s, &mut tx, tasks, Some(&self.channel))
                 .await?
                 .pop();
-            schedule.next_run = next;
-            schedule.last_run = Some(due);
-            schedule.last_task = answer.as_ref().map(|a| a.id);
+            schedule.fired(due, next, answer.as_ref());
             save(&self.s, &mut tx, &schedule).await?;
             Ok(answer)
         }))

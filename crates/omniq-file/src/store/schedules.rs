@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use omniq_core::schedule::{check_schedule, may_fire, Schedule};
+use omniq_core::schedule::{check_fire, check_schedule, may_fire, Schedule};
 
 use super::*;
 
@@ -79,7 +79,7 @@ impl Store {
                 return Ok(false);
             }
             if let Some(schedule) = schedules.get_mut(name) {
-                schedule.next_run = next;
+                schedule.fired(due, next, None);
             }
             self.write_schedules(&schedules)?;
             Ok(true)
@@ -93,9 +93,7 @@ impl Store {
         next: OffsetDateTime,
         task: Task,
     ) -> Result<Option<Enqueued>> {
-        omniq_core::check_pending(std::slice::from_ref(&task))?;
-        omniq_core::check_new_records(std::slice::from_ref(&task))?;
-        omniq_core::limits::check_time("next_run", next)?;
+        check_fire(&task, next)?;
         self.locked(|state| {
             let mut schedules = self.read_schedules()?;
             if !may_fire(schedules.get(name), due) {
@@ -109,9 +107,7 @@ impl Store {
             self.apply(state, saves, Vec::new())?;
             let answer = answers.pop();
             if let Some(schedule) = schedules.get_mut(name) {
-                schedule.next_run = next;
-                schedule.last_run = Some(due);
-                schedule.last_task = answer.as_ref().map(|a| a.id);
+                schedule.fired(due, next, answer.as_ref());
             }
             self.write_schedules(&schedules)?;
             Ok(answer)

@@ -4,7 +4,7 @@
 
 // The writer's types, helpers and imports, which this part works with.
 use super::*;
-use omniq_core::schedule::{check_schedule, may_fire, Schedule};
+use omniq_core::schedule::{check_fire, check_schedule, may_fire, Schedule};
 
 /// The schedule `name` as stored, if any.
 async fn read(s: &mut Session<'_>, name: &str) -> Result<Option<Schedule>> {
@@ -80,7 +80,7 @@ pub(super) async fn skip(
     let Some(mut schedule) = stored else {
         return Ok(false);
     };
-    schedule.next_run = next;
+    schedule.fired(due, next, None);
     write(s, &schedule, true).await?;
     Ok(true)
 }
@@ -95,9 +95,7 @@ pub(super) async fn fire(
     next: OffsetDateTime,
     task: Task,
 ) -> Result<Option<Enqueued>> {
-    omniq_core::check_pending(std::slice::from_ref(&task))?;
-    omniq_core::check_new_records(std::slice::from_ref(&task))?;
-    omniq_core::limits::check_time("next_run", next)?;
+    check_fire(&task, next)?;
     let stored = read(s, name).await?;
     if !may_fire(stored.as_ref(), due) {
         return Ok(None);
@@ -124,9 +122,7 @@ pub(super) async fn fire(
     let holder = holder.map(|id| TaskId::parse(&id)).transpose()?;
     let (tasks, mut answers) = split_duplicates(vec![task], |_| Ok(holder))?;
     let answer = answers.pop();
-    schedule.next_run = next;
-    schedule.last_run = Some(due);
-    schedule.last_task = answer.as_ref().map(|a| a.id);
+    schedule.fired(due, next, answer.as_ref());
     match tasks.is_empty() {
         // The key's holder stands for the tick: only the schedule moves on.
         true => write(s, &schedule, true).await?,
