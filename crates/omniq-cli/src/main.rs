@@ -460,8 +460,8 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
     let report = omniq::migrate(&*source, &*destination, |p| bar.set_position(p.done)).await?;
     bar.finish_and_clear();
     out!(
-        "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) released as if their lease had expired; the source is unchanged",
-        args.from, args.to, report.copied, report.skipped, report.running_reset
+        "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) released as if their lease had expired, {} schedule(s); the source is unchanged",
+        args.from, args.to, report.copied, report.skipped, report.running_reset, report.schedules
     );
     if report.is_complete() {
         return Ok(ExitCode::SUCCESS);

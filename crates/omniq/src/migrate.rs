@@ -34,6 +34,8 @@ pub struct MigrationReport {
     /// Tasks of the source that were not copied: records the source cannot
     /// read, and tasks the destination refused (a time it cannot hold, say).
     pub not_copied: Vec<NotCopied>,
+    /// Schedules copied, each replacing one of its name in the destination.
+    pub schedules: u64,
 }
 
 impl MigrationReport {
@@ -124,6 +126,11 @@ pub async fn migrate(
             done,
             total: total.max(done),
         });
+    }
+    // Schedules go as they are, with their next tick and last task.
+    for schedule in from.schedules().await? {
+        to.put_schedule(schedule).await?;
+        report.schedules += 1;
     }
     report
         .not_copied

@@ -65,6 +65,20 @@ async fn fill(store: &dyn Storage) {
     store.finish(finishes, now).await.unwrap();
     let cancel = claimed.iter().find(|t| t.func_path == "cancel").unwrap();
     store.cancel(cancel.id, now).await.unwrap();
+    store
+        .put_schedule(omniq::Schedule {
+            name: "nightly".into(),
+            expression: "0 0 3 * * *".into(),
+            timezone: "Europe/Berlin".into(),
+            task: omniq::ScheduledTask::from_new_task(&NewTask::new("report").queue("reports")),
+            catch_up: true,
+            paused: true,
+            next_run: now + Duration::from_secs(3600),
+            last_run: Some(now),
+            last_task: Some(cancel.id),
+        })
+        .await
+        .unwrap();
 }
 
 async fn all(store: &dyn Storage) -> Vec<Task> {
@@ -82,6 +96,8 @@ async fn check(from: Arc<dyn Storage>, to: Arc<dyn Storage>) {
     let report = omniq::migrate(&*from, &*to, |p| seen.push(p)).await.unwrap();
     assert_eq!(report.copied, before.len() as u64);
     assert_eq!(report.running_reset, 1);
+    assert_eq!(report.schedules, 1);
+    assert_eq!(to.schedules().await.unwrap(), from.schedules().await.unwrap());
     assert_eq!(seen.last().unwrap().done, before.len() as u64);
     assert_eq!(all(&*from).await, before, "the source is unchanged");
 
