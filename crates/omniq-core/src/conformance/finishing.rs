@@ -29,6 +29,7 @@ scenarios![
     old_owner_cannot_finish_after_requeue,
     expired_lease_without_retries_fails,
     progress_is_kept_for_the_current_claim_only,
+    progress_keeps_a_renewed_lease,
 ];
 
 async fn complete_stores_the_result(store: &dyn Storage) {
@@ -406,4 +407,35 @@ async fn progress_is_kept_for_the_current_claim_only(store: &dyn Storage) {
     let done = get(store, id).await;
     assert_eq!((done.status, done.progress), (TaskStatus::Completed, None));
     assert!(!store.set_progress(lease, most).await.unwrap());
+}
+
+/// A progress report after a renewal keeps the renewed expiry: the lease pass
+/// between the claim's expiry and the renewed one hands nothing back, so a
+/// long task that renews and reports is never run twice.
+async fn progress_keeps_a_renewed_lease(store: &dyn Storage) {
+    let id = enqueue_one(store, new("long").max_retries(0)).await;
+    let claimed = claim_one(store, T0).await;
+    let lease = LeaseRef {
+        id,
+        token: claimed.lease.as_ref().unwrap().token,
+    };
+    // The claim's lease ends at 30 s; renewed at 20 s it ends at 50 s.
+    let renewed = store.renew(&[lease], LEASE, at(20_000)).await.unwrap();
+    assert_eq!(
+        renewed,
+        vec![RenewOutcome::Renewed {
+            expires_at: at(50_000)
+        }]
+    );
+    let report = Progress::new(0.25, "a quarter", at(21_000)).unwrap();
+    assert!(store.set_progress(lease, report.clone()).await.unwrap());
+    let task = get(store, id).await;
+    assert_eq!(task.progress, Some(report));
+    assert_eq!(task.lease.as_ref().unwrap().expires_at, at(50_000));
+    assert_eq!(store.requeue_expired(at(40_000)).await.unwrap(), Vec::<TaskId>::new());
+    assert_eq!(get(store, id).await.status, TaskStatus::Running);
+    // Renewed again after the report, the lease still follows the renewal.
+    store.renew(&[lease], LEASE, at(45_000)).await.unwrap();
+    assert_eq!(store.requeue_expired(at(60_000)).await.unwrap(), Vec::<TaskId>::new());
+    assert_eq!(get(store, id).await.lease.unwrap().expires_at, at(75_000));
 }

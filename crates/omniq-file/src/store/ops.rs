@@ -142,14 +142,21 @@ impl Store {
     /// running entry saying which claim is current.
     pub fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
         self.locked(|state| {
-            match self.read_lease(lease.id) {
-                Some(current) if current.token == lease.token => {}
+            let current = match self.read_lease(lease.id) {
+                Some(current) if current.token == lease.token => current,
                 _ => return Ok(false),
-            }
+            };
             let Loaded::Found(old) = self.load(lease.id)? else {
                 return Ok(false);
             };
             let mut task = old.clone();
+            // The running entry holds the renewed expiry; the record still has
+            // the claim's. Saving writes the entry from the record, so the
+            // record takes the entry's lease first, or the save would undo
+            // every renewal (here and in a journal replay).
+            if task.lease.as_ref().is_some_and(|l| l.token == current.token) {
+                task.lease = Some(current);
+            }
             if !task.set_progress(lease.token, progress) {
                 return Ok(false);
             }
