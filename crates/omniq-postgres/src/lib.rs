@@ -48,9 +48,23 @@ macro_rules! in_transaction {
             let step: std::result::Result<_, Fail> = async {
                 let mut $tx = $store.pool.begin().await?;
                 let body: std::result::Result<_, Fail> = async { $body }.await;
-                let value = body?;
-                $tx.commit().await.map_err(Fail::at_commit)?;
-                Ok(value)
+                match body {
+                    Ok(value) => {
+                        $tx.commit().await.map_err(Fail::at_commit)?;
+                        Ok(value)
+                    }
+                    Err(fail) => {
+                        // Rolled back here, before the answer: a dropped
+                        // transaction is rolled back only when the pool gets
+                        // its connection back, on another task, and until
+                        // then its row locks hide the rows from every claim's
+                        // `SKIP LOCKED`. A rollback that fails leaves a broken
+                        // connection, which the pool closes (and the server
+                        // then releases the locks).
+                        let _ = $tx.rollback().await;
+                        Err(fail)
+                    }
+                }
             }
             .await;
             match step {

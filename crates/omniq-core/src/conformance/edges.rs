@@ -25,6 +25,7 @@ scenarios![
     a_retried_occurrence_is_cancelled_alone,
     next_due_is_the_earliest_pending_eta,
     cancelling_a_series_stops_every_live_occurrence,
+    a_refused_change_leaves_its_task_claimable,
 ];
 
 fn at(secs: u64) -> OffsetDateTime {
@@ -285,4 +286,72 @@ async fn cancelling_a_series_stops_every_live_occurrence(store: &dyn Storage) {
         assert_eq!(store.get(id).await.unwrap().status, TaskStatus::Cancelled);
     }
     assert_eq!(store.get(claimed.id).await.unwrap().status, TaskStatus::Completed);
+}
+
+/// A change the store refuses (a retry of a task that has not failed, one
+/// whose unique key is held) leaves nothing behind that hides the task: the
+/// very next claim, from any caller, takes it. Repeated, since a backend
+/// that releases a refused change's locks late loses only some races.
+async fn a_refused_change_leaves_its_task_claimable(store: &dyn Storage) {
+    for round in 0..60 {
+        let now = at(round);
+        let key = format!("key-{round}");
+        let ids = store
+            .enqueue(vec![
+                make(NewTask::new("x").unique_key(key.clone()), now),
+                make(NewTask::new("y"), now),
+            ])
+            .await
+            .unwrap();
+        let (first, second) = (ids[0].id, ids[1].id);
+        // Not failed: refused.
+        assert!(store.retry(first, now).await.is_err(), "round {round}");
+        assert!(store.retry(second, now).await.is_err(), "round {round}");
+        let claimed = store
+            .claim(ClaimRequest {
+                queue: crate::DEFAULT_QUEUE.into(),
+                worker_id: "w".into(),
+                limit: 2,
+                lease_for: LEASE,
+                now,
+            })
+            .await
+            .unwrap();
+        let claimed: Vec<_> = claimed.iter().map(|t| t.id).collect();
+        assert_eq!(claimed, vec![first, second], "round {round}");
+        // Fail the first for good, hold its key with a new task, and retry
+        // it: refused (the key is held), and the holder stays claimable.
+        let lease = store.get(first).await.unwrap().lease.unwrap();
+        let answer = store
+            .finish(
+                vec![crate::storage::Finish {
+                    id: first,
+                    token: lease.token,
+                    outcome: Outcome::Fail {
+                        error: fail(1, false),
+                    },
+                }],
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            answer[0],
+            FinishOutcome::Applied {
+                status: TaskStatus::Failed,
+                ..
+            }
+        ));
+        let holder = store
+            .enqueue(vec![make(NewTask::new("z").unique_key(key), now)])
+            .await
+            .unwrap()[0]
+            .id;
+        assert!(
+            matches!(store.retry(first, now).await, Err(Error::Conflict { .. })),
+            "round {round}"
+        );
+        let claimed = claim_one(store, now).await;
+        assert_eq!(claimed.id, holder, "round {round}");
+    }
 }

@@ -432,10 +432,16 @@ async fn progress_keeps_a_renewed_lease(store: &dyn Storage) {
     let task = get(store, id).await;
     assert_eq!(task.progress, Some(report));
     assert_eq!(task.lease.as_ref().unwrap().expires_at, at(50_000));
-    assert_eq!(store.requeue_expired(at(40_000)).await.unwrap(), Vec::<TaskId>::new());
+    assert_eq!(
+        store.requeue_expired(at(40_000)).await.unwrap(),
+        Vec::<TaskId>::new()
+    );
     assert_eq!(get(store, id).await.status, TaskStatus::Running);
     // Renewed again after the report, the lease still follows the renewal.
     store.renew(&[lease], LEASE, at(45_000)).await.unwrap();
-    assert_eq!(store.requeue_expired(at(60_000)).await.unwrap(), Vec::<TaskId>::new());
+    assert_eq!(
+        store.requeue_expired(at(60_000)).await.unwrap(),
+        Vec::<TaskId>::new()
+    );
     assert_eq!(get(store, id).await.lease.unwrap().expires_at, at(75_000));
 }
