@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use omniq_core::conformance::{self, Factory, Fresh};
-use omniq_core::Durability;
+use omniq_core::{Durability, TaskId};
 use omniq_file::FileStorage;
 
 struct File;
@@ -21,6 +21,21 @@ impl Factory for File {
             .await
             .expect("open the store");
         Fresh::new(Arc::new(store), dir)
+    }
+
+    fn can_damage(&self) -> bool {
+        true
+    }
+
+    async fn damage(&self, fresh: &Fresh, id: TaskId) {
+        let dir: &tempfile::TempDir = fresh.guard().expect("the store's folder");
+        let record = dir.path().join("tasks").join(format!("task-{id}.json"));
+        assert!(record.exists(), "no record at {}", record.display());
+        std::fs::write(
+            &record,
+            format!(r#"{{"id": "{id}", "written_by": "a newer build"}}"#),
+        )
+        .unwrap();
     }
 }
 

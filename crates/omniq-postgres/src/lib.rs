@@ -205,6 +205,33 @@ impl PostgresStorage {
         Ok(found.iter().filter_map(|s| TaskId::parse(s).ok()).collect())
     }
 
+    /// Fails, for good, running tasks whose records cannot be read, so the
+    /// lease pass goes on for the others and they are not left `running`
+    /// for every later pass to trip over. Their records stay as they are
+    /// for a person to inspect (`damaged` lists them).
+    async fn fail_unreadable(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        unreadable: &[(String, String)],
+        now: OffsetDateTime,
+    ) -> std::result::Result<(), Fail> {
+        tracing::error!(
+            tasks = ?unreadable,
+            schema = %self.schema,
+            "failing running tasks whose stored records cannot be read"
+        );
+        let ids: Vec<&str> = unreadable.iter().map(|(id, _)| id.as_str()).collect();
+        sqlx::query(&self.q(
+            "UPDATE {s}.tasks SET status = 'failed', finished_at = $2, lease_expires = NULL, \
+             claim = NULL WHERE id = ANY($1) AND status = 'running'",
+        ))
+        .bind(&ids)
+        .bind(to_ns(now)?)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     async fn fetch(
         &self,
         sql: &str,
@@ -269,8 +296,19 @@ impl Storage for PostgresStorage {
                 .bind(lease_ns)
                 .fetch_all(&self.claims)
                 .await;
-            match rows.map_err(Fail::from).and_then(|rows| rows::tasks(&rows)) {
-                Ok(tasks) => {
+            match rows.map_err(Fail::from) {
+                Ok(rows) => {
+                    // A row that cannot be read is claimed all the same; no
+                    // worker runs it, and the lease pass takes it out of
+                    // `running` once its lease runs out.
+                    let (tasks, unreadable) = rows::split(&rows);
+                    if !unreadable.is_empty() {
+                        tracing::error!(
+                            tasks = ?unreadable,
+                            schema = %self.schema,
+                            "claimed tasks whose stored records cannot be read; the lease pass will fail them"
+                        );
+                    }
                     claimed = Some(tasks);
                     break;
                 }
@@ -585,7 +623,10 @@ impl Storage for PostgresStorage {
             .bind(to_ns(now)?)
             .fetch_all(&mut *tx)
             .await?;
-            let mut tasks = rows::tasks(&rows)?;
+            let (mut tasks, unreadable) = rows::split(&rows);
+            if !unreadable.is_empty() {
+                self.fail_unreadable(&mut tx, &unreadable, now).await?;
+            }
             tasks.sort_by_key(|t| (t.lease.as_ref().map(|l| l.expires_at), t.id));
             let mut created = Vec::new();
             for task in &mut tasks {

@@ -127,13 +127,27 @@ pub(crate) fn tasks(rows: &[PgRow]) -> Result<Vec<Task>, Fail> {
         .map(|row| {
             read(row).map_err(|e| {
                 let id: String = row.try_get(0).unwrap_or_default();
-                Fail::Stop(Error::backend(
-                    "postgres",
-                    format!("task {id}: its stored record cannot be read: {e}"),
-                ))
+                Fail::Stop(Error::Corrupt {
+                    path: "postgres table tasks".into(),
+                    reason: format!("task {id}: its stored record cannot be read: {e}"),
+                })
             })
         })
         .collect()
+}
+
+/// The tasks of the rows whose records read back, and the `(id, reason)`
+/// of each row whose record does not.
+pub(crate) fn split(rows: &[PgRow]) -> (Vec<Task>, Vec<(String, String)>) {
+    let mut tasks = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in rows {
+        match read(row) {
+            Ok(task) => tasks.push(task),
+            Err(reason) => unreadable.push((row.try_get(0).unwrap_or_default(), reason)),
+        }
+    }
+    (tasks, unreadable)
 }
 
 /// The tasks of the rows whose records read back.

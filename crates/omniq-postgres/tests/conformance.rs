@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use common::{fresh_schema, url, DropSchema};
 use omniq_core::conformance::{self, Factory, Fresh};
+use omniq_core::TaskId;
 use omniq_postgres::PostgresStorage;
 
 struct Postgres;
@@ -26,6 +27,27 @@ impl Factory for Postgres {
             .await
             .expect("connect to PostgreSQL");
         Fresh::new(Arc::new(store), DropSchema(schema))
+    }
+
+    fn can_damage(&self) -> bool {
+        true
+    }
+
+    async fn damage(&self, fresh: &Fresh, id: TaskId) {
+        use sqlx::Connection as _;
+        let DropSchema(schema) = fresh.guard().expect("the store's schema");
+        let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
+        // A record as a newer build might write it.
+        let done = sqlx::query(&format!(
+            "UPDATE \"{schema}\".tasks SET record = json_build_object('id', id, 'written_by', 'a newer build') \
+             WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+        conn.close().await.unwrap();
     }
 }
 

@@ -36,6 +36,7 @@ macro_rules! scenarios {
     };
 }
 
+mod damaged;
 mod edges;
 mod finishing;
 mod hostile;
@@ -82,6 +83,12 @@ impl Fresh {
             _guard: Box::new(guard),
         }
     }
+
+    /// The value given to [`Fresh::new`], if it is a `T`: where a factory
+    /// finds the store's folder or schema again, to damage a record.
+    pub fn guard<T: Any>(&self) -> Option<&T> {
+        self._guard.downcast_ref()
+    }
 }
 
 /// Makes fresh stores of one backend for the suite.
@@ -91,6 +98,21 @@ pub trait Factory: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// A new, empty store that shares nothing with earlier ones.
     async fn open(&self) -> Fresh;
+
+    /// Whether the backend can hold a record it cannot read back (a hand
+    /// edit, a newer build's record during a rolling upgrade), and so runs
+    /// the damaged-record scenario through [`Factory::damage`]. A store of
+    /// typed values in memory cannot.
+    fn can_damage(&self) -> bool {
+        false
+    }
+
+    /// Makes the stored record of task `id` in `fresh` unreadable, behind
+    /// the store's back. Called only when [`Factory::can_damage`].
+    async fn damage(&self, fresh: &Fresh, id: crate::task::TaskId) {
+        let _ = (fresh, id);
+        panic!("{} cannot damage a record", self.backend());
+    }
 }
 
 /// Every scenario of the suite, in a stable order: the promises of each
@@ -134,6 +156,19 @@ pub fn run_main(factory: impl Factory) -> ExitCode {
         "model::random_operations_agree_with_the_model",
         move || model::check(&*model_factory).map_err(Into::into),
     ));
+    let damage_factory = factory.clone();
+    trials.push(
+        libtest_mimic::Trial::test(
+            "damaged::an_unreadable_record_takes_no_other_task_down",
+            move || {
+                runtime().block_on(damaged::an_unreadable_record_takes_no_other_task_down(
+                    &*damage_factory,
+                ));
+                Ok(())
+            },
+        )
+        .with_ignored_flag(!factory.can_damage()),
+    );
     let extremes_factory = factory.clone();
     trials.push(libtest_mimic::Trial::test(
         "extremes::random_times_and_durations_never_panic",
