@@ -124,19 +124,59 @@ impl PostgresStorage {
              AND COALESCE(t.claim->>'token', t.record->'lease'->>'token') = u.tok \
              RETURNING t.id",
         );
+        // The finishes not yet known to be written, by index.
+        let mut left: Vec<usize> = (0..tasks.len()).collect();
+        let mut done = Vec::new();
         let mut last = String::new();
         for _ in 0..ATTEMPTS {
+            let pick = |values: &[String]| left.iter().map(|&i| values[i].clone()).collect::<Vec<_>>();
             let written = sqlx::query_scalar(&sql)
-                .bind(&ids)
-                .bind(tokens)
-                .bind(&statuses)
-                .bind(&finished)
-                .bind(&records)
+                .bind(pick(&ids))
+                .bind(pick(tokens))
+                .bind(pick(&statuses))
+                .bind(left.iter().map(|&i| finished[i]).collect::<Vec<_>>())
+                .bind(pick(&records))
                 .fetch_all(&self.pool)
                 .await;
             match written.map_err(Fail::from) {
-                Ok(written) => return Ok(written),
+                Ok(written) => {
+                    done.extend(written);
+                    return Ok(done);
+                }
                 Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Unknown(why)) => {
+                    // The statement may have been applied: read the rows
+                    // back. Written are those now in the state this finish
+                    // gave them; still running under the claim's token are
+                    // those to write again; any other was never ours to write.
+                    let check = self.q(
+                        "SELECT id, status, finished_at, COALESCE(claim->>'token', record->'lease'->>'token') \
+                         FROM {s}.tasks WHERE id = ANY($1)",
+                    );
+                    let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(&check)
+                        .bind(pick(&ids))
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(|e| {
+                            rows::unknown(format!("{why}, and the tasks could not be read back: {e}"))
+                        })?;
+                    let mut again = Vec::new();
+                    for &i in &left {
+                        let Some((_, status, at, token)) = rows.iter().find(|r| r.0 == ids[i]) else {
+                            continue;
+                        };
+                        if *status == statuses[i] && *at == finished[i] {
+                            done.push(ids[i].clone());
+                        } else if status == "running" && token.as_deref() == Some(tokens[i].as_str()) {
+                            again.push(i);
+                        }
+                    }
+                    if again.is_empty() {
+                        return Ok(done);
+                    }
+                    left = again;
+                    last = why;
+                }
                 Err(Fail::Stop(error)) => return Err(error),
             }
         }
@@ -154,15 +194,75 @@ impl PostgresStorage {
         finishes: &[Finish],
         now: OffsetDateTime,
     ) -> Result<Vec<FinishOutcome>> {
-        Ok(in_transaction!(self, |tx| {
-            let ids: Vec<String> = finishes.iter().map(|f| f.id.to_string()).collect();
-            let loaded = self.load_locking_series(&mut tx, &ids).await?;
-            let (answers, writes) =
-                omniq_core::batch::apply_finishes(loaded, finishes, now).map_err(Fail::Stop)?;
-            // Tasks handed back are due again at once.
-            let announce = (self.channel.as_str(), wake::due_queues(&writes, |_| now));
-            rows::save_announcing(&self.s, &mut tx, &writes, false, Some(announce)).await?;
-            Ok(answers)
-        }))
+        let ids: Vec<String> = finishes.iter().map(|f| f.id.to_string()).collect();
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let mut tx = match self.pool.begin().await.map_err(Fail::before_write) {
+                Ok(tx) => tx,
+                Err(Fail::Retry(why)) => {
+                    last = why;
+                    continue;
+                }
+                Err(other) => return Err(other.into_error()),
+            };
+            let body: std::result::Result<_, Fail> = async {
+                let loaded = self.load_locking_series(&mut tx, &ids).await?;
+                let (answers, writes) =
+                    omniq_core::batch::apply_finishes(loaded, finishes, now).map_err(Fail::Stop)?;
+                // Tasks handed back are due again at once.
+                let announce = (self.channel.as_str(), wake::due_queues(&writes, |_| now));
+                rows::save_announcing(&self.s, &mut tx, &writes, false, Some(announce)).await?;
+                Ok(answers)
+            }
+            .await;
+            let answers = match body {
+                Ok(answers) => answers,
+                Err(fail) => {
+                    // Rolled back before the answer (see `in_transaction!`).
+                    let _ = tx.rollback().await;
+                    match fail {
+                        Fail::Stop(error) => return Err(error),
+                        Fail::Retry(why) | Fail::Unknown(why) => {
+                            last = why;
+                            continue;
+                        }
+                    }
+                }
+            };
+            match tx.commit().await.map_err(Fail::at_commit) {
+                Ok(()) => return Ok(answers),
+                Err(Fail::Stop(error)) => return Err(error),
+                Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Unknown(why)) => {
+                    // The transaction is all or nothing: one finish it
+                    // applied tells whether it committed. Still running
+                    // under that claim's token, it did not, and is tried
+                    // again; otherwise its answers are the truth.
+                    let applied = finishes
+                        .iter()
+                        .zip(&answers)
+                        .find(|(_, answer)| matches!(answer, FinishOutcome::Applied { .. }));
+                    let Some((finish, _)) = applied else {
+                        return Ok(answers);
+                    };
+                    let still: Option<bool> = sqlx::query_scalar(&self.q("SELECT status = 'running' AND \
+                         COALESCE(claim->>'token', record->'lease'->>'token') = $2 \
+                         FROM {s}.tasks WHERE id = $1"))
+                    .bind(finish.id.to_string())
+                    .bind(finish.token.0.to_string())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| rows::unknown(format!("{why}, and the task could not be read back: {e}")))?;
+                    if still != Some(true) {
+                        return Ok(answers);
+                    }
+                    last = why;
+                }
+            }
+        }
+        Err(omniq_core::Error::backend(
+            "postgres",
+            format!("gave up after {ATTEMPTS} attempts: {last}"),
+        ))
     }
 }

@@ -46,13 +46,16 @@ macro_rules! in_transaction {
         let mut outcome = None;
         for _ in 0..$crate::ATTEMPTS {
             let step: std::result::Result<_, Fail> = async {
-                let mut $tx = $store.pool.begin().await?;
+                let mut $tx = $store.pool.begin().await.map_err(Fail::before_write)?;
                 let body: std::result::Result<_, Fail> = async { $body }.await;
                 match body {
                     Ok(value) => {
                         $tx.commit().await.map_err(Fail::at_commit)?;
                         Ok(value)
                     }
+                    // The connection was lost before the commit: the server
+                    // rolled the transaction back, so it is tried again.
+                    Err(Fail::Unknown(why)) => Err(Fail::Retry(why)),
                     Err(fail) => {
                         // Rolled back here, before the answer: a dropped
                         // transaction is rolled back only when the pool gets
@@ -73,6 +76,7 @@ macro_rules! in_transaction {
                     break;
                 }
                 Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Unknown(why)) => return Err($crate::rows::unknown(why)),
                 Err(Fail::Stop(error)) => return Err(error),
             }
         }
@@ -205,6 +209,18 @@ impl PostgresStorage {
         Ok(found.iter().filter_map(|s| TaskId::parse(s).ok()).collect())
     }
 
+    /// The rows the claim named `batch` took, still running under it: how
+    /// a claim whose connection was lost learns what it claimed. Read on a
+    /// fresh connection of the main pool.
+    async fn claimed_by(&self, batch: &str) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        sqlx::query(
+            &self.q("SELECT {COLUMNS} FROM {s}.tasks WHERE status = 'running' AND claim->>'batch' = $1"),
+        )
+        .bind(batch)
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Fails, for good, running tasks whose records cannot be read, so the
     /// lease pass goes on for the others and they are not left `running`
     /// for every later pass to trip over. Their records stay as they are
@@ -242,10 +258,7 @@ impl PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(sql_error)?;
-        rows::tasks(&rows).map_err(|e| match e {
-            Fail::Stop(e) => e,
-            Fail::Retry(why) => Error::backend("postgres", why),
-        })
+        rows::tasks(&rows).map_err(Fail::into_error)
     }
 }
 
@@ -278,12 +291,17 @@ impl Storage for PostgresStorage {
                  ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE {s}.tasks t SET status = 'running', lease_expires = $5, \
                  claim = json_build_object('worker', $4::text, 'token', gen_random_uuid(), \
-                 'at', $2::int8, 'lease_ns', $6::int8) \
+                 'at', $2::int8, 'lease_ns', $6::int8, 'batch', $7::text) \
              FROM due WHERE t.id = due.id \
              RETURNING t.id, t.record::text, t.claim::text");
         let now = to_ns(request.now)?;
         let expires = to_ns(omniq_core::later(request.now, request.lease_for))?;
         let lease_ns = i64::try_from(request.lease_for.as_nanos()).unwrap_or(i64::MAX);
+        // Names this claim's rows, so that when the connection is lost after
+        // the server ran the statement, the claim can be read back instead
+        // of tried again (which would leave the first claim's tasks running
+        // with no worker, an attempt burned).
+        let batch = omniq_core::LeaseToken::new().to_string();
         let mut last = String::new();
         let mut claimed = None;
         for _ in 0..ATTEMPTS {
@@ -294,9 +312,19 @@ impl Storage for PostgresStorage {
                 .bind(&request.worker_id)
                 .bind(expires)
                 .bind(lease_ns)
+                .bind(&batch)
                 .fetch_all(&self.claims)
                 .await;
-            match rows.map_err(Fail::from) {
+            let rows = match rows.map_err(Fail::from) {
+                Err(Fail::Unknown(why)) => self.claimed_by(&batch).await.map_err(|e| {
+                    Fail::Stop(Error::backend(
+                        "postgres",
+                        format!("{why}, and the claim could not be read back: {e}"),
+                    ))
+                }),
+                other => other,
+            };
+            match rows {
                 Ok(rows) => {
                     // A row that cannot be read is claimed all the same; no
                     // worker runs it, and the lease pass takes it out of
@@ -313,6 +341,7 @@ impl Storage for PostgresStorage {
                     break;
                 }
                 Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Unknown(why)) => return Err(rows::unknown(why)),
                 Err(Fail::Stop(error)) => return Err(error),
             }
         }

@@ -15,45 +15,84 @@ pub(crate) type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// Why a transaction's step stopped.
 pub(crate) enum Fail {
     /// PostgreSQL asks for the transaction to be tried again (a deadlock, a
-    /// serialization failure, a unique key a concurrent enqueue took first).
+    /// serialization failure, a unique key a concurrent enqueue took first,
+    /// a connection lost before the commit, which the server rolls back).
     Retry(String),
+    /// The connection was lost while the server may have applied the write
+    /// (at the commit, or during a statement that commits by itself): it is
+    /// not tried again blindly, but checked, or answered as unknown.
+    Unknown(String),
     /// An answer for the caller.
     Stop(Error),
+}
+
+/// Whether `error` says the connection is gone: a closed socket, or the
+/// server's "connection failure" and "operator intervention" classes (a
+/// restart, `pg_terminate_backend`).
+fn connection_lost(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Io(io) => Some(format!("the connection was lost: {io}")),
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .as_deref()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+        {
+            Some(format!("the connection was lost: {}", db.message()))
+        }
+        _ => None,
+    }
 }
 
 impl Fail {
     /// A failure of the commit itself: tried again only when the server
     /// says the transaction did not commit; a connection lost at that moment
-    /// leaves the outcome unknown, which the caller must hear.
+    /// leaves the outcome unknown.
     pub(crate) fn at_commit(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::Io(io) => Fail::Stop(Error::backend(
-                "postgres",
-                format!(
-                    "the connection was lost while committing; the change may or may not be stored: {io}"
-                ),
-            )),
-            other => Fail::from(other),
+        match connection_lost(&error) {
+            Some(why) => Fail::Unknown(why),
+            None => Fail::from(error),
         }
     }
+
+    /// A failure before anything was written (opening a transaction, a
+    /// read): a lost connection there may simply be tried again.
+    pub(crate) fn before_write(error: sqlx::Error) -> Self {
+        match Fail::from(error) {
+            Fail::Unknown(why) => Fail::Retry(why),
+            other => other,
+        }
+    }
+
+    /// This failure as the caller's error.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Fail::Stop(error) => error,
+            Fail::Retry(why) => Error::backend("postgres", why),
+            Fail::Unknown(why) => unknown(why),
+        }
+    }
+}
+
+/// The error of a write whose outcome could not be learnt.
+pub(crate) fn unknown(why: String) -> Error {
+    Error::backend(
+        "postgres",
+        format!("{why}; the change may or may not be stored (its outcome is unknown)"),
+    )
 }
 
 impl From<sqlx::Error> for Fail {
     fn from(error: sqlx::Error) -> Self {
         // A connection the server closed (a restart, pg_terminate_backend,
-        // a network cut): the statement did not run, and the pool drops the
-        // connection, so another try goes through a new one.
-        if let sqlx::Error::Io(io) = &error {
-            return Fail::Retry(format!("the connection was lost: {io}"));
+        // a network cut): a statement that commits by itself may have been
+        // applied. Inside a transaction nothing was, and `in_transaction!`
+        // tries it again on a new connection.
+        if let Some(why) = connection_lost(&error) {
+            return Fail::Unknown(why);
         }
         if let sqlx::Error::Database(db) = &error {
             let code = db.code();
-            if code
-                .as_deref()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
-            {
-                return Fail::Retry(format!("the connection was lost: {}", db.message()));
-            }
             let retry = matches!(code.as_deref(), Some("40001" | "40P01"))
                 || (code.as_deref() == Some("23505") && db.constraint() == Some("tasks_unique_live"));
             if retry {

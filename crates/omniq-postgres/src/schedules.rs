@@ -44,10 +44,9 @@ impl PostgresStorage {
         self.writable()?;
         check_schedule(&schedule)?;
         let mut conn = self.pool.acquire().await.map_err(sql_error)?;
-        save(&self.s, &mut conn, &schedule).await.map_err(|e| match e {
-            Fail::Stop(error) => error,
-            Fail::Retry(why) => Error::backend("postgres", why),
-        })
+        save(&self.s, &mut conn, &schedule)
+            .await
+            .map_err(Fail::into_error)
     }
 
     pub(crate) async fn schedule_rows(&self) -> Result<Vec<Schedule>> {

@@ -96,6 +96,10 @@ pub async fn enqueue_in(conn: &mut PgConnection, schema: &str, tasks: Vec<Task>)
             "postgres",
             format!("the transaction was aborted and may be run again: {why}"),
         )),
+        Err(Fail::Unknown(why)) => Err(Error::backend(
+            "postgres",
+            format!("{why}; the transaction did not commit"),
+        )),
     }
 }
 
@@ -108,6 +112,12 @@ impl PostgresStorage {
 
     /// Stores checked or unchecked records (an import, or an enqueue whose
     /// records are pending): `announce` the queues made due.
+    ///
+    /// When the connection is lost where the write may have been applied
+    /// (the one INSERT, or the commit), the ids are looked up: found, the
+    /// records are this call's (ids are drawn at random by the caller), and
+    /// the answer is the one the write gave; not found, nothing was stored
+    /// and the write is tried again.
     pub(crate) async fn store(&self, tasks: Vec<Task>, announce: bool) -> Result<Vec<Enqueued>> {
         self.writable()?;
         omniq_core::check_new_records(&tasks)?;
@@ -115,37 +125,138 @@ impl PostgresStorage {
             return Ok(Vec::new());
         }
         let channel = announce.then_some(self.channel.as_str());
-        if tasks.iter().all(|t| t.unique_key.is_none()) {
-            // Without keys an enqueue is one INSERT, all or nothing by
-            // itself: one round trip, no transaction around it.
-            let mut conn = self.pool.acquire().await.map_err(sql_error)?;
-            let announce = channel.map(|channel| (channel, wake::due_queues(&tasks, |t| t.created_at)));
-            match rows::save_announcing(&self.s, &mut conn, &tasks, true, announce).await {
-                Ok(()) => {
-                    return Ok(tasks
-                        .iter()
-                        .map(|t| Enqueued {
-                            id: t.id,
-                            duplicate: false,
-                        })
-                        .collect())
-                }
-                // An id is taken: name it.
-                Err(Fail::Stop(Error::Conflict { .. })) => {
-                    let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
-                    return match taken(&self.s, &mut conn, &ids).await {
-                        Err(Fail::Stop(error)) => Err(error),
-                        Err(Fail::Retry(why)) => Err(Error::backend("postgres", why)),
-                        Ok(()) => Err(Error::conflict("?", "a task with this id already exists")),
-                    };
-                }
+        let mut last = String::new();
+        for _ in 0..crate::ATTEMPTS {
+            let attempt = match tasks.iter().all(|t| t.unique_key.is_none()) {
+                true => self.store_alone(&tasks, channel).await,
+                false => self.store_in_transaction(&tasks, channel).await,
+            };
+            match attempt {
+                Ok(answers) => return Ok(answers),
                 Err(Fail::Stop(error)) => return Err(error),
-                Err(Fail::Retry(_)) => {}
+                Err(Fail::Retry(why)) => last = why,
+                Err(Fail::Unknown(why)) => match self.stored_already(&tasks).await {
+                    Ok(Some(answers)) => return Ok(answers),
+                    Ok(None) => last = why,
+                    Err(error) => {
+                        return Err(rows::unknown(format!(
+                            "{why}, and the ids could not be looked up: {error}"
+                        )))
+                    }
+                },
             }
         }
-        let tasks = &tasks;
-        Ok(in_transaction!(self, |tx| {
-            store_on(&self.s, &mut tx, tasks, channel).await
-        }))
+        Err(Error::backend(
+            "postgres",
+            format!("gave up after {} attempts: {last}", crate::ATTEMPTS),
+        ))
+    }
+
+    /// Without keys an enqueue is one INSERT, all or nothing by itself: one
+    /// round trip, no transaction around it.
+    async fn store_alone(
+        &self,
+        tasks: &[Task],
+        channel: Option<&str>,
+    ) -> std::result::Result<Vec<Enqueued>, Fail> {
+        let mut conn = self.pool.acquire().await.map_err(Fail::before_write)?;
+        let announce = channel.map(|channel| (channel, wake::due_queues(tasks, |t| t.created_at)));
+        match rows::save_announcing(&self.s, &mut conn, tasks, true, announce).await {
+            Ok(()) => Ok(tasks
+                .iter()
+                .map(|t| Enqueued {
+                    id: t.id,
+                    duplicate: false,
+                })
+                .collect()),
+            // An id is taken: name it.
+            Err(Fail::Stop(Error::Conflict { .. })) => {
+                let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+                match taken(&self.s, &mut conn, &ids).await {
+                    Err(Fail::Stop(error)) => Err(Fail::Stop(error)),
+                    Err(other) => Err(Fail::Stop(other.into_error())),
+                    Ok(()) => Err(Fail::Stop(Error::conflict(
+                        "?",
+                        "a task with this id already exists",
+                    ))),
+                }
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The transaction that decides duplicates; a connection lost at its
+    /// commit is `Fail::Unknown`.
+    async fn store_in_transaction(
+        &self,
+        tasks: &[Task],
+        channel: Option<&str>,
+    ) -> std::result::Result<Vec<Enqueued>, Fail> {
+        let mut tx = self.pool.begin().await.map_err(Fail::before_write)?;
+        match store_on(&self.s, &mut tx, tasks, channel).await {
+            Ok(answers) => {
+                tx.commit().await.map_err(Fail::at_commit)?;
+                Ok(answers)
+            }
+            Err(fail) => {
+                // Rolled back before the answer, so no lock outlives it
+                // (see `in_transaction!`).
+                let _ = tx.rollback().await;
+                match fail {
+                    // Nothing was committed.
+                    Fail::Unknown(why) => Err(Fail::Retry(why)),
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    /// After a lost connection: the answers of a write of `tasks` that was
+    /// applied, or `None` when none of their ids is stored (nothing was, or
+    /// every one was a duplicate: either way another try is safe).
+    async fn stored_already(&self, tasks: &[Task]) -> Result<Option<Vec<Enqueued>>> {
+        let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
+        let found: Vec<String> = sqlx::query_scalar(&self.q("SELECT id FROM {s}.tasks WHERE id = ANY($1)"))
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut conn = self.pool.acquire().await.map_err(sql_error)?;
+        let keys: Vec<String> = tasks
+            .iter()
+            .filter(|t| !found.contains(&t.id.to_string()))
+            .filter_map(|t| t.unique_key.clone())
+            .collect();
+        let held = holders(&self.s, &mut conn, &keys)
+            .await
+            .map_err(Fail::into_error)?;
+        let mut answers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            if found.contains(&task.id.to_string()) {
+                answers.push(Enqueued {
+                    id: task.id,
+                    duplicate: false,
+                });
+                continue;
+            }
+            // A duplicate: its answer is the holder, unless the holder has
+            // finished since, which leaves nothing true to answer.
+            match task.unique_key.as_ref().and_then(|key| held.get(key)) {
+                Some(holder) => answers.push(Enqueued {
+                    id: *holder,
+                    duplicate: true,
+                }),
+                None => {
+                    return Err(rows::unknown(format!(
+                        "the connection was lost; task {} was not stored and the task that held its key has finished",
+                        task.id
+                    )))
+                }
+            }
+        }
+        Ok(Some(answers))
     }
 }
