@@ -4,7 +4,8 @@
 //! extensions (`L`, `#`, `W`, names, `@daily`...). Across daylight-saving
 //! changes, a tick whose local time is skipped (spring) runs once, at the
 //! first local time after the gap, and a local time that happens twice
-//! (autumn) runs once, at its first occurrence.
+//! (autumn) runs once, at its first occurrence, whatever the pattern (a
+//! daily tick, or every minute of the repeated hour).
 
 use std::str::FromStr;
 
@@ -22,10 +23,11 @@ pub struct CronSchedule {
     tz: Tz,
 }
 
-/// The most ticks one search steps over looking for one that is not a
-/// repeat of a local time already past; a pattern never needs more than a
-/// few, so more means the pattern has no next tick.
-const MAX_STEPS: usize = 8;
+/// The most ticks one search steps over looking for one that is not the
+/// second occurrence of a repeated local time: a pattern firing every
+/// second over the longest repeated span in use (two hours) needs 7,200, so
+/// more means the pattern has no next tick.
+const MAX_STEPS: usize = 10_000;
 
 impl CronSchedule {
     /// Parses `expression` in the IANA time zone `timezone` (e.g.
@@ -50,18 +52,26 @@ impl CronSchedule {
     pub fn next_after(&self, after: OffsetDateTime) -> Result<OffsetDateTime> {
         let none = || Error::invalid_config("cron expression", "it has no tick after this time");
         let mut from = to_chrono(after, self.tz).ok_or_else(none)?;
-        let before = from.naive_local();
         for _ in 0..MAX_STEPS {
             let next = self.cron.find_next_occurrence(&from, false).map_err(|_| none())?;
-            // The autumn hour happens twice: a local time already passed in
-            // the first of them does not run again in the second.
-            if next.naive_local() <= before && next.offset() != from.offset() {
+            // In autumn a span of local times happens twice: each runs at
+            // its first occurrence only, whatever came before the search.
+            if self.is_second_occurrence(&next) {
                 from = next;
                 continue;
             }
             return from_chrono(&next).ok_or_else(none);
         }
         Err(none())
+    }
+
+    /// Whether `time`'s local time happened once before, under an earlier
+    /// offset (the second pass through an autumn change's repeated span).
+    fn is_second_occurrence(&self, time: &DateTime<Tz>) -> bool {
+        match self.tz.from_local_datetime(&time.naive_local()) {
+            chrono::LocalResult::Ambiguous(first, _) => first.timestamp() != time.timestamp(),
+            _ => false,
+        }
     }
 }
 
@@ -134,6 +144,146 @@ mod tests {
                 // 02:00 CET (01:00 UTC) is 02:00 again: skipped.
                 datetime!(2026-10-25 02:00 UTC), // 03:00 CET
                 datetime!(2026-10-25 03:00 UTC),
+            ]
+        );
+    }
+
+    /// The ticks of `expression` in `tz` from `from` until `until`.
+    fn ticks_until(
+        expression: &str,
+        tz: &str,
+        from: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Vec<OffsetDateTime> {
+        let schedule = CronSchedule::parse(expression, tz).unwrap();
+        let mut got = Vec::new();
+        let mut at = from;
+        loop {
+            at = schedule.next_after(at).unwrap();
+            if at >= until {
+                return got;
+            }
+            got.push(at);
+        }
+    }
+
+    /// The local wall times of `ticks` in `tz`.
+    fn local(ticks: &[OffsetDateTime], tz: &str) -> Vec<chrono::NaiveDateTime> {
+        let tz = Tz::from_str(tz).unwrap();
+        ticks
+            .iter()
+            .map(|t| to_chrono(*t, tz).unwrap().naive_local())
+            .collect()
+    }
+
+    /// Minute-level and sub-hour patterns across both changes of several
+    /// zones (Lord Howe's shift is 30 minutes): ticks rise, no local time
+    /// runs twice, and in autumn every matching local time runs once.
+    #[test]
+    fn no_local_time_runs_twice_across_either_change() {
+        // (zone, a UTC time a day before the change, autumn)
+        let changes = [
+            ("Europe/Berlin", datetime!(2026-03-28 00:00 UTC), false),
+            ("Europe/Berlin", datetime!(2026-10-24 00:00 UTC), true),
+            ("America/New_York", datetime!(2026-03-07 12:00 UTC), false),
+            ("America/New_York", datetime!(2026-10-31 12:00 UTC), true),
+            ("Australia/Sydney", datetime!(2026-04-04 00:00 UTC), true),
+            ("Australia/Sydney", datetime!(2026-10-03 00:00 UTC), false),
+            ("Australia/Lord_Howe", datetime!(2026-04-04 00:00 UTC), true),
+            ("Australia/Lord_Howe", datetime!(2026-10-03 00:00 UTC), false),
+        ];
+        let expressions = [
+            "* * * * *",
+            "*/15 * * * *",
+            "*/30 * * * *",
+            "0 * * * *",
+            "30 1 * * *",
+            "*/30 1 * * *",
+        ];
+        for (zone, from, autumn) in changes {
+            let until = from + time::Duration::days(2);
+            for expression in expressions {
+                let got = ticks_until(expression, zone, from, until);
+                assert!(
+                    got.windows(2).all(|w| w[0] < w[1]),
+                    "{zone} {expression}: ticks must rise"
+                );
+                let walls = local(&got, zone);
+                let mut unique = walls.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(
+                    unique.len(),
+                    walls.len(),
+                    "{zone} {expression}: a local time ran twice"
+                );
+                if autumn {
+                    // Every matching wall time between the window's ends, once:
+                    // the same pattern read in UTC over the same wall times.
+                    let tz = Tz::from_str(zone).unwrap();
+                    let wall = |t: OffsetDateTime| to_chrono(t, tz).unwrap().naive_local().and_utc();
+                    let (start, end) = (wall(from), wall(until));
+                    let start = OffsetDateTime::from_unix_timestamp(start.timestamp()).unwrap();
+                    let end = OffsetDateTime::from_unix_timestamp(end.timestamp()).unwrap();
+                    let expected = ticks_until(expression, "UTC", start, end).len();
+                    assert_eq!(got.len(), expected, "{zone} {expression}: every local time once");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_repeated_autumn_span_runs_in_its_first_pass_only() {
+        // Berlin: 02:00-02:59 happen in CEST, then again in CET.
+        let got = ticks(
+            "*/15 * * * *",
+            "Europe/Berlin",
+            datetime!(2026-10-24 23:50 UTC),
+            5,
+        );
+        assert_eq!(
+            got,
+            [
+                datetime!(2026-10-25 00:00 UTC), // 02:00 CEST
+                datetime!(2026-10-25 00:15 UTC),
+                datetime!(2026-10-25 00:30 UTC),
+                datetime!(2026-10-25 00:45 UTC), // 02:45 CEST
+                datetime!(2026-10-25 02:00 UTC), // 03:00 CET
+            ]
+        );
+        // New York: 01:00-01:59 happen in EDT, then again in EST.
+        let got = ticks(
+            "*/30 1 * * *",
+            "America/New_York",
+            datetime!(2026-11-01 04:00 UTC),
+            3,
+        );
+        assert_eq!(
+            got,
+            [
+                datetime!(2026-11-01 05:00 UTC), // 01:00 EDT
+                datetime!(2026-11-01 05:30 UTC), // 01:30 EDT
+                datetime!(2026-11-02 06:00 UTC), // 01:00 EST, the next day
+            ]
+        );
+        // A search that starts inside the second pass skips the rest of it.
+        let got = ticks("* * * * *", "Europe/Berlin", datetime!(2026-10-25 01:10 UTC), 1);
+        assert_eq!(got, [datetime!(2026-10-25 02:00 UTC)]);
+        // Lord Howe: 01:30-01:59 happen at +11, then again at +10:30.
+        let got = ticks(
+            "*/15 * * * *",
+            "Australia/Lord_Howe",
+            datetime!(2026-04-04 14:20 UTC),
+            4,
+        );
+        assert_eq!(
+            got,
+            [
+                datetime!(2026-04-04 14:30 UTC), // 01:30 +11
+                datetime!(2026-04-04 14:45 UTC), // 01:45 +11
+                // 01:30 and 01:45 at +10:30 (15:00, 15:15 UTC) are repeats.
+                datetime!(2026-04-04 15:30 UTC), // 02:00 +10:30
+                datetime!(2026-04-04 15:45 UTC),
             ]
         );
     }
