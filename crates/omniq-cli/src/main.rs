@@ -8,7 +8,7 @@ mod output;
 mod read;
 mod schedules;
 
-use output::out;
+use output::{out, printable};
 use read::{list, queues, result, show, stats};
 
 use std::path::PathBuf;
@@ -164,6 +164,18 @@ struct MigrateArgs {
     /// The destination store, created if missing.
     #[arg(long)]
     to: StoreUrl,
+    /// A schedule whose name the destination already has: `replace` it with
+    /// the source's, or `keep` the destination's.
+    #[arg(long, value_name = "replace|keep", default_value = "replace", value_parser = parse_on_conflict)]
+    schedules: omniq::SchedulesOnConflict,
+}
+
+fn parse_on_conflict(text: &str) -> Result<omniq::SchedulesOnConflict, String> {
+    match text {
+        "replace" => Ok(omniq::SchedulesOnConflict::Replace),
+        "keep" => Ok(omniq::SchedulesOnConflict::Keep),
+        _ => Err(format!("{text:?}: expected replace or keep")),
+    }
 }
 
 #[derive(Args)]
@@ -457,12 +469,27 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
     if total < 1_000 {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let report = omniq::migrate(&*source, &*destination, |p| bar.set_position(p.done)).await?;
+    let options = omniq::MigrateOptions {
+        schedules: args.schedules,
+    };
+    let report = omniq::migrate_with(&*source, &*destination, options, |p| bar.set_position(p.done)).await?;
     bar.finish_and_clear();
     out!(
         "migrated {} -> {}: copied {}, skipped {} (already there), {} running task(s) released as if their lease had expired, {} schedule(s); the source is unchanged",
         args.from, args.to, report.copied, report.skipped, report.running_reset, report.schedules
     );
+    for name in &report.schedules_replaced {
+        out!(
+            "schedule {}: replaced the destination's of the same name",
+            printable(name)
+        );
+    }
+    for name in &report.schedules_kept {
+        out!(
+            "schedule {}: kept the destination's of the same name (--schedules keep)",
+            printable(name)
+        );
+    }
     if report.is_complete() {
         return Ok(ExitCode::SUCCESS);
     }

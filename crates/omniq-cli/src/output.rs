@@ -133,3 +133,40 @@ mod tests {
         assert_eq!(relative(now - time::Duration::hours(30), now), "1d ago");
     }
 }
+
+/// Text from a store (handler names, keys, errors, messages: written by any
+/// program) made safe to print on a terminal: control characters (escape
+/// sequences that retitle the terminal or clear it, C1 controls, newlines)
+/// and the bidirectional overrides that reorder what is shown are written
+/// as `\u{…}` escapes. JSON output needs none of this: its strings are
+/// escaped by JSON itself.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut safe = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match unsafe_char(c) {
+            true => safe.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            false => safe.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(safe)
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::printable;
+
+    #[test]
+    fn control_sequences_are_escaped_and_plain_text_is_kept() {
+        assert_eq!(printable("email.send ✓"), "email.send ✓");
+        assert_eq!(printable("a\x1b]0;pwned\x07b"), "a\\u{1b}]0;pwned\\u{7}b");
+        assert_eq!(printable("\x1b[2J"), "\\u{1b}[2J");
+        assert_eq!(printable("line\nnext"), "line\\u{a}next");
+        assert_eq!(printable("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(printable("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+}

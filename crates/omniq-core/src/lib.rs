@@ -39,7 +39,7 @@ pub use error::{Error, Result};
 pub use limits::{check_new_records, check_pending, earlier, later};
 pub use memory::MemoryStorage;
 pub use queue::{Enqueued, QueueStats, QueueTally, DEFAULT_QUEUE};
-pub use schedule::{Schedule, ScheduledTask};
+pub use schedule::{PutAnswer, PutSchedule, Schedule, ScheduledTask};
 pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};
 pub use storage::{
     ClaimRequest, Damaged, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts,

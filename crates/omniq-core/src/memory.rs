@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::queue::{holds_key, split_duplicates, Enqueued, QueueStats};
-use crate::schedule::Schedule;
+use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
@@ -145,10 +145,15 @@ impl Storage for MemoryStorage {
             .is_some_and(|task| task.set_progress(lease.token, progress)))
     }
 
-    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+    async fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
         crate::schedule::check_schedule(&schedule)?;
-        self.lock().schedules.insert(schedule.name.clone(), schedule);
-        Ok(())
+        let mut inner = self.lock();
+        let existing = inner.schedules.get(&schedule.name).cloned();
+        let (write, answer) = crate::schedule::decide_put(schedule, existing, mode);
+        if let Some(write) = write {
+            inner.schedules.insert(write.name.clone(), write);
+        }
+        Ok(answer)
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {

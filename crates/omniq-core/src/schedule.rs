@@ -169,6 +169,72 @@ impl Schedule {
     }
 }
 
+/// How [`crate::Storage::put_schedule`] treats a schedule already stored
+/// under the same name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PutSchedule {
+    /// Create, or update the stored one (what `OmniQ::schedule` does at
+    /// every start of every process): the stored schedule keeps its pause,
+    /// its last tick and task, and, while its expression and time zone are
+    /// unchanged, its next tick, so a tick fired meanwhile is not fired again.
+    #[default]
+    Update,
+    /// Replace the stored one as given (a migration that overwrites).
+    Replace,
+    /// Leave the stored one as it is (a migration that keeps it).
+    KeepExisting,
+}
+
+/// What [`crate::Storage::put_schedule`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PutAnswer {
+    /// The schedule as stored now.
+    pub schedule: Schedule,
+    /// Whether a schedule of that name was stored before.
+    pub existed: bool,
+}
+
+/// Decides a [`crate::Storage::put_schedule`] from what is stored under the
+/// name: the record to write (`None`: write nothing) and the answer. Every
+/// backend calls it under the lock of its read and write, so a tick fired
+/// or a pause made by another process in between is never undone.
+pub fn decide_put(
+    new: Schedule,
+    existing: Option<Schedule>,
+    mode: PutSchedule,
+) -> (Option<Schedule>, PutAnswer) {
+    let existed = existing.is_some();
+    let stored = match (mode, existing) {
+        (_, None) | (PutSchedule::Replace, _) => new,
+        (PutSchedule::KeepExisting, Some(old)) => {
+            return (
+                None,
+                PutAnswer {
+                    schedule: old,
+                    existed,
+                },
+            );
+        }
+        (PutSchedule::Update, Some(old)) => {
+            let same_times = old.expression == new.expression && old.timezone == new.timezone;
+            Schedule {
+                next_run: if same_times { old.next_run } else { new.next_run },
+                paused: old.paused,
+                last_run: old.last_run,
+                last_task: old.last_task,
+                ..new
+            }
+        }
+    };
+    (
+        Some(stored.clone()),
+        PutAnswer {
+            schedule: stored,
+            existed,
+        },
+    )
+}
+
 /// What [`crate::Storage::fire_schedule`] decides from a stored schedule:
 /// whether the tick `due` may fire now (the schedule exists, is not paused,
 /// and its next tick is `due`).

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::queue::{Enqueued, QueueStats};
-use crate::schedule::Schedule;
+use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::settings::Settings;
 use crate::task::{LeaseToken, NewTask, Outcome, Progress, Task, TaskId, TaskResult, TaskStatus};
 
@@ -299,10 +299,13 @@ pub trait Storage: Send + Sync + Debug {
     /// counts per status, whether it is paused, and its earliest pending eta.
     async fn queue_stats(&self) -> Result<Vec<QueueStats>>;
 
-    /// Stores `schedule` under its name, replacing any schedule of that name
-    /// (see [`crate::schedule`]). A name or value out of range
+    /// Stores `schedule` under its name, treating a schedule already stored
+    /// under it as `mode` says ([`crate::schedule::decide_put`]), in one
+    /// atomic step: a tick another process fires, or a pause it makes,
+    /// between the read and the write is never undone. Answers what is
+    /// stored now. A name or value out of range
     /// ([`crate::schedule::check_schedule`]) is an [`Error::InvalidConfig`].
-    async fn put_schedule(&self, schedule: Schedule) -> Result<()>;
+    async fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer>;
 
     /// Every schedule, sorted by name.
     async fn schedules(&self) -> Result<Vec<Schedule>>;

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListQuery, Progress, QueueStats, RenewOutcome, Result, Schedule, Serializer, Settings, StatusCounts,
-    Storage, Task, TaskId,
+    ListQuery, Progress, PutAnswer, PutSchedule, QueueStats, RenewOutcome, Result, Schedule, Serializer,
+    Settings, StatusCounts, Storage, Task, TaskId,
 };
 use time::OffsetDateTime;
 
@@ -183,9 +183,9 @@ impl Storage for FileStorage {
         self.run(move |store| store.claim(request)).await
     }
 
-    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+    async fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
         self.writable()?;
-        self.run(move |store| store.put_schedule(schedule)).await
+        self.run(move |store| store.put_schedule(schedule, mode)).await
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {

@@ -21,8 +21,8 @@ use std::time::Duration;
 use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
-    LeaseRef, ListOrder, ListQuery, Progress, RenewOutcome, Result, Schedule, StatusCounts, Storage, Task,
-    TaskId, TaskStatus,
+    LeaseRef, ListOrder, ListQuery, Progress, PutAnswer, PutSchedule, RenewOutcome, Result, Schedule,
+    StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -586,8 +586,8 @@ impl Storage for PostgresStorage {
         Ok(tally.finish())
     }
 
-    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
-        self.put_schedule_row(schedule).await
+    async fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
+        self.put_schedule_row(schedule, mode).await
     }
 
     async fn schedules(&self) -> Result<Vec<Schedule>> {

@@ -2,7 +2,9 @@
 //! and changed under the row's lock, so a tick's fire (the schedule moved on
 //! and the tick's task stored) is one transaction that one host wins.
 
-use omniq_core::schedule::{check_fire, check_schedule, may_fire, Schedule};
+use omniq_core::schedule::{
+    check_fire, check_schedule, decide_put, may_fire, PutAnswer, PutSchedule, Schedule,
+};
 use omniq_core::{Enqueued, Error, Result, Task};
 use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
@@ -40,13 +42,24 @@ async fn save(s: &str, conn: &mut PgConnection, schedule: &Schedule) -> std::res
 }
 
 impl PostgresStorage {
-    pub(crate) async fn put_schedule_row(&self, schedule: Schedule) -> Result<()> {
+    pub(crate) async fn put_schedule_row(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
         self.writable()?;
         check_schedule(&schedule)?;
-        let mut conn = self.pool.acquire().await.map_err(sql_error)?;
-        save(&self.s, &mut conn, &schedule)
-            .await
-            .map_err(Fail::into_error)
+        let schedule = &schedule;
+        Ok(in_transaction!(self, |tx| {
+            // A new name has no row to lock: take the name's advisory lock
+            // first, so two first creations of one schedule are ordered too.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('omniq-schedule:' || $1))")
+                .bind(&schedule.name)
+                .execute(&mut *tx)
+                .await?;
+            let existing = locked(&self.s, &mut tx, &schedule.name).await?;
+            let (record, answer) = decide_put(schedule.clone(), existing, mode);
+            if let Some(record) = record {
+                save(&self.s, &mut tx, &record).await?;
+            }
+            Ok(answer)
+        }))
     }
 
     pub(crate) async fn schedule_rows(&self) -> Result<Vec<Schedule>> {

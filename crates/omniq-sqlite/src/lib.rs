@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListOrder, ListQuery, Progress, QueueStats, QueueTally, RenewOutcome, Result, Schedule, Serializer,
-    Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
+    ListOrder, ListQuery, Progress, PutAnswer, PutSchedule, QueueStats, QueueTally, RenewOutcome, Result,
+    Schedule, Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -386,8 +386,8 @@ impl Storage for SqliteStorage {
         self.write(|reply| Op::Claim(request, reply)).await
     }
 
-    async fn put_schedule(&self, schedule: Schedule) -> Result<()> {
-        self.write(|reply| Op::PutSchedule(Box::new(schedule), reply))
+    async fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
+        self.write(|reply| Op::PutSchedule(Box::new(schedule), mode, reply))
             .await
     }
 

@@ -61,7 +61,11 @@ pub enum Op {
     Purge(OffsetDateTime, Reply<u64>),
     RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
     SetPaused(String, bool, Reply<()>),
-    PutSchedule(Box<omniq_core::Schedule>, Reply<()>),
+    PutSchedule(
+        Box<omniq_core::Schedule>,
+        omniq_core::PutSchedule,
+        Reply<omniq_core::PutAnswer>,
+    ),
     RemoveSchedule(String, Reply<bool>),
     PauseSchedule(String, bool, Reply<bool>),
     FireSchedule(
@@ -318,7 +322,7 @@ fn fail(op: Op, message: &str) -> Answer {
         Op::Claim(_, r) => answer(r, Err(error())),
         Op::Renew(_, _, _, r) => answer(r, Err(error())),
         Op::Progress(_, _, r) => answer(r, Err(error())),
-        Op::PutSchedule(_, r) => answer(r, Err(error())),
+        Op::PutSchedule(_, _, r) => answer(r, Err(error())),
         Op::RemoveSchedule(_, r) | Op::PauseSchedule(_, _, r) => answer(r, Err(error())),
         Op::FireSchedule(_, _, _, _, r) => answer(r, Err(error())),
         Op::SkipSchedule(_, _, _, r) => answer(r, Err(error())),
@@ -354,7 +358,7 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::Purge(before, reply) => done(reply, purge(conn, before).await),
         Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
         Op::SetPaused(queue, paused, reply) => done(reply, set_paused(conn, &queue, paused).await),
-        Op::PutSchedule(schedule, reply) => done(reply, schedules::put(conn, *schedule).await),
+        Op::PutSchedule(schedule, mode, reply) => done(reply, schedules::put(conn, *schedule, mode).await),
         Op::RemoveSchedule(name, reply) => done(reply, schedules::remove(conn, &name).await),
         Op::PauseSchedule(name, paused, reply) => done(reply, schedules::pause(conn, &name, paused).await),
         Op::FireSchedule(name, due, next, task, reply) => {

@@ -65,6 +65,26 @@ impl CronSchedule {
         Err(none())
     }
 
+    /// The latest tick at or before `at` (a repeated local time counted at
+    /// its first occurrence), if there is one.
+    pub fn latest_at_or_before(&self, at: OffsetDateTime) -> Result<Option<OffsetDateTime>> {
+        let Some(mut from) = to_chrono(at, self.tz) else {
+            return Ok(None);
+        };
+        let mut inclusive = true;
+        for _ in 0..MAX_STEPS {
+            let Ok(previous) = self.cron.find_previous_occurrence(&from, inclusive) else {
+                return Ok(None);
+            };
+            if !self.is_second_occurrence(&previous) {
+                return Ok(from_chrono(&previous));
+            }
+            from = previous;
+            inclusive = false;
+        }
+        Ok(None)
+    }
+
     /// Whether `time`'s local time happened once before, under an earlier
     /// offset (the second pass through an autumn change's repeated span).
     fn is_second_occurrence(&self, time: &DateTime<Tz>) -> bool {
@@ -285,6 +305,31 @@ mod tests {
                 datetime!(2026-04-04 15:30 UTC), // 02:00 +10:30
                 datetime!(2026-04-04 15:45 UTC),
             ]
+        );
+    }
+
+    #[test]
+    fn the_latest_tick_at_or_before_a_time() {
+        let hourly = CronSchedule::parse("0 * * * *", "UTC").unwrap();
+        assert_eq!(
+            hourly
+                .latest_at_or_before(datetime!(2026-01-01 05:30 UTC))
+                .unwrap(),
+            Some(datetime!(2026-01-01 05:00 UTC))
+        );
+        assert_eq!(
+            hourly
+                .latest_at_or_before(datetime!(2026-01-01 05:00 UTC))
+                .unwrap(),
+            Some(datetime!(2026-01-01 05:00 UTC))
+        );
+        // Berlin's repeated 02:00 (CET, 01:00 UTC) is not a tick of its own.
+        let berlin = CronSchedule::parse("0 * * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            berlin
+                .latest_at_or_before(datetime!(2026-10-25 01:30 UTC))
+                .unwrap(),
+            Some(datetime!(2026-10-25 00:00 UTC))
         );
     }
 

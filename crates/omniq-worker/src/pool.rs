@@ -168,6 +168,13 @@ impl WorkerPool {
         self
     }
 
+    /// The settings whose defaults (retries, timeout) a tick's task takes
+    /// for what its schedule leaves unset; see [`PoolConfig::defaults`].
+    pub fn defaults(mut self, settings: omniq_core::Settings) -> Self {
+        self.config.defaults = settings;
+        self
+    }
+
     /// Shares wake-ups with a client (and other pools) of this process.
     pub fn signals(mut self, signals: Arc<Signals>) -> Self {
         self.signals = signals;

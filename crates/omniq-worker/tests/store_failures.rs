@@ -38,8 +38,12 @@ impl Storage for PanicsOnce {
     async fn claim(&self, request: ClaimRequest) -> omniq_core::Result<Vec<Task>> {
         self.inner.claim(request).await
     }
-    async fn put_schedule(&self, schedule: omniq_core::Schedule) -> omniq_core::Result<()> {
-        self.inner.put_schedule(schedule).await
+    async fn put_schedule(
+        &self,
+        schedule: omniq_core::Schedule,
+        mode: omniq_core::PutSchedule,
+    ) -> omniq_core::Result<omniq_core::PutAnswer> {
+        self.inner.put_schedule(schedule, mode).await
     }
     async fn schedules(&self) -> omniq_core::Result<Vec<omniq_core::Schedule>> {
         self.inner.schedules().await

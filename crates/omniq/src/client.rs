@@ -252,7 +252,9 @@ impl OmniQ {
         // (`ContextExt::queue`).
         let mut registry = registry;
         registry.data(self.clone());
-        WorkerPool::new(self.storage.clone(), registry).signals(self.signals.clone())
+        WorkerPool::new(self.storage.clone(), registry)
+            .signals(self.signals.clone())
+            .defaults(self.settings.clone())
     }
 }
 

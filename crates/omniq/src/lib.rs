@@ -50,10 +50,12 @@ pub mod web;
 pub use backends::{chosen_backend, compiled_backends, open_storage, StoreUrl};
 pub use client::{OmniQ, TaskBuilder};
 pub use jobs::{ContextExt, JobBuilder, JobHandle};
-pub use migrate::{migrate, MigrationReport, NotCopied, Progress};
+pub use migrate::{
+    migrate, migrate_with, MigrateOptions, MigrationReport, NotCopied, Progress, SchedulesOnConflict,
+};
 /// The core crate, for backend authors and the conformance suite.
 pub use omniq_core as core;
-pub use omniq_core::schedule::{Schedule, ScheduledTask};
+pub use omniq_core::schedule::{PutAnswer, PutSchedule, Schedule, ScheduledTask};
 pub use omniq_core::{
     earlier, later, limits, payload, queue, BackendKind, Durability, Enqueued, Error, ListOrder, ListQuery,
     MemoryStorage, NewTask, QueueStats, Result, Serializer, Settings, SettingsBuilder, StatusCounts, Storage,

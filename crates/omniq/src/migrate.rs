@@ -1,6 +1,6 @@
 //! Moving every task from one store to another, history included.
 
-use omniq_core::{Enqueued, Error, ListOrder, ListQuery, Result, Storage, Task, TaskStatus};
+use omniq_core::{Enqueued, Error, ListOrder, ListQuery, PutSchedule, Result, Storage, Task, TaskStatus};
 use time::OffsetDateTime;
 
 /// How far a migration has got.
@@ -34,8 +34,33 @@ pub struct MigrationReport {
     /// Tasks of the source that were not copied: records the source cannot
     /// read, and tasks the destination refused (a time it cannot hold, say).
     pub not_copied: Vec<NotCopied>,
-    /// Schedules copied, each replacing one of its name in the destination.
+    /// Schedules written to the destination (new there, or replacing one of
+    /// the same name).
     pub schedules: u64,
+    /// Names of the destination's schedules the source's replaced.
+    pub schedules_replaced: Vec<String>,
+    /// Names of the destination's schedules kept as they were, the source's
+    /// of the same name not copied ([`SchedulesOnConflict::Keep`]).
+    pub schedules_kept: Vec<String>,
+}
+
+/// What a migration does with a source schedule whose name the destination
+/// already has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SchedulesOnConflict {
+    /// The source's replaces the destination's (the default): its
+    /// expression, task, pause and next tick.
+    #[default]
+    Replace,
+    /// The destination's stays as it is.
+    Keep,
+}
+
+/// How a migration runs; see [`migrate_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MigrateOptions {
+    /// What to do with schedules of the same name on both sides.
+    pub schedules: SchedulesOnConflict,
 }
 
 impl MigrationReport {
@@ -89,6 +114,17 @@ fn payload_bytes(task: &Task) -> usize {
 pub async fn migrate(
     from: &dyn Storage,
     to: &dyn Storage,
+    progress: impl FnMut(Progress),
+) -> Result<MigrationReport> {
+    migrate_with(from, to, MigrateOptions::default(), progress).await
+}
+
+/// As [`migrate`], with `options`: schedules of a name the destination
+/// already has replace it, or are left out; the report names each.
+pub async fn migrate_with(
+    from: &dyn Storage,
+    to: &dyn Storage,
+    options: MigrateOptions,
     mut progress: impl FnMut(Progress),
 ) -> Result<MigrationReport> {
     let total = from.counts().await?.total();
@@ -128,9 +164,21 @@ pub async fn migrate(
         });
     }
     // Schedules go as they are, with their next tick and last task.
+    let mode = match options.schedules {
+        SchedulesOnConflict::Replace => PutSchedule::Replace,
+        SchedulesOnConflict::Keep => PutSchedule::KeepExisting,
+    };
     for schedule in from.schedules().await? {
-        to.put_schedule(schedule).await?;
-        report.schedules += 1;
+        let name = schedule.name.clone();
+        let answer = to.put_schedule(schedule, mode).await?;
+        match (answer.existed, options.schedules) {
+            (true, SchedulesOnConflict::Keep) => report.schedules_kept.push(name),
+            (true, SchedulesOnConflict::Replace) => {
+                report.schedules_replaced.push(name);
+                report.schedules += 1;
+            }
+            (false, _) => report.schedules += 1,
+        }
     }
     report
         .not_copied

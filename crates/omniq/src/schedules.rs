@@ -2,7 +2,7 @@
 //! tick of a cron expression in a time zone, stored in the store and fired by
 //! whichever pool sees the tick first (see `omniq_worker::pool::scheduler`).
 
-use omniq_core::schedule::{check_schedule_name, Schedule, ScheduledTask};
+use omniq_core::schedule::{check_schedule_name, PutSchedule, Schedule, ScheduledTask};
 use omniq_core::{NewTask, Result};
 use omniq_worker::cron::CronSchedule;
 use omniq_worker::Job;
@@ -107,31 +107,25 @@ impl ScheduleBuilder<'_> {
         task.timeout = task.timeout.or(settings.default_timeout);
         // The tick's task is checked now, not at its first tick.
         task.for_tick(&self.name, self.client.now(), settings, self.client.now())?;
-        let existing = self
-            .client
-            .schedules()
-            .await?
-            .into_iter()
-            .find(|s| s.name == self.name);
-        let same_times = existing
-            .as_ref()
-            .is_some_and(|s| s.expression == self.expression && s.timezone == self.timezone);
-        let next_run = match (&existing, same_times) {
-            (Some(old), true) => old.next_run,
-            _ => cron.next_after(self.client.now())?,
-        };
+        // The store keeps, in the same atomic step, what another process
+        // may have changed since: the next tick (while expression and zone
+        // are unchanged), the pause, the last tick and task.
         let schedule = Schedule {
             name: self.name,
             expression: self.expression,
             timezone: self.timezone,
             task,
             catch_up: self.catch_up,
-            paused: existing.as_ref().is_some_and(|s| s.paused),
-            next_run,
-            last_run: existing.as_ref().and_then(|s| s.last_run),
-            last_task: existing.as_ref().and_then(|s| s.last_task),
+            paused: false,
+            next_run: cron.next_after(self.client.now())?,
+            last_run: None,
+            last_task: None,
         };
-        self.client.storage().put_schedule(schedule.clone()).await?;
-        Ok(schedule)
+        let stored = self
+            .client
+            .storage()
+            .put_schedule(schedule, PutSchedule::Update)
+            .await?;
+        Ok(stored.schedule)
     }
 }

@@ -114,7 +114,10 @@ async fn berlin_ticks(
         .unwrap()
         .next_after(from)
         .unwrap();
-    storage.put_schedule(schedule).await.unwrap();
+    storage
+        .put_schedule(schedule, omniq::PutSchedule::Replace)
+        .await
+        .unwrap();
     let clock = Arc::new(FakeWall {
         start: from,
         origin: tokio::time::Instant::now(),
@@ -195,7 +198,10 @@ async fn downtime_is_skipped_by_default_and_caught_up_once_when_asked() {
             .next_after(now - Duration::from_secs(86_400))
             .unwrap();
         schedule.next_run = missed;
-        storage.put_schedule(schedule).await.unwrap();
+        storage
+            .put_schedule(schedule, omniq::PutSchedule::Replace)
+            .await
+            .unwrap();
 
         let pool = q
             .worker(registry())
@@ -207,11 +213,20 @@ async fn downtime_is_skipped_by_default_and_caught_up_once_when_asked() {
         match catch_up {
             // 24 ticks missed: none runs.
             false => assert!(fired.is_empty(), "{fired:?}"),
-            // One task for them all, as the first missed tick.
-            true => assert_eq!(
-                fired,
-                HashMap::from([(omniq::core::schedule::tick_key("hourly", missed), 1)])
-            ),
+            // One task for them all, as the latest missed tick.
+            true => {
+                let latest = CronSchedule::parse("0 0 * * * *", "UTC")
+                    .unwrap()
+                    .latest_at_or_before(now)
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    fired,
+                    HashMap::from([(omniq::core::schedule::tick_key("hourly", latest), 1)])
+                );
+                let stored = q.schedules().await.unwrap().pop().unwrap();
+                assert_eq!(stored.last_run, Some(latest));
+            }
         }
         let stored = q.schedules().await.unwrap().pop().unwrap();
         assert!(stored.next_run > now, "the schedule moved past the downtime");
@@ -301,4 +316,45 @@ async fn schedules_are_listed_paused_removed_and_bad_ones_refused() {
     assert!(q.remove_schedule("nightly").await.unwrap());
     assert!(q.schedules().await.unwrap().is_empty());
     assert!(!q.pause_schedule("nightly").await.unwrap());
+}
+
+/// A schedule that leaves retries and timeout unset (stored by another
+/// program, or migrated) gives tick tasks the defaults of the settings the
+/// pool's client was opened with, not the built-in ones.
+#[tokio::test(start_paused = true)]
+async fn tick_tasks_take_the_clients_defaults_for_what_the_schedule_leaves_unset() {
+    let storage = Arc::new(MemoryStorage::new());
+    let settings = Settings::builder()
+        .default_max_retries(7)
+        .default_timeout(Some(Duration::from_secs(42)))
+        .build()
+        .unwrap();
+    let q = OmniQ::with_storage(storage.clone(), settings);
+    let mut schedule = q
+        .schedule("bare", "* * * * * *", &Report { kind: "bare".into() })
+        .unwrap()
+        .create()
+        .await
+        .unwrap();
+    schedule.task.max_retries = None;
+    schedule.task.timeout = None;
+    storage
+        .put_schedule(schedule, omniq::PutSchedule::Replace)
+        .await
+        .unwrap();
+    let pool = q
+        .worker(Registry::new())
+        .clock(Arc::new(TokioClock::new()))
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pool.shutdown(Duration::from_secs(1)).await;
+    let tasks = storage.list(Default::default()).await.unwrap();
+    assert!(!tasks.is_empty(), "the schedule fired");
+    for task in tasks {
+        assert_eq!(
+            (task.max_retries, task.timeout),
+            (7, Some(Duration::from_secs(42)))
+        );
+    }
 }

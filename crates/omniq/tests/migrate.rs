@@ -66,17 +66,20 @@ async fn fill(store: &dyn Storage) {
     let cancel = claimed.iter().find(|t| t.func_path == "cancel").unwrap();
     store.cancel(cancel.id, now).await.unwrap();
     store
-        .put_schedule(omniq::Schedule {
-            name: "nightly".into(),
-            expression: "0 0 3 * * *".into(),
-            timezone: "Europe/Berlin".into(),
-            task: omniq::ScheduledTask::from_new_task(&NewTask::new("report").queue("reports")),
-            catch_up: true,
-            paused: true,
-            next_run: now + Duration::from_secs(3600),
-            last_run: Some(now),
-            last_task: Some(cancel.id),
-        })
+        .put_schedule(
+            omniq::Schedule {
+                name: "nightly".into(),
+                expression: "0 0 3 * * *".into(),
+                timezone: "Europe/Berlin".into(),
+                task: omniq::ScheduledTask::from_new_task(&NewTask::new("report").queue("reports")),
+                catch_up: true,
+                paused: true,
+                next_run: now + Duration::from_secs(3600),
+                last_run: Some(now),
+                last_task: Some(cancel.id),
+            },
+            omniq::PutSchedule::Replace,
+        )
         .await
         .unwrap();
 }

@@ -310,7 +310,10 @@ pub async fn parent(store: &dyn Storage, store_path: &Path, work_dir: &Path) {
     let logs: Vec<PathBuf> = (0..CHILDREN)
         .map(|i| work_dir.join(format!("child-{i}.log")))
         .collect();
-    store.put_schedule(schedule()).await.expect("store the schedule");
+    store
+        .put_schedule(schedule(), crate::schedule::PutSchedule::Replace)
+        .await
+        .expect("store the schedule");
     let mut children = Vec::new();
     for (i, log) in logs.iter().enumerate() {
         let child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))

@@ -7,7 +7,7 @@ use super::scenarios::{at, make, new, T0};
 use super::Scenario;
 use crate::error::Error;
 use crate::queue::Enqueued;
-use crate::schedule::{tick_key, Schedule, ScheduledTask};
+use crate::schedule::{tick_key, PutSchedule, Schedule, ScheduledTask};
 use crate::settings::Settings;
 use crate::storage::{ListQuery, Storage};
 use crate::task::{Task, TaskStatus};
@@ -18,6 +18,8 @@ scenarios![
     a_paused_or_removed_schedule_fires_nothing,
     concurrent_fires_of_one_tick_store_one_task,
     a_tick_whose_key_is_held_records_the_holder,
+    updating_a_schedule_keeps_what_others_changed,
+    an_update_racing_a_fire_never_undoes_the_tick,
 ];
 
 fn schedule(name: &str, next_run: OffsetDateTime) -> Schedule {
@@ -45,8 +47,14 @@ async fn schedules_are_stored_listed_paused_and_removed(store: &dyn Storage) {
     assert!(store.schedules().await.unwrap().is_empty());
     let nightly = schedule("nightly", at(3_600_000));
     let hourly = schedule("hourly ✓", at(60_000));
-    store.put_schedule(nightly.clone()).await.unwrap();
-    store.put_schedule(hourly.clone()).await.unwrap();
+    store
+        .put_schedule(nightly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
+    store
+        .put_schedule(hourly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     assert_eq!(
         store.schedules().await.unwrap(),
         [hourly.clone(), nightly.clone()]
@@ -55,7 +63,10 @@ async fn schedules_are_stored_listed_paused_and_removed(store: &dyn Storage) {
     let mut changed = nightly.clone();
     changed.expression = "0 30 4 * * *".into();
     changed.catch_up = true;
-    store.put_schedule(changed.clone()).await.unwrap();
+    store
+        .put_schedule(changed.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     assert_eq!(
         store.schedules().await.unwrap(),
         [hourly.clone(), changed.clone()]
@@ -78,7 +89,9 @@ async fn schedules_are_stored_listed_paused_and_removed(store: &dyn Storage) {
     assert_eq!(store.schedules().await.unwrap(), [changed]);
     // Names out of range are refused, and nothing is stored.
     for bad in ["", "tab\there", &"x".repeat(129)] {
-        let refused = store.put_schedule(schedule(bad, at(1))).await;
+        let refused = store
+            .put_schedule(schedule(bad, at(1)), PutSchedule::Replace)
+            .await;
         assert!(
             matches!(refused, Err(Error::InvalidConfig { .. })),
             "{bad:?}: {refused:?}"
@@ -91,7 +104,10 @@ async fn a_tick_fires_once_and_moves_the_schedule_on(store: &dyn Storage) {
     let due = at(60_000);
     let next = at(120_000);
     let nightly = schedule("nightly", due);
-    store.put_schedule(nightly.clone()).await.unwrap();
+    store
+        .put_schedule(nightly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     let task = tick_task(&nightly, due);
     let fired = store
         .fire_schedule("nightly", due, next, task.clone())
@@ -150,7 +166,10 @@ async fn a_tick_fires_once_and_moves_the_schedule_on(store: &dyn Storage) {
 async fn a_paused_or_removed_schedule_fires_nothing(store: &dyn Storage) {
     let due = at(60_000);
     let nightly = schedule("nightly", due);
-    store.put_schedule(nightly.clone()).await.unwrap();
+    store
+        .put_schedule(nightly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     store.set_schedule_paused("nightly", true).await.unwrap();
     let task = tick_task(&nightly, due);
     assert_eq!(
@@ -170,7 +189,10 @@ async fn a_paused_or_removed_schedule_fires_nothing(store: &dyn Storage) {
     );
     assert_eq!(store.counts().await.unwrap().total(), 0);
     // A finished record is history, not a tick's task.
-    store.put_schedule(nightly.clone()).await.unwrap();
+    store
+        .put_schedule(nightly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     let mut done = make(new("x"), T0);
     done.cancel(T0).unwrap();
     let refused = store.fire_schedule("nightly", due, at(120_000), done).await;
@@ -182,7 +204,10 @@ async fn a_paused_or_removed_schedule_fires_nothing(store: &dyn Storage) {
 async fn concurrent_fires_of_one_tick_store_one_task(store: &dyn Storage) {
     let due = at(60_000);
     let nightly = schedule("nightly", due);
-    store.put_schedule(nightly.clone()).await.unwrap();
+    store
+        .put_schedule(nightly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     let tasks: Vec<Task> = (0..8).map(|_| tick_task(&nightly, due)).collect();
     let fired = futures::future::join_all(
         tasks
@@ -204,7 +229,10 @@ async fn a_tick_whose_key_is_held_records_the_holder(store: &dyn Storage) {
     let nightly = schedule("nightly", due);
     let holder = tick_task(&nightly, due);
     store.enqueue(vec![holder.clone()]).await.unwrap();
-    store.put_schedule(nightly.clone()).await.unwrap();
+    store
+        .put_schedule(nightly.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
     let fired = store
         .fire_schedule("nightly", due, at(120_000), tick_task(&nightly, due))
         .await
@@ -219,4 +247,100 @@ async fn a_tick_whose_key_is_held_records_the_holder(store: &dyn Storage) {
     assert_eq!(store.counts().await.unwrap().total(), 1);
     let after = store.schedules().await.unwrap().pop().unwrap();
     assert_eq!((after.next_run, after.last_task), (at(120_000), Some(holder.id)));
+}
+
+/// `PutSchedule::Update` (every process's start) keeps the tick fired, the
+/// pause and the last run another process stored; a changed expression
+/// takes the new next tick; `KeepExisting` leaves the stored one alone.
+async fn updating_a_schedule_keeps_what_others_changed(store: &dyn Storage) {
+    let due = at(60_000);
+    let nightly = schedule("nightly", due);
+    let first = store
+        .put_schedule(nightly.clone(), PutSchedule::Update)
+        .await
+        .unwrap();
+    assert_eq!((first.schedule.clone(), first.existed), (nightly.clone(), false));
+    let fired = store
+        .fire_schedule("nightly", due, at(120_000), tick_task(&nightly, due))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.set_schedule_paused("nightly", true).await.unwrap());
+
+    // The same expression again, with a next tick computed before the fire.
+    let mut again = nightly.clone();
+    again.catch_up = true;
+    let answer = store.put_schedule(again, PutSchedule::Update).await.unwrap();
+    assert!(answer.existed);
+    let kept = Schedule {
+        catch_up: true,
+        paused: true,
+        next_run: at(120_000),
+        last_run: Some(due),
+        last_task: Some(fired.id),
+        ..nightly.clone()
+    };
+    assert_eq!(answer.schedule, kept);
+    assert_eq!(store.schedules().await.unwrap(), std::slice::from_ref(&kept));
+
+    // A new expression starts from its own next tick, still paused.
+    let mut changed = nightly.clone();
+    changed.expression = "0 30 4 * * *".into();
+    changed.next_run = at(500_000);
+    let answer = store
+        .put_schedule(changed.clone(), PutSchedule::Update)
+        .await
+        .unwrap();
+    let moved = Schedule {
+        next_run: at(500_000),
+        expression: changed.expression.clone(),
+        catch_up: false,
+        ..kept
+    };
+    assert_eq!(answer.schedule, moved);
+
+    // Keep leaves it as it is; Replace stores what it is given.
+    let other = schedule("nightly", at(9_000));
+    let answer = store
+        .put_schedule(other.clone(), PutSchedule::KeepExisting)
+        .await
+        .unwrap();
+    assert_eq!((answer.schedule, answer.existed), (moved.clone(), true));
+    assert_eq!(store.schedules().await.unwrap(), [moved]);
+    let answer = store
+        .put_schedule(other.clone(), PutSchedule::Replace)
+        .await
+        .unwrap();
+    assert_eq!((answer.schedule, answer.existed), (other.clone(), true));
+    assert_eq!(store.schedules().await.unwrap(), [other]);
+}
+
+/// A process that starts (and updates its schedule) while another fires the
+/// schedule's tick: in either order, the schedule ends on the next tick, so
+/// the tick never fires twice.
+async fn an_update_racing_a_fire_never_undoes_the_tick(store: &dyn Storage) {
+    for round in 0..12u64 {
+        let name = format!("race {round}");
+        let due = at(60_000 + round);
+        let next = at(120_000 + round);
+        let nightly = schedule(&name, due);
+        store
+            .put_schedule(nightly.clone(), PutSchedule::Replace)
+            .await
+            .unwrap();
+        let fire = store.fire_schedule(&name, due, next, tick_task(&nightly, due));
+        let update = store.put_schedule(nightly.clone(), PutSchedule::Update);
+        let (fired, updated) = match round % 2 {
+            0 => futures::future::join(fire, update).await,
+            _ => {
+                let (updated, fired) = futures::future::join(update, fire).await;
+                (fired, updated)
+            }
+        };
+        assert!(fired.unwrap().is_some(), "round {round}: the tick fires");
+        updated.unwrap();
+        let stored = store.schedules().await.unwrap();
+        let stored = stored.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(stored.next_run, next, "round {round}: the fire was undone");
+    }
 }

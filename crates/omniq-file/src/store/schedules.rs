@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use omniq_core::schedule::{check_fire, check_schedule, may_fire, Schedule};
+use omniq_core::schedule::{
+    check_fire, check_schedule, decide_put, may_fire, PutAnswer, PutSchedule, Schedule,
+};
 
 use super::*;
 
@@ -35,12 +37,17 @@ impl Store {
             .write_atomic(&self.layout().schedules, &serde_json::to_vec_pretty(&list)?)
     }
 
-    pub fn put_schedule(&self, schedule: Schedule) -> Result<()> {
+    pub fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
         check_schedule(&schedule)?;
         self.locked(|_| {
             let mut schedules = self.read_schedules()?;
-            schedules.insert(schedule.name.clone(), schedule);
-            self.write_schedules(&schedules)
+            let existing = schedules.get(&schedule.name).cloned();
+            let (write, answer) = decide_put(schedule, existing, mode);
+            if let Some(write) = write {
+                schedules.insert(write.name.clone(), write);
+                self.write_schedules(&schedules)?;
+            }
+            Ok(answer)
         })
     }
 

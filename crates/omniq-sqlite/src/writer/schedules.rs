@@ -4,7 +4,9 @@
 
 // The writer's types, helpers and imports, which this part works with.
 use super::*;
-use omniq_core::schedule::{check_fire, check_schedule, may_fire, Schedule};
+use omniq_core::schedule::{
+    check_fire, check_schedule, decide_put, may_fire, PutAnswer, PutSchedule, Schedule,
+};
 
 /// The schedule `name` as stored, if any.
 async fn read(s: &mut Session<'_>, name: &str) -> Result<Option<Schedule>> {
@@ -40,9 +42,14 @@ async fn write(s: &mut Session<'_>, schedule: &Schedule, last: bool) -> Result<(
     Ok(())
 }
 
-pub(super) async fn put(s: &mut Session<'_>, schedule: Schedule) -> Result<()> {
+pub(super) async fn put(s: &mut Session<'_>, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
     check_schedule(&schedule)?;
-    write(s, &schedule, true).await
+    let existing = read(s, &schedule.name).await?;
+    let (record, answer) = decide_put(schedule, existing, mode);
+    if let Some(record) = record {
+        write(s, &record, true).await?;
+    }
+    Ok(answer)
 }
 
 pub(super) async fn remove(s: &mut Session<'_>, name: &str) -> Result<bool> {

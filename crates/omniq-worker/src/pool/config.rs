@@ -32,6 +32,10 @@ pub struct PoolConfig {
     /// Whether the pool fires the store's schedules' ticks (default `true`;
     /// any number of pools may, and each tick fires once).
     pub schedules: bool,
+    /// What a tick's task takes for what its schedule leaves unset (its
+    /// retries and timeout): `OmniQ::worker` gives the client's settings,
+    /// so the store's configured defaults hold for ticks too.
+    pub defaults: omniq_core::Settings,
 }
 
 impl PoolConfig {
@@ -57,6 +61,7 @@ impl Default for PoolConfig {
             backoff: Backoff::default(),
             worker_id: format!("pid{}-{}", std::process::id(), &unique[unique.len() - 8..]),
             schedules: true,
+            defaults: omniq_core::Settings::default(),
         }
     }
 }

@@ -56,6 +56,24 @@ pub(super) async fn fire_due(shared: &Shared) -> Option<OffsetDateTime> {
             }
         };
         soonest(next);
+        // A schedule that catches up fires once for all its missed ticks,
+        // as the latest of them: the store's next tick moves there first
+        // (only if it is still `due`), then that tick fires as any other.
+        // A crash between the two leaves the schedule on the latest missed
+        // tick, which the next pass fires.
+        let due = match (missed, schedule.catch_up) {
+            (true, true) => match cron.latest_at_or_before(now) {
+                Ok(Some(latest)) if latest > due => {
+                    if let Err(error) = shared.storage.skip_schedule(name, due, latest).await {
+                        tracing::warn!(schedule = name, %error, "cannot move to the latest missed tick");
+                        continue;
+                    }
+                    latest
+                }
+                _ => due,
+            },
+            _ => due,
+        };
         if missed && !schedule.catch_up {
             match shared.storage.skip_schedule(name, due, next).await {
                 Ok(true) => {
@@ -66,10 +84,7 @@ pub(super) async fn fire_due(shared: &Shared) -> Option<OffsetDateTime> {
             }
             continue;
         }
-        let task = match schedule
-            .task
-            .for_tick(name, due, &omniq_core::Settings::default(), now)
-        {
+        let task = match schedule.task.for_tick(name, due, &shared.config.defaults, now) {
             Ok(task) => task,
             Err(error) => {
                 tracing::warn!(schedule = name, %error, "cannot make the tick's task");
