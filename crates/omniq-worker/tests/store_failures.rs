@@ -1,5 +1,6 @@
-//! The pool against a store that fails in ways a real one should not: a
-//! custom backend that panics while the pool records outcomes.
+//! The pool against a store that fails while the pool records outcomes: a
+//! custom backend that panics, and a store whose finishes fail for a while
+//! (a lock timeout, a database whose retries ran out).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,11 +18,14 @@ fn adder() -> Registry {
     registry
 }
 
-/// A store whose `finish` panics once, as a buggy custom backend might.
+/// A store whose `finish` panics once, as a buggy custom backend might, or
+/// fails with an error a number of times.
 #[derive(Debug)]
 struct PanicsOnce {
     inner: MemoryStorage,
     armed: std::sync::atomic::AtomicBool,
+    /// How many more finishes fail with an error.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 #[omniq_core::async_trait]
@@ -94,6 +98,13 @@ impl Storage for PanicsOnce {
         if self.armed.swap(false, Ordering::SeqCst) {
             panic!("a store bug");
         }
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(omniq_core::Error::backend("flaky", "database is locked"));
+        }
         self.inner.finish(finishes, now).await
     }
     async fn next_due(&self, queues: &[String]) -> omniq_core::Result<Option<time::OffsetDateTime>> {
@@ -136,6 +147,7 @@ async fn a_store_that_panics_while_recording_does_not_stop_the_recorder() {
     let store = Arc::new(PanicsOnce {
         inner: MemoryStorage::new(),
         armed: std::sync::atomic::AtomicBool::new(true),
+        failures: Default::default(),
     });
     let signals = Signals::new();
     let pool = WorkerPool::new(store.clone(), adder())
@@ -154,8 +166,8 @@ async fn a_store_that_panics_while_recording_does_not_stop_the_recorder() {
         signals.task_enqueued();
         ids.push(id);
     }
-    // The first record panics inside the store; its task runs again after its
-    // lease, and every task ends completed.
+    // The first record panics inside the store; the recorder goes on, the
+    // record is tried again, and every task ends completed, each run once.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let counts = store.counts().await.unwrap();
@@ -165,6 +177,53 @@ async fn a_store_that_panics_while_recording_does_not_stop_the_recorder() {
         assert!(Instant::now() < deadline, "tasks never completed: {counts:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(pool.stats().unrecorded, 1);
+    assert_eq!(pool.stats().unrecorded, 0);
+    for id in ids {
+        assert_eq!(store.get(id).await.unwrap().attempts, 1);
+    }
+    assert!(pool.shutdown(Duration::from_secs(1)).await.drained);
+}
+
+/// Finishes fail for longer than the lease lasts: the pool keeps the lease
+/// renewed and tries again, so a task with no retries left ends completed,
+/// run once, not `failed: lease_expired` or run again.
+#[tokio::test(start_paused = true)]
+async fn a_finish_that_fails_is_tried_again_while_the_lease_is_renewed() {
+    let store = Arc::new(PanicsOnce {
+        inner: MemoryStorage::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+        failures: std::sync::atomic::AtomicU32::new(8),
+    });
+    let signals = Signals::new();
+    let pool = WorkerPool::new(store.clone(), adder())
+        .clock(Arc::new(TokioClock::new()))
+        .signals(signals.clone())
+        .concurrency(1)
+        .lease(Duration::from_secs(3), Duration::from_secs(1))
+        .requeue_every(Duration::from_secs(1))
+        .start()
+        .expect("start the pool");
+    let id = store
+        .enqueue_one(
+            NewTask::with_payload("math.add", &(2, 3)).unwrap().max_retries(0),
+            &Settings::default(),
+        )
+        .await
+        .unwrap();
+    signals.task_enqueued();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let task = store.get(id).await.unwrap();
+        if task.status.is_finished() {
+            assert_eq!(task.status, omniq_core::TaskStatus::Completed, "{:?}", task.error);
+            assert_eq!((task.attempts, task.result), (1, Some(serde_json::json!(5))));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task never finished: {task:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // 8 failures with backoff from 50 ms take about 12 s, four leases' worth.
+    assert_eq!(store.failures.load(Ordering::SeqCst), 0);
+    assert_eq!(pool.stats().unrecorded, 0);
     assert!(pool.shutdown(Duration::from_secs(1)).await.drained);
 }

@@ -75,19 +75,7 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
         outcome,
     };
     slot.release_to_recording();
-    let (reply, answer) = oneshot::channel();
-    let result = match shared.recorder.send((finish, reply)) {
-        Ok(()) => answer.await.unwrap_or_else(|_| {
-            Err(omniq_core::Error::backend(
-                "worker",
-                "the outcome recorder stopped",
-            ))
-        }),
-        Err(_) => Err(omniq_core::Error::backend(
-            "worker",
-            "the outcome recorder stopped",
-        )),
-    };
+    let result = record_until_done(shared, finish).await;
     recorded(shared, lane);
     match result {
         Ok(FinishOutcome::Applied { status, .. }) => {
@@ -123,6 +111,73 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
                 outcome = asked, %error,
                 "cannot record the outcome; the task runs again when its lease expires"
             );
+        }
+    }
+}
+
+/// The longest wait between two tries of a finish the store refused.
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Sends one finish to the recorder.
+async fn record_once(shared: &Shared, finish: Finish) -> omniq_core::Result<FinishOutcome> {
+    let stopped = || omniq_core::Error::backend("worker", "the outcome recorder stopped");
+    let (reply, answer) = oneshot::channel();
+    match shared.recorder.send((finish, reply)) {
+        Ok(()) => answer.await.unwrap_or_else(|_| Err(stopped())),
+        Err(_) => Err(stopped()),
+    }
+}
+
+/// Records `finish`, trying again with backoff while the store fails (a
+/// transient error, a lock timeout, a panic in a custom backend), and keeps
+/// the lease renewed meanwhile: a task whose outcome is known is not left to
+/// expire and run again, or fail as `lease_expired`. A finish is fenced by
+/// the claim's token, so trying it again never applies it twice. Gives up
+/// when the lease is lost (another worker may have the task) or when the
+/// pool's shutdown deadline has passed.
+async fn record_until_done(shared: &Shared, finish: Finish) -> omniq_core::Result<FinishOutcome> {
+    let config = &shared.config;
+    let lease = LeaseRef {
+        id: finish.id,
+        token: finish.token,
+    };
+    let mut delay = Duration::from_millis(50);
+    let mut renew_at = from_now(config.renew_every);
+    let mut failed_before = false;
+    loop {
+        let error = match record_once(shared, finish.clone()).await {
+            Ok(FinishOutcome::LeaseLost) if failed_before => {
+                // An earlier try may have been applied before its error.
+                tracing::warn!(task = %finish.id, "the store refused the outcome after an earlier failed try; it may have been recorded by that try");
+                return Ok(FinishOutcome::LeaseLost);
+            }
+            Ok(answer) => return Ok(answer),
+            Err(error) => error,
+        };
+        if shared.hand_back.is_cancelled() {
+            return Err(error);
+        }
+        failed_before = true;
+        tracing::warn!(task = %finish.id, %error, retry_in_ms = delay.as_millis() as u64, "cannot record the outcome; trying again while the lease is renewed");
+        // Wait for the next try, renewing the lease on its own schedule
+        // meanwhile, however long the backoff has grown.
+        let retry_at = from_now(delay);
+        delay = (delay * 2).min(RECORD_BACKOFF_MAX);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(retry_at) => break,
+                _ = shared.hand_back.cancelled() => break,
+                _ = tokio::time::sleep_until(renew_at) => {
+                    renew_at = from_now(config.renew_every);
+                    match shared.storage.renew(&[lease], config.lease, shared.clock.now()).await {
+                        Ok(answers) if answers.first() == Some(&RenewOutcome::Lost) => {
+                            return Ok(FinishOutcome::LeaseLost);
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(task = %finish.id, %error, "cannot renew the lease either"),
+                    }
+                }
+            }
         }
     }
 }
