@@ -377,6 +377,14 @@ pub trait Storage: Send + Sync + Debug {
         None
     }
 
+    /// The store itself, for reaching a backend's own API through an
+    /// `Arc<dyn Storage>` (the umbrella crate finds a PostgreSQL store's
+    /// schema this way for an enqueue inside the program's transaction).
+    /// `None`, the default, for stores that offer nothing of their own.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
+
     /// Every record the store holds but cannot read back as a task, each of
     /// which [`Storage::list`] leaves out; empty for a sound store. It reads
     /// every record, so it costs a full scan: for checks and migrations, not

@@ -680,6 +680,10 @@ impl Storage for PostgresStorage {
         Ok(Some(from_ns(micros.saturating_mul(1_000))))
     }
 
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn wake_ups(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         self.listener.as_ref().map(|listener| listener.notices())
     }

@@ -135,14 +135,20 @@ impl OmniQ {
         conn: &mut omniq_postgres::sqlx::PgConnection,
         tasks: Vec<NewTask>,
     ) -> Result<Vec<Enqueued>> {
-        if self.storage.backend_name() != "postgres" {
+        // The schema is the store's, whatever the settings say: a client
+        // made with `with_storage` may hold a store of another schema.
+        let Some(store) = self
+            .storage
+            .as_any()
+            .and_then(|any| any.downcast_ref::<omniq_postgres::PostgresStorage>())
+        else {
             return Err(omniq_core::Error::Unsupported(format!(
-                "enqueue_in needs the postgres backend; this client is on {}",
+                "enqueue_in needs a PostgresStorage; this client's store is {}",
                 self.storage.backend_name()
             )));
-        }
+        };
         let tasks = self.records(tasks)?;
-        omniq_postgres::enqueue_in(conn, &self.settings.pg_schema, tasks).await
+        store.enqueue_in(conn, tasks).await
     }
 
     /// The whole record of a task.

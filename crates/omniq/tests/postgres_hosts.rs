@@ -160,6 +160,36 @@ async fn a_task_enqueued_in_the_programs_transaction_exists_only_if_it_commits()
     );
 }
 
+/// A client made over a store of one schema with settings that name
+/// another (or the default): `enqueue_in` writes into the store's schema,
+/// where `get` finds the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_in_writes_into_the_schema_of_the_clients_store() {
+    let Some(schema) = schema("own").await else { return };
+    let store = schema.store(|options| options).await;
+    let elsewhere = Settings::builder().pg_schema("omniq_elsewhere").build().unwrap();
+    let q = OmniQ::with_storage(Arc::new(store), elsewhere);
+    let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let enqueued = q.task("add", &(1, 2)).unwrap().enqueue_in(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(q.get(enqueued.id).await.unwrap().status, TaskStatus::Pending);
+    let stray: Option<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = 'omniq_elsewhere'")
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(stray, None, "nothing was written under the settings' schema");
+    // A store that is not PostgreSQL answers a clear error.
+    let memory = OmniQ::with_storage(Arc::new(omniq::MemoryStorage::new()), Settings::default());
+    let mut tx = conn.begin().await.unwrap();
+    let refused = memory.task("add", &(1, 2)).unwrap().enqueue_in(&mut tx).await;
+    assert!(
+        matches!(refused, Err(omniq::Error::Unsupported(_))),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_whose_clocks_are_30_s_off_keep_etas_and_leases() {
     let Some(schema) = schema("clock").await else {
