@@ -262,6 +262,9 @@ type Erased = dyn Fn(Value, TaskContext) -> BoxFuture<'static, Result<Value, Fai
 pub struct Registry {
     handlers: HashMap<String, Arc<Erased>>,
     data: DataMap,
+    /// The queue each typed job is enqueued to ([`crate::Job::QUEUE`]), so a
+    /// pool can say which of its jobs it will never run.
+    job_queues: std::collections::BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Registry {
@@ -412,6 +415,18 @@ impl Registry {
         let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
+    }
+
+    /// Notes the queue typed job `name` is enqueued to.
+    pub(crate) fn note_job_queue(&mut self, name: &str, queue: &str) {
+        self.job_queues.insert(name.to_owned(), queue.to_owned());
+    }
+
+    /// Each typed job's name and queue, by name.
+    pub(crate) fn job_queues(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.job_queues
+            .iter()
+            .map(|(name, queue)| (name.as_str(), queue.as_str()))
     }
 
     pub(crate) fn get(&self, func_path: &str) -> Option<Arc<Erased>> {

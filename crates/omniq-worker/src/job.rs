@@ -83,6 +83,7 @@ impl Registry {
     /// deserialized as `J` (a payload of another shape fails the task, naming
     /// the job) and [`Job::run`] runs it.
     pub fn job<J: Job>(&mut self) -> &mut Self {
+        self.note_job_queue(J::NAME, J::QUEUE);
         self.register_any_error(J::NAME, |job: J, ctx: TaskContext| job.run(ctx))
     }
 }

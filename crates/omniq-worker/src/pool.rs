@@ -175,6 +175,16 @@ impl WorkerPool {
         self
     }
 
+    /// The typed jobs registered whose queue ([`crate::Job::QUEUE`]) this
+    /// pool does not serve, as `(job, queue)`: their tasks wait for a pool
+    /// that serves the queue. [`WorkerPool::start`] logs a warning for each.
+    pub fn unserved_jobs(&self) -> Vec<(String, String)> {
+        unserved_jobs(&self.registry, &self.config)
+            .into_iter()
+            .map(|(job, queue)| (job.to_owned(), queue.to_owned()))
+            .collect()
+    }
+
     /// Shares wake-ups with a client (and other pools) of this process.
     pub fn signals(mut self, signals: Arc<Signals>) -> Self {
         self.signals = signals;
@@ -217,6 +227,15 @@ impl WorkerPool {
             *period = (*period).max(floor);
         }
         self.config.concurrency = self.config.concurrency.max(1);
+        for (job, queue) in unserved_jobs(&self.registry, &self.config) {
+            tracing::warn!(
+                job,
+                queue,
+                served = ?self.config.lanes().iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(),
+                "job {job:?} is enqueued to queue {queue:?}, which this pool does not serve: its tasks \
+                 wait until a pool serving {queue:?} runs (add .queue({queue:?}, n) to this pool)"
+            );
+        }
         let lanes = self
             .config
             .lanes()
@@ -443,6 +462,16 @@ fn stop_signal() -> impl std::future::Future<Output = ()> + Send {
 
 /// The instant `period` from now, or about thirty years from now for a
 /// period too long to add (a user's `Duration::MAX`), as tokio's own timers do.
+/// The typed jobs of `registry` whose queue the pool configured by
+/// `config` does not serve, as (job, queue).
+fn unserved_jobs<'a>(registry: &'a Registry, config: &PoolConfig) -> Vec<(&'a str, &'a str)> {
+    let served = config.lanes();
+    registry
+        .job_queues()
+        .filter(|(_, queue)| !served.iter().any(|(q, _)| q == queue))
+        .collect()
+}
+
 fn from_now(period: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(period)

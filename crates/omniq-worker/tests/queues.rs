@@ -229,3 +229,60 @@ async fn bad_queues_refuse_to_start() {
         );
     }
 }
+
+/// A typed job whose queue the pool does not serve: `unserved_jobs` names
+/// it, and starting the pool warns, naming the job and its queue.
+#[tokio::test]
+async fn a_job_whose_queue_the_pool_does_not_serve_is_named_at_start() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SendEmail;
+    impl omniq_worker::Job for SendEmail {
+        const NAME: &'static str = "email.send";
+        const QUEUE: &'static str = "emails";
+        type Output = ();
+        type Error = HandlerError;
+        async fn run(self, _ctx: TaskContext) -> Result<(), HandlerError> {
+            Ok(())
+        }
+    }
+
+    let mut registry = Registry::new();
+    registry.job::<SendEmail>();
+    let store = Arc::new(omniq_core::MemoryStorage::new());
+    let default_only = omniq_worker::WorkerPool::new(store.clone(), registry.clone()).concurrency(4);
+    assert_eq!(
+        default_only.unserved_jobs(),
+        [("email.send".to_owned(), "emails".to_owned())]
+    );
+    let serving = omniq_worker::WorkerPool::new(store.clone(), registry.clone()).queue("emails", 2);
+    assert!(serving.unserved_jobs().is_empty());
+
+    // The warning, as a subscriber sees it.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let pool = {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        default_only.start().unwrap()
+    };
+    pool.shutdown(Duration::from_secs(1)).await;
+    let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("WARN") && logged.contains("email.send") && logged.contains("emails"),
+        "{logged}"
+    );
+}
