@@ -91,6 +91,11 @@ struct DashboardArgs {
     /// Serve under this path (e.g. /omniq), as behind a proxy.
     #[arg(long, default_value = "")]
     prefix: String,
+    /// A host name the dashboard answers to besides localhost and the bound
+    /// address (repeat for several); needed without a token when browsers
+    /// reach it by another name.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_host: Vec<String>,
 }
 
 #[derive(Args)]
@@ -631,7 +636,9 @@ async fn dashboard(url: &StoreUrl, settings: &Settings, args: &DashboardArgs) ->
             .or_else(|| std::env::var("OMNIQ_DASHBOARD_TOKEN").ok())
             .filter(|t| !t.is_empty()),
         read_only: args.read_only,
-        prefix: args.prefix.trim_end_matches('/').to_owned(),
+        prefix: omniq::web::check_prefix(&args.prefix)?,
+        allowed_hosts: args.allow_host.clone(),
+        bound: None,
     };
     // Refused before the store is opened or the port taken.
     omniq::web::check_bind(args.bind, &options)?;

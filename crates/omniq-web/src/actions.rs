@@ -92,8 +92,19 @@ impl Action {
 
     /// Does it; answers what changed.
     pub(crate) async fn perform(&self, app: &App) -> Result<String> {
-        let now = OffsetDateTime::now_utc();
+        let done = self.apply(app).await;
+        // Every open page hears of it, a pause as much as a retry.
+        app.live.changed();
+        done
+    }
+
+    async fn apply(&self, app: &App) -> Result<String> {
         let storage = &app.storage;
+        // The store's clock where it has one (PostgreSQL), as workers use.
+        let now = storage
+            .store_time()
+            .await?
+            .unwrap_or_else(OffsetDateTime::now_utc);
         Ok(match self {
             Action::Retry(id) => {
                 storage.retry(*id, now).await?;

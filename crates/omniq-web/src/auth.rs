@@ -60,7 +60,7 @@ pub(crate) async fn require(Extract(app): Extract<State>, mut request: Request, 
     // in took the prefix off.
     let path = request.uri().path();
     let path = path.strip_prefix(app.options.prefix.as_str()).unwrap_or(path);
-    let public = path == "/login" || path == "/assets/live.js";
+    let public = path == "/login" || path == "/assets/live.js" || path == "/assets/style.css";
     let proof = match app.options.token.as_deref() {
         None | Some("") => Some(Proof::Open),
         Some(token) => {

@@ -19,9 +19,12 @@ mod actions;
 mod api;
 mod auth;
 mod data;
+mod guard;
 mod live;
 mod metrics;
 mod pages;
+
+pub use live::MAX_STREAMS;
 
 /// The axum this crate is built on, so a program mounts the router with the
 /// same version.
@@ -44,8 +47,43 @@ pub struct Options {
     /// Hide and refuse every action: a dashboard to look, not to steer.
     pub read_only: bool,
     /// The path the router is mounted at (e.g. `/omniq`), so its links and
-    /// forms point there; empty for the root.
+    /// forms point there; empty for the root. See [`check_prefix`].
     pub prefix: String,
+    /// Host names a dashboard without a token answers to besides loopback
+    /// addresses, `localhost` and the address it is bound to (`--allow-host`):
+    /// any other `Host` is refused, so a site whose name is made to resolve
+    /// to this machine (DNS rebinding) cannot use it. With a token, every
+    /// name is answered.
+    pub allowed_hosts: Vec<String>,
+    /// The address the dashboard listens on, which it answers to; [`serve`]
+    /// sets it.
+    pub bound: Option<SocketAddr>,
+}
+
+/// A mount path as the dashboard uses it: `""` for the root, else `/` and
+/// segments of letters, digits and `-._~` (`omniq` and `/omniq/` give
+/// `/omniq`). Anything else (`/{*rest}`, spaces, `..`) is an
+/// [`Error::InvalidConfig`] naming the prefix.
+pub fn check_prefix(prefix: &str) -> Result<String> {
+    let trimmed = prefix.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let segments_ok = trimmed.split('/').all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'))
+    });
+    match segments_ok {
+        true => Ok(format!("/{trimmed}")),
+        false => Err(Error::invalid_config(
+            "prefix",
+            format!("{prefix:?} is not a path to serve under; use letters, digits and -._~ between slashes, e.g. /omniq"),
+        )),
+    }
 }
 
 /// What every handler shares.
@@ -56,6 +94,8 @@ struct App {
     /// The token every form and API change must carry, so another site
     /// cannot make a logged-in browser act (made anew per process).
     csrf: String,
+    /// The live updates every open page shares.
+    live: live::Live,
 }
 
 type State = Arc<App>;
@@ -73,13 +113,20 @@ impl App {
 /// The dashboard's router over `storage`, woken by `signals` (share a
 /// client's, e.g. `OmniQ::signals()`, so its enqueues and finishes show at
 /// once; other processes' changes show within two seconds).
+///
+/// A prefix that [`check_prefix`] refuses is logged and the links point to
+/// the root; [`serve`] refuses it instead.
 pub fn router(storage: Arc<dyn Storage>, signals: Arc<Signals>, options: Options) -> Router {
-    let prefix = options.prefix.trim_end_matches('/').to_owned();
+    let prefix = check_prefix(&options.prefix).unwrap_or_else(|error| {
+        tracing::error!(%error, "the dashboard's links point to the root");
+        String::new()
+    });
     let app = Arc::new(App {
         storage,
         signals,
         options: Options { prefix, ..options },
         csrf: uuid::Uuid::new_v4().simple().to_string(),
+        live: live::Live::new(),
     });
     Router::new()
         .route("/", get(pages::overview))
@@ -99,8 +146,10 @@ pub fn router(storage: Arc<dyn Storage>, signals: Arc<Signals>, options: Options
         .route("/api/actions", post(api::act))
         .route("/api/csrf", get(api::csrf))
         .route("/assets/live.js", get(pages::script))
+        .route("/assets/style.css", get(pages::stylesheet))
         .route("/login", get(auth::login_page).post(auth::login))
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth::require))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard::protect))
         .with_state(app)
 }
 
@@ -133,11 +182,24 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::io("dashboard socket", e))?;
     check_bind(addr, &options)?;
-    let prefix = options.prefix.trim_end_matches('/').to_owned();
+    let prefix = check_prefix(&options.prefix)?;
+    let options = Options {
+        prefix: prefix.clone(),
+        bound: Some(addr),
+        ..options
+    };
     let dashboard = router(storage, signals, options);
     let app = match prefix.is_empty() {
         true => dashboard,
-        false => Router::new().nest(&prefix, dashboard),
+        // `/omniq/` as well as `/omniq`: the one with the slash is sent to
+        // the other, where the pages' links are made.
+        false => {
+            let home = prefix.clone();
+            Router::new().nest(&prefix, dashboard).route(
+                &format!("{prefix}/"),
+                get(move || async move { axum::response::Redirect::permanent(&home) }),
+            )
+        }
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)

@@ -44,7 +44,7 @@ pub(crate) fn layout(app: &App, title: &str, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · OmniQ" }
-                style { (PreEscaped(STYLE)) }
+                link rel="stylesheet" href={ (p) "/assets/style.css" };
             }
             body data-prefix=(p) {
                 header {
@@ -409,6 +409,12 @@ pub(crate) async fn queues(Extract(app): Extract<State>) -> Response {
         .into_response(),
         Err(error) => error_page(&app, &error),
     }
+}
+
+/// The stylesheet: a file of its own, so the content security policy can
+/// refuse every inline style.
+pub(crate) async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
 }
 
 /// The live script: follows `/events` and swaps in fresh fragments.

@@ -7,7 +7,7 @@
 //! let options = omniq::web::Options {
 //!     prefix: "/omniq".into(), // where it is mounted, for its links
 //!     token: std::env::var("OMNIQ_DASHBOARD_TOKEN").ok(),
-//!     read_only: false,
+//!     ..Default::default()
 //! };
 //! let app = omniq::web::axum::Router::new()
 //!     .route("/", omniq::web::axum::routing::get(|| async { "my app" }))
@@ -18,7 +18,7 @@
 //! # }
 //! ```
 
-pub use omniq_web::{axum, check_bind, Options};
+pub use omniq_web::{axum, check_bind, check_prefix, Options};
 /// The listener [`serve`] takes.
 pub use tokio::net::TcpListener;
 
