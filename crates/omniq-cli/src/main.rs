@@ -4,10 +4,12 @@
 //! default to `OMNIQ_BACKEND`, `OMNIQ_BASE_DIR` and `OMNIQ_DB_PATH`. Read
 //! commands never create a store that does not exist. See `docs/cli.md`.
 
+mod check;
 mod output;
 mod read;
 mod schedules;
 
+use check::check;
 use output::{out, printable};
 use read::{list, queues, result, show, stats};
 
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use omniq::{
-    BackendKind, Error, FileStorage, ListQuery, Settings, SqliteStorage, Storage, StoreUrl, TaskId,
+    BackendKind, Error, FileStorage, Settings, SqliteStorage, Storage, StorageExt, StoreUrl, TaskId,
     TaskStatus,
 };
 use time::OffsetDateTime;
@@ -40,6 +42,10 @@ struct Cli {
     /// its schema is OMNIQ_PG_SCHEMA, else omniq.
     #[arg(long, global = true)]
     database_url: Option<String>,
+    /// The PostgreSQL schema of the store [default: OMNIQ_PG_SCHEMA, else omniq];
+    /// a database URL may name it after a `#` too, as --from and --to do.
+    #[arg(long, global = true)]
+    schema: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -260,7 +266,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
+            eprintln!("error: {}", printable(&failure.message));
             if let Some(hint) = failure.hint {
                 eprintln!("hint: {hint}");
             }
@@ -280,10 +286,39 @@ fn settings(cli: &Cli) -> Result<Settings, Failure> {
     if let Some(db_path) = &cli.db_path {
         settings.db_path = Some(db_path.clone());
     }
-    if let Some(url) = &cli.database_url {
-        settings.database_url = Some(url.clone());
+    // One grammar for a PostgreSQL store everywhere: the URL, and its schema
+    // after a `#` (as --from and --to take it), or --schema.
+    let url = cli.database_url.clone().or(settings.database_url.take());
+    let mut named = None;
+    if let Some(url) = url {
+        let (url, schema) = match url.rsplit_once('#') {
+            Some((url, schema)) if !schema.is_empty() && !schema.contains(['@', '/']) => {
+                (url.to_owned(), Some(schema.to_owned()))
+            }
+            _ => (url, None),
+        };
+        named = schema;
+        settings.database_url = Some(url);
+    }
+    if cli.database_url.is_some() {
         // A database URL given on the command line means PostgreSQL.
         settings.backend.get_or_insert(BackendKind::Postgres);
+    }
+    match (cli.schema.clone(), named) {
+        (Some(flag), Some(in_url)) if flag != in_url => {
+            return Err(failure(
+                format!("--schema {flag} and the database URL's #{in_url} name different schemas"),
+                "give the schema once",
+            ))
+        }
+        (Some(schema), _) | (None, Some(schema)) => settings.pg_schema = schema,
+        (None, None) => {}
+    }
+    if settings.pg_schema.is_empty() || settings.pg_schema.len() > 63 {
+        return Err(failure(
+            format!("{:?} is not a schema name", settings.pg_schema),
+            "give 1 to 63 bytes",
+        ));
     }
     Ok(settings)
 }
@@ -378,7 +413,8 @@ async fn run(cli: Cli) -> Outcome {
         true => open_existing(&url, &settings).await?,
         false => open_to_read(&url, &settings).await?,
     };
-    let now = OffsetDateTime::now_utc();
+    // The store's clock where it has one (PostgreSQL), as workers use.
+    let now = store.now().await?;
     let colour = output::colour();
     match &cli.command {
         Command::Stats(args) => stats(&*store, &url, args, now).await,
@@ -426,24 +462,11 @@ async fn retry(store: &dyn Storage, args: &RetryArgs, now: OffsetDateTime) -> Ou
         out!("retried {id}: pending again");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut retried = 0;
-    loop {
-        let failed = store
-            .list(ListQuery {
-                status: Some(TaskStatus::Failed),
-                limit: Some(500),
-                ..Default::default()
-            })
-            .await?;
-        if failed.is_empty() {
-            break;
-        }
-        for task in failed {
-            store.retry(task.id, now).await?;
-            retried += 1;
-        }
-    }
-    out!("retried {retried} failed task(s)");
+    let report = store.retry_failed(None, now).await?;
+    out!(
+        "retried {} failed task(s); {} could not be retried (a live task holds their unique key, or they moved on)",
+        report.retried, report.refused
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -499,132 +522,17 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     for missing in &report.not_copied {
-        eprintln!("not copied: task {}: {}", missing.id, missing.reason);
+        eprintln!(
+            "not copied: task {}: {}",
+            printable(&missing.id),
+            printable(&missing.reason)
+        );
     }
     eprintln!(
         "error: {} task(s) of the source were not copied; the rest were",
         report.not_copied.len()
     );
     Ok(ExitCode::FAILURE)
-}
-
-async fn check(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -> Outcome {
-    match url.backend {
-        BackendKind::Sqlite => {
-            // SQLite's own check first, on a file too damaged to open as a store too.
-            let integrity = omniq::sqlite_integrity_check(&url.path).await?;
-            let healthy = integrity == ["ok"];
-            if !healthy && !args.json {
-                out!("{}: SQLite found the database damaged:", url.path.display());
-                for line in &integrity {
-                    out!("integrity_check: {line}");
-                }
-                out!("restore the file from a backup, or copy what is readable into a new store with `omniq migrate`");
-                return Ok(ExitCode::FAILURE);
-            }
-            let version = match healthy {
-                true => Some(
-                    SqliteStorage::open_read_only(&url.path, settings.lock_timeout)
-                        .await?
-                        .schema_version()
-                        .await?,
-                ),
-                false => None,
-            };
-            if args.json {
-                print_json(&serde_json::json!({
-                    "backend": "sqlite",
-                    "integrity_check": integrity,
-                    "schema_version": version,
-                    "current_schema_version": omniq::sqlite_schema_version(),
-                    "healthy": healthy,
-                }))?;
-            } else {
-                out!("integrity_check: {}", integrity.join("; "));
-                if let Some(version) = version {
-                    out!(
-                        "schema version {version} (this build writes {})",
-                        omniq::sqlite_schema_version()
-                    );
-                }
-            }
-            Ok(if healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        _ => {
-            // Without --repair, a check only reads: unreadable records are
-            // reported where they are, not moved.
-            let store = match args.repair {
-                true => FileStorage::open_with(&url.path, settings.durability, settings.lock_timeout).await?,
-                false => FileStorage::open_read_only(&url.path, settings.lock_timeout).await?,
-            };
-            let report = store.check(args.repair).await?;
-            let fixed = report.problems.is_empty() || (args.repair && report.quarantined.is_empty());
-            let healthy = fixed && report.held.is_empty();
-            let held: Vec<serde_json::Value> = report
-                .held
-                .iter()
-                .map(|q| {
-                    serde_json::json!({
-                        "path": q.path,
-                        "reason": q.reason,
-                        "since": q.when.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
-                    })
-                })
-                .collect();
-            if args.json {
-                print_json(&serde_json::json!({
-                    "backend": "file",
-                    "records": report.records,
-                    "entries": report.entries,
-                    "problems": report.problems,
-                    "quarantined": report.quarantined,
-                    "held_in_quarantine": held,
-                    "repaired": report.repaired,
-                    "healthy": report.is_healthy(),
-                }))?;
-            } else {
-                out!("{} records, {} entries", report.records, report.entries);
-                for problem in &report.problems {
-                    out!("problem: {problem}");
-                }
-                for q in &report.held {
-                    let since = q
-                        .when
-                        .map(|t| {
-                            format!(
-                                " (since {})",
-                                output::relative(t, time::OffsetDateTime::now_utc())
-                            )
-                        })
-                        .unwrap_or_default();
-                    out!("quarantined: {}: {}{since}", q.path.display(), q.reason);
-                }
-                if report.is_healthy() {
-                    out!("no problems found");
-                } else if args.repair && !report.problems.is_empty() {
-                    out!("repaired {}", report.repaired);
-                } else if !report.problems.is_empty() {
-                    out!("run `omniq check --repair` to fix the entries");
-                }
-                if !report.held.is_empty() {
-                    out!(
-                        "{} file(s) in quarantine/ hold what OmniQ could not read: inspect each, \
-                         then delete it (and its .why file) once dealt with",
-                        report.held.len()
-                    );
-                }
-            }
-            Ok(if healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-    }
 }
 
 /// Serves the dashboard until Ctrl-C or SIGTERM.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use omniq::{Error, ListOrder, ListQuery, QueueStats, Storage, StoreUrl, TaskStatus};
 use time::OffsetDateTime;
 
-use crate::output::{self, out};
+use crate::output::{self, out, printable};
 use crate::{parse_id, print_json, Failure, IdArgs, ListArgs, Outcome, StatsArgs};
 
 pub(crate) async fn stats(
@@ -47,7 +47,11 @@ pub(crate) async fn stats(
         .await?;
     out!("store      {url}");
     if let (Some(queue), Some(paused)) = (&args.queue, paused) {
-        out!("queue      {queue}{}", if paused { " (paused)" } else { "" });
+        out!(
+            "queue      {}{}",
+            printable(queue),
+            if paused { " (paused)" } else { "" }
+        );
     }
     for status in TaskStatus::ALL {
         let extra = match (status, oldest_due) {
@@ -64,11 +68,16 @@ pub(crate) async fn stats(
             .map(|t| {
                 let (worker, expiry) = t.lease.as_ref().map_or(("?".into(), "?".into()), |l| {
                     (
-                        l.worker_id.clone(),
+                        printable(&l.worker_id).into_owned(),
                         format!("expires {}", output::relative(l.expires_at, now)),
                     )
                 });
-                vec![t.id.to_string(), t.func_path.clone(), worker, expiry]
+                vec![
+                    t.id.to_string(),
+                    printable(&t.func_path).into_owned(),
+                    worker,
+                    expiry,
+                ]
             })
             .collect();
         output::table(&["ID", "FUNC_PATH", "WORKER", "LEASE"], &rows);
@@ -117,7 +126,7 @@ pub(crate) async fn queues(store: &dyn Storage, json: bool, now: OffsetDateTime)
                 (None, None) => "-".into(),
             };
             vec![
-                stats.queue.clone(),
+                printable(&stats.queue).into_owned(),
                 c.pending.to_string(),
                 c.running.to_string(),
                 c.completed.to_string(),
@@ -178,8 +187,8 @@ pub(crate) async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTi
             let mut row = vec![
                 t.id.to_string(),
                 output::status(t.status, colour),
-                t.queue.clone(),
-                t.func_path.clone(),
+                printable(&t.queue).into_owned(),
+                printable(&t.func_path).into_owned(),
             ];
             if priorities {
                 row.push(t.priority.to_string());
@@ -191,7 +200,7 @@ pub(crate) async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTi
             });
             row.push(output::relative(t.updated_at, now));
             if keys {
-                row.push(t.unique_key.clone().unwrap_or_default());
+                row.push(printable(t.unique_key.as_deref().unwrap_or_default()).into_owned());
             }
             row
         })
@@ -222,15 +231,21 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
     let seconds =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| humantime::format_duration(d).to_string());
     out!("id           {}", task.id);
-    out!("func_path    {}", task.func_path);
+    out!("func_path    {}", printable(&task.func_path));
     out!("status       {}", output::status(task.status, colour));
-    out!("queue        {}", task.queue);
+    out!("queue        {}", printable(&task.queue));
     out!("priority     {}", task.priority);
     if let Some(key) = &task.unique_key {
-        out!("unique_key   {key}");
+        out!("unique_key   {}", printable(key));
     }
-    out!("args         {}", serde_json::Value::Array(task.args.clone()));
-    out!("kwargs       {}", serde_json::Value::Object(task.kwargs.clone()));
+    out!(
+        "args         {}",
+        printable(&serde_json::Value::Array(task.args.clone()).to_string())
+    );
+    out!(
+        "kwargs       {}",
+        printable(&serde_json::Value::Object(task.kwargs.clone()).to_string())
+    );
     out!("attempts     {} of {}", task.attempts, task.max_retries + 1);
     out!("eta          {}", time(Some(task.eta)));
     out!("interval     {}", seconds(task.interval));
@@ -245,7 +260,7 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
     if let Some(lease) = &task.lease {
         out!(
             "lease        worker {}, expires {}",
-            lease.worker_id,
+            printable(&lease.worker_id),
             output::relative(lease.expires_at, now)
         );
     }
@@ -253,15 +268,15 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
         out!(
             "progress     {:.0}% {} ({})",
             progress.fraction * 100.0,
-            progress.message,
+            printable(&progress.message),
             output::relative(progress.at, now)
         );
     }
     if let Some(error) = &task.error {
         out!(
             "error        [{}] {} (attempt {}, {})",
-            error.kind,
-            error.message,
+            printable(&error.kind),
+            printable(&error.message),
             error.attempt,
             if error.retryable {
                 "retryable"
@@ -271,7 +286,7 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
         );
     }
     if let Some(result) = &task.result {
-        out!("result       {result}");
+        out!("result       {}", printable(&result.to_string()));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -292,10 +307,14 @@ pub(crate) async fn result(store: &dyn Storage, args: &IdArgs, now: OffsetDateTi
         result.attempts
     );
     if let Some(value) = &result.value {
-        out!("result: {value}");
+        out!("result: {}", printable(&value.to_string()));
     }
     if let Some(error) = &result.error {
-        out!("error: [{}] {}", error.kind, error.message);
+        out!(
+            "error: [{}] {}",
+            printable(&error.kind),
+            printable(&error.message)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

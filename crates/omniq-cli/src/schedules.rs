@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use omniq::{Error, Storage};
 use time::OffsetDateTime;
 
-use crate::output::{self, out};
+use crate::output::{self, out, printable};
 use crate::{print_json, Failure, Outcome};
 
 #[derive(Args)]
@@ -48,13 +48,14 @@ pub(crate) async fn schedules(store: &dyn Storage, args: &SchedulesArgs, now: Of
             if !store.remove_schedule(name).await? {
                 return Err(missing(name));
             }
-            out!("removed schedule {name}; the tasks it enqueued stay");
+            out!("removed schedule {}; the tasks it enqueued stay", printable(name));
             return Ok(ExitCode::SUCCESS);
         }
         Some(Action::Pause { name }) => {
             if !store.set_schedule_paused(name, true).await? {
                 return Err(missing(name));
             }
+            let name = printable(name);
             out!(
                 "paused schedule {name}: its ticks pass without a task until `omniq schedules resume {name}`"
             );
@@ -64,7 +65,7 @@ pub(crate) async fn schedules(store: &dyn Storage, args: &SchedulesArgs, now: Of
             if !store.set_schedule_paused(name, false).await? {
                 return Err(missing(name));
             }
-            out!("resumed schedule {name}");
+            out!("resumed schedule {}", printable(name));
             return Ok(ExitCode::SUCCESS);
         }
         None => {}
@@ -82,14 +83,14 @@ pub(crate) async fn schedules(store: &dyn Storage, args: &SchedulesArgs, now: Of
         .iter()
         .map(|s| {
             vec![
-                s.name.clone(),
-                s.expression.clone(),
-                s.timezone.clone(),
+                printable(&s.name).into_owned(),
+                printable(&s.expression).into_owned(),
+                printable(&s.timezone).into_owned(),
                 match s.paused {
                     true => "paused".into(),
                     false => output::relative(s.next_run, now),
                 },
-                s.task.func_path.clone(),
+                printable(&s.task.func_path).into_owned(),
                 s.last_task.map_or("-".into(), |id| id.to_string()),
             ]
         })

@@ -63,6 +63,79 @@ fn every_command_reads_and_steers_a_postgres_store() {
         serde_json::from_slice(&pg(&["list", "--json", "--status", "pending"]).stdout).unwrap();
     assert_eq!(listed.len(), 2);
 
+    // One grammar: the schema after a `#`, or --schema, as well as OMNIQ_PG_SCHEMA.
+    let direct = |args: &[&str]| {
+        let mut cmd = assert_cmd::Command::cargo_bin("omniq").unwrap();
+        cmd.env_remove("OMNIQ_BACKEND")
+            .env_remove("OMNIQ_DATABASE_URL")
+            .env_remove("OMNIQ_PG_SCHEMA")
+            .args(args);
+        cmd.output().unwrap()
+    };
+    for args in [
+        vec!["--database-url", to.as_str(), "stats", "--json"],
+        vec![
+            "--database-url",
+            url.as_str(),
+            "--schema",
+            schema.as_str(),
+            "stats",
+            "--json",
+        ],
+    ] {
+        let out = direct(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(counts["pending"], 2, "{args:?}");
+    }
+    let header = String::from_utf8(direct(&["--database-url", to.as_str(), "stats"]).stdout).unwrap();
+    assert!(
+        header.contains(&format!("#{schema}")) && !header.contains("##"),
+        "{header}"
+    );
+    let conflict = direct(&["--database-url", to.as_str(), "--schema", "other", "stats"]);
+    assert!(!conflict.status.success());
+    assert!(String::from_utf8_lossy(&conflict.stderr).contains("different schemas"));
+
+    // `check` reads a PostgreSQL store: its version, then a row that does
+    // not read back, which it names and fails on.
+    let checked = pg(&["check"]);
+    let text = String::from_utf8_lossy(&checked.stdout).into_owned();
+    assert!(
+        checked.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        text.contains("schema version") && text.contains("no problems found"),
+        "{text}"
+    );
+    let damage = std::process::Command::new("psql")
+        .args([
+            url.as_str(),
+            "-qc",
+            &format!(
+                "UPDATE \"{schema}\".tasks SET record = json_build_object('id', id) WHERE id = '{}'",
+                s.done
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        damage.status.success(),
+        "{}",
+        String::from_utf8_lossy(&damage.stderr)
+    );
+    let checked = pg(&["check", "--json"]);
+    assert!(!checked.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&checked.stdout).unwrap();
+    assert_eq!(report["unreadable"][0]["id"], s.done.to_string());
+    assert_eq!(report["healthy"], false);
+
     let mut conn = std::process::Command::new("psql");
     conn.args([url.as_str(), "-qc", &format!("DROP SCHEMA \"{schema}\" CASCADE")]);
     let _ = conn.output();

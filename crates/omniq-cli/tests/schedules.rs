@@ -58,3 +58,73 @@ fn schedules_are_listed_paused_resumed_and_removed() {
         assert!(err.contains("no schedule named"), "{err}");
     }
 }
+
+/// A schedule of one name in both stores: `migrate` replaces the
+/// destination's and says so, or keeps it with `--schedules keep`.
+#[test]
+fn migrate_names_each_schedule_it_replaced_or_kept() {
+    let from = store(BackendKind::File);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let to_dir = tempfile::tempdir().unwrap();
+    let make = |backend: BackendKind, base: std::path::PathBuf, expression: &'static str| {
+        runtime.block_on(async move {
+            let settings = Settings::builder()
+                .backend(backend)
+                .base_dir(&base)
+                .build()
+                .unwrap();
+            let queue = OmniQ::open(settings).await.unwrap();
+            queue
+                .schedule_task("nightly", expression, NewTask::new("add"))
+                .create()
+                .await
+                .unwrap();
+        })
+    };
+    make(BackendKind::File, from.base.clone(), "0 */5 * * * *");
+    make(BackendKind::Sqlite, to_dir.path().to_owned(), "* * * * *");
+    let source = format!("file:{}", from.base.display());
+    let destination = format!("sqlite:{}", to_dir.path().join("omniq.db").display());
+    let expression = || {
+        runtime.block_on(async {
+            let settings = Settings::builder()
+                .backend(BackendKind::Sqlite)
+                .base_dir(to_dir.path())
+                .build()
+                .unwrap();
+            OmniQ::open(settings).await.unwrap().schedules().await.unwrap()[0]
+                .expression
+                .clone()
+        })
+    };
+    let kept = from.run(&[
+        "migrate",
+        "--from",
+        &source,
+        "--to",
+        &destination,
+        "--schedules",
+        "keep",
+    ]);
+    assert!(
+        kept.contains("schedule nightly: kept the destination's"),
+        "{kept}"
+    );
+    assert_eq!(expression(), "* * * * *");
+    let replaced = from.run(&["migrate", "--from", &source, "--to", &destination]);
+    assert!(
+        replaced.contains("schedule nightly: replaced the destination's"),
+        "{replaced}"
+    );
+    assert_eq!(expression(), "0 */5 * * * *");
+    let refused = from.fail(&[
+        "migrate",
+        "--from",
+        &source,
+        "--to",
+        &destination,
+        "--schedules",
+        "merge",
+    ]);
+    assert!(refused.contains("expected replace or keep"), "{refused}");
+}

@@ -25,6 +25,7 @@ pub mod limits;
 mod memory;
 pub mod payload;
 pub mod queue;
+pub mod redact;
 pub mod schedule;
 pub mod settings;
 pub mod storage;
@@ -39,11 +40,12 @@ pub use error::{Error, Result};
 pub use limits::{check_new_records, check_pending, earlier, later};
 pub use memory::MemoryStorage;
 pub use queue::{Enqueued, QueueStats, QueueTally, DEFAULT_QUEUE};
+pub use redact::redact_url;
 pub use schedule::{PutAnswer, PutSchedule, Schedule, ScheduledTask};
 pub use settings::{BackendKind, Durability, Serializer, Settings, SettingsBuilder};
 pub use storage::{
-    ClaimRequest, Damaged, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts,
-    Storage, StorageExt,
+    ClaimRequest, Damaged, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, RetryReport,
+    StatusCounts, Storage, StorageExt,
 };
 pub use task::{
     cancel_in_scope, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Progress, Task, TaskError,

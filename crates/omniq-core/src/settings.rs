@@ -94,7 +94,7 @@ impl fmt::Display for BackendKind {
 ///
 /// Build one with [`Settings::builder`], take the defaults with
 /// [`Settings::default`], or read the environment with [`Settings::from_env`].
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Settings {
     /// The backend to open; `None` lets the program pick (the `omniq` crate
@@ -139,6 +139,31 @@ pub struct Settings {
     /// before failing with an error naming the lock (`OMNIQ_LOCK_TIMEOUT`,
     /// seconds; default 30).
     pub lock_timeout: Duration,
+}
+
+/// Shows every setting, the database URL without its password.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("backend", &self.backend)
+            .field("base_dir", &self.base_dir)
+            .field("db_path", &self.db_path)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::redact_url),
+            )
+            .field("pg_schema", &self.pg_schema)
+            .field("pg_connections", &self.pg_connections)
+            .field("pg_listen", &self.pg_listen)
+            .field("serializer", &self.serializer)
+            .field("default_timeout", &self.default_timeout)
+            .field("default_max_retries", &self.default_max_retries)
+            .field("result_ttl", &self.result_ttl)
+            .field("durability", &self.durability)
+            .field("log", &self.log)
+            .field("lock_timeout", &self.lock_timeout)
+            .finish()
+    }
 }
 
 /// The default for [`Settings::default_max_retries`].

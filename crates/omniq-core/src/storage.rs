@@ -176,6 +176,16 @@ pub struct Damaged {
     pub location: std::path::PathBuf,
 }
 
+/// What [`StorageExt::retry_failed`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryReport {
+    /// Failed tasks put back to pending.
+    pub retried: u64,
+    /// Failed tasks that could not be: a live task holds their unique key,
+    /// or they moved on meanwhile.
+    pub refused: u64,
+}
+
 /// Where tasks live: the smallest contract a backend must keep.
 ///
 /// Every method is atomic with respect to every other caller, in this process and
@@ -407,13 +417,52 @@ pub trait StorageExt: Storage {
     /// Enqueues many new tasks in one call, all or none; returns their ids in
     /// order (for a duplicate, the live task's).
     async fn enqueue_many(&self, tasks: Vec<NewTask>, settings: &Settings) -> Result<Vec<TaskId>> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.now().await?;
         let tasks = tasks
             .into_iter()
             .map(|task| task.into_task(settings, now))
             .collect::<Result<Vec<_>>>()?;
         let answers = self.enqueue(tasks).await?;
         Ok(answers.into_iter().map(|answer| answer.id).collect())
+    }
+
+    /// The time by the store's clock ([`Storage::store_time`]) when it has
+    /// one, else this host's: what one-off callers (the CLI, the dashboard,
+    /// a migration) pass as `now`, so their etas and cutoffs agree with the
+    /// workers'.
+    async fn now(&self) -> Result<OffsetDateTime> {
+        Ok(self.store_time().await?.unwrap_or_else(OffsetDateTime::now_utc))
+    }
+
+    /// Puts every failed task (of `queue`, or of every queue) back to
+    /// pending, each at most once however long it takes: the failed tasks
+    /// are walked in id order, so one that fails again meanwhile is not met
+    /// again. A task whose unique key a live task holds, or that moved on
+    /// meanwhile, is refused and counted, and the walk goes on.
+    async fn retry_failed(&self, queue: Option<&str>, now: OffsetDateTime) -> Result<RetryReport> {
+        let mut report = RetryReport::default();
+        let mut after = None;
+        loop {
+            let failed = self
+                .list(ListQuery {
+                    status: Some(TaskStatus::Failed),
+                    queue: queue.map(str::to_owned),
+                    limit: Some(500),
+                    after,
+                    order: ListOrder::OldestFirst,
+                })
+                .await?;
+            let Some(last) = failed.last() else { break };
+            after = Some(last.id);
+            for task in failed {
+                match self.retry(task.id, now).await {
+                    Ok(()) => report.retried += 1,
+                    Err(Error::Conflict { .. }) => report.refused += 1,
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        Ok(report)
     }
 
     /// The result record of one task, or [`Error::NotFound`].

@@ -9,7 +9,7 @@ use omniq_core::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions as _;
 
-use crate::{schema, sql_error, wake, PostgresStorage};
+use crate::{redact, schema, sql_error, wake, PostgresStorage};
 
 /// How a [`PostgresStorage`] connects; `ConnectOptions::new(url)` gives the
 /// defaults of `OMNIQ_PG_SCHEMA`, `OMNIQ_PG_CONNECTIONS` and
@@ -83,20 +83,6 @@ impl ConnectOptions {
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
         self
-    }
-}
-
-/// `url` without its password, to name it in errors and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
     }
 }
 

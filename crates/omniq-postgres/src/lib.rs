@@ -100,7 +100,9 @@ mod upkeep;
 mod wake;
 mod write;
 
-pub use connect::{redact, ConnectOptions};
+pub use connect::ConnectOptions;
+/// A database URL without its password, to name it in errors and logs.
+pub use omniq_core::redact_url as redact;
 /// The sqlx this backend is built on: a program that enqueues in its own
 /// transaction uses this one, so the connection types match.
 pub use sqlx;
@@ -149,6 +151,22 @@ impl PostgresStorage {
     /// The schema the tables live in.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// The version of the OmniQ tables in the schema, as stored
+    /// ([`schema::CURRENT_VERSION`] is this build's).
+    pub async fn schema_version(&self) -> Result<i64> {
+        let version: String =
+            sqlx::query_scalar(&self.q("SELECT value FROM {s}.omniq_meta WHERE key = 'schema_version'"))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(sql_error)?;
+        version.parse().map_err(|_| {
+            Error::backend(
+                "postgres",
+                format!("the stored schema version {version:?} is not a number"),
+            )
+        })
     }
 
     /// `sql` with `{s}` replaced by the quoted schema.

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use maud::html;
-use omniq_core::{Error, ListQuery, Result, TaskId, TaskStatus};
+use omniq_core::{Error, Result, StorageExt, TaskId};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -126,30 +126,12 @@ impl Action {
                 format!("Queue {queue} is running again.")
             }
             Action::RetryFailed(queue) => {
-                let (mut retried, mut refused, mut after) = (0, 0, None);
-                loop {
-                    let failed = storage
-                        .list(ListQuery {
-                            status: Some(TaskStatus::Failed),
-                            queue: Some(queue.clone()),
-                            limit: Some(500),
-                            after,
-                            ..ListQuery::default()
-                        })
-                        .await?;
-                    let Some(last) = failed.last() else { break };
-                    after = Some(last.id);
-                    for task in failed {
-                        match storage.retry(task.id, now).await {
-                            Ok(()) => retried += 1,
-                            // Its unique key is held, or it moved on meanwhile.
-                            Err(Error::Conflict { .. }) => refused += 1,
-                            Err(other) => return Err(other),
-                        }
-                    }
-                }
+                let report = storage.retry_failed(Some(queue), now).await?;
                 app.signals.task_enqueued();
-                format!("Retried {retried} failed task(s) of queue {queue}; {refused} could not be retried.")
+                format!(
+                    "Retried {} failed task(s) of queue {queue}; {} could not be retried.",
+                    report.retried, report.refused
+                )
             }
             Action::Purge(age) => {
                 let removed = storage.purge(omniq_core::earlier(now, *age)).await?;

@@ -63,17 +63,6 @@ fn postgres_parts(text: &str) -> (&str, &str) {
     }
 }
 
-/// `url` without its password.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 /// A store named as `backend:path`: `file:./omniq_data` (a folder),
 /// `sqlite:./omniq_data/omniq.db` (a database file), or a PostgreSQL URL with
 /// the schema after a `#`: `postgres://user:password@host/db#omniq`.
@@ -101,7 +90,7 @@ impl FromStr for StoreUrl {
                 "store",
                 format!(
                     "{:?} {reason}; expected file:<folder>, sqlite:<database file> or postgres://…#schema",
-                    redacted(text)
+                    omniq_core::redact_url(text)
                 ),
             )
         };
@@ -123,7 +112,7 @@ impl std::fmt::Display for StoreUrl {
             BackendKind::Postgres => {
                 let text = self.path.to_string_lossy();
                 let (url, schema) = postgres_parts(&text);
-                write!(f, "{}#{schema}", redacted(url))
+                write!(f, "{}#{schema}", omniq_core::redact_url(url))
             }
             _ => write!(f, "{}:{}", self.backend, self.path.display()),
         }

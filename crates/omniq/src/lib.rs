@@ -83,6 +83,12 @@ pub fn sqlite_schema_version() -> i64 {
     omniq_sqlite::schema::CURRENT_VERSION
 }
 
+/// The PostgreSQL schema version this build writes.
+#[cfg(feature = "postgres")]
+pub fn postgres_schema_version() -> i64 {
+    omniq_postgres::schema::CURRENT_VERSION
+}
+
 /// SQLite's own check of the database file at `path`, without opening it as
 /// a store or changing it: `["ok"]` when sound, else what SQLite found.
 #[cfg(feature = "sqlite")]

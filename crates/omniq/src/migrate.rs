@@ -1,6 +1,8 @@
 //! Moving every task from one store to another, history included.
 
-use omniq_core::{Enqueued, Error, ListOrder, ListQuery, PutSchedule, Result, Storage, Task, TaskStatus};
+use omniq_core::{
+    Enqueued, Error, ListOrder, ListQuery, PutSchedule, Result, Storage, StorageExt, Task, TaskStatus,
+};
 use time::OffsetDateTime;
 
 /// How far a migration has got.
@@ -128,7 +130,8 @@ pub async fn migrate_with(
     mut progress: impl FnMut(Progress),
 ) -> Result<MigrationReport> {
     let total = from.counts().await?.total();
-    let now = OffsetDateTime::now_utc();
+    // Leases are released by the destination's clock, which its workers use.
+    let now = to.now().await?;
     let mut report = MigrationReport::default();
     let mut done = 0;
     let mut after = None;
