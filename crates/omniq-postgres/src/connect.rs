@@ -23,9 +23,9 @@ pub struct ConnectOptions {
     /// The most connections the store opens at once, besides its listener.
     pub connections: u32,
     /// Listen for other hosts' enqueues (`LISTEN/NOTIFY`). `false` is the
-    /// poll-only mode for a pooler in transaction mode such as PgBouncer:
-    /// no listening connection, and no named prepared statements, which
-    /// such a pooler cannot keep apart.
+    /// poll-only mode for a pooler such as PgBouncer: no listening
+    /// connection, and no startup parameter a pooler refuses (see
+    /// `docs/postgres-backend.md` for the pooler modes it works with).
     pub listen: bool,
 }
 
@@ -139,10 +139,10 @@ impl PostgresStorage {
             move |e: sqlx::Error| Error::backend("postgres", format!("cannot connect to {shown}: {e}"));
         let mut connect: PgConnectOptions = options.url.parse().map_err(&unreachable)?;
         if !options.listen {
-            // Unnamed statements only: a pooler in transaction mode hands
-            // each transaction another server connection, where a named
-            // statement prepared on the last one does not exist.
-            connect = connect.statement_cache_capacity(0);
+            // No startup parameter a pooler does not know: PgBouncer refuses
+            // `extra_float_digits` unless told to ignore it (OmniQ sends no
+            // floats through SQL, so it changes nothing).
+            connect = connect.extra_float_digits(None);
         }
         // One direct connection first: a refused or misconfigured server
         // answers at once, where the pool would keep trying until its timeout.
@@ -165,7 +165,14 @@ impl PostgresStorage {
         // finish ever follows a lost claim. This halves the flushes a task
         // costs. The claims of a process come from its supervisors one at a
         // time, so two connections serve them.
-        let claims = pool_of(2).connect_lazy_with(connect.clone().options([("synchronous_commit", "off")]));
+        // Not in poll-only mode: a pooler refuses the `options` startup
+        // parameter, and a setting made on one server connection would not
+        // follow the claim to the next; claims there commit as finishes do.
+        let claims_connect = match options.listen {
+            true => connect.clone().options([("synchronous_commit", "off")]),
+            false => connect.clone(),
+        };
+        let claims = pool_of(2).connect_lazy_with(claims_connect);
         let pool = pool_of(options.connections)
             .connect_with(connect)
             .await
