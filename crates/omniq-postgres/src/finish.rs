@@ -146,14 +146,17 @@ impl PostgresStorage {
                 Err(Fail::Retry(why)) => last = why,
                 Err(Fail::Unknown(why)) => {
                     // The statement may have been applied: read the rows
-                    // back. Written are those now in the state this finish
-                    // gave them; still running under the claim's token are
-                    // those to write again; any other was never ours to write.
+                    // back. Written are those whose record is the very one
+                    // this finish wrote (a `json` column keeps its text; a
+                    // worker that took the task over writes another, with
+                    // its own attempt); still running under the claim's
+                    // token are those to write again; any other was never
+                    // ours to write.
                     let check = self.q(
-                        "SELECT id, status, finished_at, COALESCE(claim->>'token', record->'lease'->>'token') \
+                        "SELECT id, status, record::text, COALESCE(claim->>'token', record->'lease'->>'token') \
                          FROM {s}.tasks WHERE id = ANY($1)",
                     );
-                    let rows: Vec<(String, String, Option<i64>, Option<String>)> = sqlx::query_as(&check)
+                    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(&check)
                         .bind(pick(&ids))
                         .fetch_all(&self.pool)
                         .await
@@ -162,10 +165,10 @@ impl PostgresStorage {
                         })?;
                     let mut again = Vec::new();
                     for &i in &left {
-                        let Some((_, status, at, token)) = rows.iter().find(|r| r.0 == ids[i]) else {
+                        let Some((_, status, record, token)) = rows.iter().find(|r| r.0 == ids[i]) else {
                             continue;
                         };
-                        if *status == statuses[i] && *at == finished[i] {
+                        if *record == records[i] {
                             done.push(ids[i].clone());
                         } else if status == "running" && token.as_deref() == Some(tokens[i].as_str()) {
                             again.push(i);
@@ -212,11 +215,11 @@ impl PostgresStorage {
                 // Tasks handed back are due again at once.
                 let announce = (self.channel.as_str(), wake::due_queues(&writes, |_| now));
                 rows::save_announcing(&self.s, &mut tx, &writes, false, Some(announce)).await?;
-                Ok(answers)
+                Ok((answers, writes))
             }
             .await;
-            let answers = match body {
-                Ok(answers) => answers,
+            let (answers, writes) = match body {
+                Ok(done) => done,
                 Err(fail) => {
                     // Rolled back before the answer (see `in_transaction!`).
                     let _ = tx.rollback().await;
@@ -234,26 +237,25 @@ impl PostgresStorage {
                 Err(Fail::Stop(error)) => return Err(error),
                 Err(Fail::Retry(why)) => last = why,
                 Err(Fail::Unknown(why)) => {
-                    // The transaction is all or nothing: one finish it
-                    // applied tells whether it committed. Still running
-                    // under that claim's token, it did not, and is tried
-                    // again; otherwise its answers are the truth.
-                    let applied = finishes
-                        .iter()
-                        .zip(&answers)
-                        .find(|(_, answer)| matches!(answer, FinishOutcome::Applied { .. }));
-                    let Some((finish, _)) = applied else {
+                    // The transaction is all or nothing: one record it wrote
+                    // tells whether it committed. Stored as this transaction
+                    // wrote it (a `json` column keeps its text), it did, and
+                    // its answers are the truth; otherwise nothing of it was
+                    // stored, and it is tried again, which answers for the
+                    // rows as they are now.
+                    let Some(written) = writes.first() else {
                         return Ok(answers);
                     };
-                    let still: Option<bool> = sqlx::query_scalar(&self.q("SELECT status = 'running' AND \
-                         COALESCE(claim->>'token', record->'lease'->>'token') = $2 \
-                         FROM {s}.tasks WHERE id = $1"))
-                    .bind(finish.id.to_string())
-                    .bind(finish.token.0.to_string())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| rows::unknown(format!("{why}, and the task could not be read back: {e}")))?;
-                    if still != Some(true) {
+                    let ours = serde_json::to_string(written).map_err(omniq_core::Error::from)?;
+                    let stored: Option<String> =
+                        sqlx::query_scalar(&self.q("SELECT record::text FROM {s}.tasks WHERE id = $1"))
+                            .bind(written.id.to_string())
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(|e| {
+                                rows::unknown(format!("{why}, and the task could not be read back: {e}"))
+                            })?;
+                    if stored.as_deref() == Some(ours.as_str()) {
                         return Ok(answers);
                     }
                     last = why;
