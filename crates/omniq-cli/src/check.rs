@@ -138,10 +138,7 @@ async fn check_postgres(url: &StoreUrl, settings: &Settings, args: &CheckArgs) -
         true => url.open(settings.durability).await?,
         false => url.open_read_only(settings.lock_timeout).await?,
     };
-    let version = match store
-        .as_any()
-        .and_then(|any| any.downcast_ref::<omniq::PostgresStorage>())
-    {
+    let version = match omniq::core::checked::backend::<omniq::PostgresStorage>(&*store) {
         Some(postgres) => Some(postgres.schema_version().await?),
         None => None,
     };

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod batch;
+pub mod checked;
 pub mod error;
 pub mod limits;
 mod memory;
@@ -36,6 +37,7 @@ pub mod conformance;
 
 /// Re-exported so backends implement [`Storage`] with the same macro version.
 pub use async_trait::async_trait;
+pub use checked::Checked;
 pub use error::{Error, Result};
 pub use limits::{check_new_records, check_pending, earlier, later};
 pub use memory::MemoryStorage;

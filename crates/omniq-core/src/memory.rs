@@ -119,12 +119,10 @@ impl Storage for MemoryStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-        crate::limits::check_pending(&tasks)?;
         self.import(tasks).await
     }
 
     async fn import(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-        crate::limits::check_new_records(&tasks)?;
         let mut inner = self.lock();
         if let Some(task) = tasks.iter().find(|task| inner.tasks.contains_key(&task.id)) {
             return Err(Error::conflict(task.id, "a task with this id already exists"));
@@ -137,7 +135,6 @@ impl Storage for MemoryStorage {
     }
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
-        progress.check()?;
         let mut inner = self.lock();
         Ok(inner
             .tasks
@@ -146,7 +143,6 @@ impl Storage for MemoryStorage {
     }
 
     async fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
-        crate::schedule::check_schedule(&schedule)?;
         let mut inner = self.lock();
         let existing = inner.schedules.get(&schedule.name).cloned();
         let (write, answer) = crate::schedule::decide_put(schedule, existing, mode);
@@ -180,7 +176,6 @@ impl Storage for MemoryStorage {
         next: OffsetDateTime,
         task: Task,
     ) -> Result<Option<Enqueued>> {
-        crate::schedule::check_fire(&task, next)?;
         let mut inner = self.lock();
         if !crate::schedule::may_fire(inner.schedules.get(name), due) {
             return Ok(None);
@@ -200,7 +195,6 @@ impl Storage for MemoryStorage {
     }
 
     async fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool> {
-        crate::limits::check_time("next_run", next)?;
         let mut inner = self.lock();
         if !crate::schedule::may_fire(inner.schedules.get(name), due) {
             return Ok(false);
@@ -372,7 +366,6 @@ impl Storage for MemoryStorage {
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        crate::queue::check_name(queue)?;
         let mut inner = self.lock();
         match paused {
             true => inner.paused.insert(queue.to_owned()),

@@ -32,6 +32,12 @@ pub fn default_queue() -> String {
     DEFAULT_QUEUE.to_owned()
 }
 
+/// Whether `name` is a queue name ([`check_name`]): for readers that meet a
+/// name in stored data, where a bad one is skipped rather than an error.
+pub fn is_name(name: &str) -> bool {
+    check_name(name).is_ok()
+}
+
 /// Checks a queue name: 1 to 64 bytes of ASCII letters, digits and `-_.:`,
 /// starting with a letter or digit (so no name is `.`, `..` or hidden, and
 /// every name is safe in a file name and a URL).

@@ -98,6 +98,17 @@ pub enum ListOrder {
     NewestFirst,
 }
 
+impl ListOrder {
+    /// How a SQL backend pages in this order: the comparison that takes the
+    /// ids after a page's last one, and the direction of `ORDER BY id`.
+    pub fn keyset(self) -> (&'static str, &'static str) {
+        match self {
+            ListOrder::OldestFirst => (">", "ASC"),
+            ListOrder::NewestFirst => ("<", "DESC"),
+        }
+    }
+}
+
 /// Which tasks [`Storage::list`] returns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListQuery {

@@ -136,7 +136,9 @@ pub fn entry_queue(name: &str) -> Option<(&str, i16)> {
         return Some((DEFAULT_QUEUE, 0));
     };
     let (priority, queue) = rest.split_once('~')?;
-    omniq_core::queue::check_name(queue).ok()?;
+    if !omniq_core::queue::is_name(queue) {
+        return None;
+    }
     Some((queue, priority.parse().ok()?))
 }
 

@@ -166,7 +166,6 @@ impl Storage for FileStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-        omniq_core::check_pending(&tasks)?;
         self.import(tasks).await
     }
 
@@ -226,7 +225,6 @@ impl Storage for FileStorage {
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
         self.writable()?;
-        progress.check()?;
         self.run(move |store| store.set_progress(lease, progress)).await
     }
 

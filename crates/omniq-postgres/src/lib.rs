@@ -21,8 +21,8 @@ use std::time::Duration;
 use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
-    LeaseRef, ListOrder, ListQuery, Progress, PutAnswer, PutSchedule, RenewOutcome, Result, Schedule,
-    StatusCounts, Storage, Task, TaskId, TaskStatus,
+    LeaseRef, ListQuery, Progress, PutAnswer, PutSchedule, RenewOutcome, Result, Schedule, StatusCounts,
+    Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -287,7 +287,6 @@ impl Storage for PostgresStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-        omniq_core::check_pending(&tasks)?;
         self.store(tasks, true).await
     }
 
@@ -377,7 +376,6 @@ impl Storage for PostgresStorage {
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
         self.writable()?;
-        progress.check()?;
         let progress = &progress;
         Ok(in_transaction!(self, |tx| {
             let Some(mut task) = rows::load(&self.s, &mut tx, &[lease.id.to_string()], true)
@@ -461,10 +459,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
-        let (compare, order) = match query.order {
-            ListOrder::OldestFirst => (">", "ASC"),
-            ListOrder::NewestFirst => ("<", "DESC"),
-        };
+        let (compare, order) = query.order.keyset();
         let sql = format!(
             "SELECT {{COLUMNS}} FROM {{s}}.tasks WHERE ($1::text IS NULL OR status = $1) \
              AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR id {compare} $3) \
@@ -553,7 +548,6 @@ impl Storage for PostgresStorage {
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         self.writable()?;
-        omniq_core::queue::check_name(queue)?;
         // A resumed queue's due tasks are announced, as if just enqueued.
         let sql = match paused {
             true => "INSERT INTO {s}.paused_queues (name) VALUES ($1) ON CONFLICT DO NOTHING",

@@ -2,9 +2,7 @@
 //! and changed under the row's lock, so a tick's fire (the schedule moved on
 //! and the tick's task stored) is one transaction that one host wins.
 
-use omniq_core::schedule::{
-    check_fire, check_schedule, decide_put, may_fire, PutAnswer, PutSchedule, Schedule,
-};
+use omniq_core::schedule::{decide_put, may_fire, PutAnswer, PutSchedule, Schedule};
 use omniq_core::{Enqueued, Error, Result, Task};
 use sqlx::postgres::PgConnection;
 use time::OffsetDateTime;
@@ -44,7 +42,6 @@ async fn save(s: &str, conn: &mut PgConnection, schedule: &Schedule) -> std::res
 impl PostgresStorage {
     pub(crate) async fn put_schedule_row(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
         self.writable()?;
-        check_schedule(&schedule)?;
         let schedule = &schedule;
         Ok(in_transaction!(self, |tx| {
             // A new name has no row to lock: take the name's advisory lock
@@ -107,7 +104,6 @@ impl PostgresStorage {
         next: OffsetDateTime,
     ) -> Result<bool> {
         self.writable()?;
-        omniq_core::limits::check_time("next_run", next)?;
         Ok(in_transaction!(self, |tx| {
             let stored = locked(&self.s, &mut tx, name).await?;
             if !may_fire(stored.as_ref(), due) {
@@ -130,7 +126,6 @@ impl PostgresStorage {
         task: Task,
     ) -> Result<Option<Enqueued>> {
         self.writable()?;
-        check_fire(&task, next)?;
         let tasks = std::slice::from_ref(&task);
         Ok(in_transaction!(self, |tx| {
             let stored = locked(&self.s, &mut tx, name).await?;

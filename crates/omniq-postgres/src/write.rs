@@ -83,8 +83,9 @@ pub(crate) async fn store_on(
 /// concurrent enqueue takes the same unique key first, PostgreSQL aborts the
 /// transaction and this answers an error saying it may be run again.
 pub async fn enqueue_in(conn: &mut PgConnection, schema: &str, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-    omniq_core::check_pending(&tasks)?;
-    omniq_core::check_new_records(&tasks)?;
+    // This enqueue does not pass through the checking layer (it runs on
+    // the program's connection), so it asks the layer's rules itself.
+    omniq_core::checked::new_work(&tasks)?;
     if tasks.is_empty() {
         return Ok(Vec::new());
     }
@@ -120,7 +121,6 @@ impl PostgresStorage {
     /// and the write is tried again.
     pub(crate) async fn store(&self, tasks: Vec<Task>, announce: bool) -> Result<Vec<Enqueued>> {
         self.writable()?;
-        omniq_core::check_new_records(&tasks)?;
         if tasks.is_empty() {
             return Ok(Vec::new());
         }

@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
-    ListOrder, ListQuery, Progress, PutAnswer, PutSchedule, QueueStats, QueueTally, RenewOutcome, Result,
-    Schedule, Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
+    ListQuery, Progress, PutAnswer, PutSchedule, QueueStats, QueueTally, RenewOutcome, Result, Schedule,
+    Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -371,7 +371,6 @@ impl Storage for SqliteStorage {
     }
 
     async fn enqueue(&self, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-        omniq_core::check_pending(&tasks)?;
         self.import(tasks).await
     }
 
@@ -436,7 +435,6 @@ impl Storage for SqliteStorage {
     }
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
-        progress.check()?;
         self.write(|reply| Op::Progress(lease, progress, reply)).await
     }
 
@@ -497,10 +495,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn list(&self, query: ListQuery) -> Result<Vec<Task>> {
-        let (compare, order) = match query.order {
-            ListOrder::OldestFirst => (">", "ASC"),
-            ListOrder::NewestFirst => ("<", "DESC"),
-        };
+        let (compare, order) = query.order.keyset();
         // The page is chosen in a subquery; the aggregate keeps its order.
         let sql = format!(
             "SELECT json_group_array({TASK_JSON}) FROM (SELECT id FROM tasks \
@@ -553,7 +548,6 @@ impl Storage for SqliteStorage {
     }
 
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        omniq_core::queue::check_name(queue)?;
         let queue = queue.to_owned();
         self.write(|reply| Op::SetPaused(queue, paused, reply)).await
     }

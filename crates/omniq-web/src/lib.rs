@@ -122,7 +122,8 @@ pub fn router(storage: Arc<dyn Storage>, signals: Arc<Signals>, options: Options
         String::new()
     });
     let app = Arc::new(App {
-        storage,
+        // Behind the checking layer, as every caller reaches a store.
+        storage: omniq_core::Checked::wrap(storage),
         signals,
         options: Options { prefix, ..options },
         csrf: uuid::Uuid::new_v4().simple().to_string(),

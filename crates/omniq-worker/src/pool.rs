@@ -97,7 +97,8 @@ impl WorkerPool {
     /// the default [`PoolConfig`].
     pub fn new(storage: Arc<dyn Storage>, registry: Registry) -> Self {
         WorkerPool {
-            storage,
+            // Behind the checking layer, as every caller reaches a store.
+            storage: omniq_core::Checked::wrap(storage),
             registry,
             config: PoolConfig::default(),
             clock: Arc::new(SystemClock),

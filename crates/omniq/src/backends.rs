@@ -39,18 +39,20 @@ fn not_compiled(kind: BackendKind) -> Error {
     ))
 }
 
-/// Opens the store `settings` describe.
+/// Opens the store `settings` describe, behind the checking layer
+/// ([`omniq_core::Checked`]).
 pub async fn open_storage(settings: &Settings) -> Result<Arc<dyn Storage>> {
-    match chosen_backend(settings)? {
+    let store: Arc<dyn Storage> = match chosen_backend(settings)? {
         #[cfg(feature = "file")]
-        BackendKind::File => Ok(Arc::new(omniq_file::FileStorage::open(settings).await?)),
+        BackendKind::File => Arc::new(omniq_file::FileStorage::open(settings).await?),
         #[cfg(feature = "sqlite")]
-        BackendKind::Sqlite => Ok(Arc::new(omniq_sqlite::SqliteStorage::open(settings).await?)),
+        BackendKind::Sqlite => Arc::new(omniq_sqlite::SqliteStorage::open(settings).await?),
         #[cfg(feature = "postgres")]
-        BackendKind::Postgres => Ok(Arc::new(omniq_postgres::PostgresStorage::open(settings).await?)),
+        BackendKind::Postgres => Arc::new(omniq_postgres::PostgresStorage::open(settings).await?),
         #[allow(unreachable_patterns)]
-        other => Err(not_compiled(other)),
-    }
+        other => return Err(not_compiled(other)),
+    };
+    Ok(omniq_core::Checked::wrap(store))
 }
 
 /// A PostgreSQL store URL split into the database URL and the schema (after
@@ -141,7 +143,9 @@ impl StoreUrl {
 
     /// Opens the store with `durability`.
     pub async fn open(&self, durability: Durability) -> Result<Arc<dyn Storage>> {
-        open_at(self.backend, &self.path, durability).await
+        Ok(omniq_core::Checked::wrap(
+            open_at(self.backend, &self.path, durability).await?,
+        ))
     }
 
     /// Opens the existing store only to read it: nothing in it is created,
@@ -149,6 +153,12 @@ impl StoreUrl {
     /// [`Error::Unsupported`](crate::Error::Unsupported). Reads wait at most
     /// `lock_timeout` for a writer's lock.
     pub async fn open_read_only(&self, lock_timeout: std::time::Duration) -> Result<Arc<dyn Storage>> {
+        Ok(omniq_core::Checked::wrap(
+            self.open_read_only_raw(lock_timeout).await?,
+        ))
+    }
+
+    async fn open_read_only_raw(&self, lock_timeout: std::time::Duration) -> Result<Arc<dyn Storage>> {
         // Unused only in a build with no backend compiled in.
         let _ = lock_timeout;
         match self.backend {

@@ -42,7 +42,8 @@ impl OmniQ {
     /// A client over any [`Storage`] (a custom backend, `MemoryStorage` in tests).
     pub fn with_storage(storage: Arc<dyn Storage>, settings: Settings) -> Self {
         OmniQ {
-            storage,
+            // Behind the checking layer, as every caller reaches a store.
+            storage: omniq_core::Checked::wrap(storage),
             settings,
             signals: Signals::new(),
             clock: Arc::new(StoreClock::new(Arc::new(SystemClock))),
@@ -137,10 +138,7 @@ impl OmniQ {
     ) -> Result<Vec<Enqueued>> {
         // The schema is the store's, whatever the settings say: a client
         // made with `with_storage` may hold a store of another schema.
-        let Some(store) = self
-            .storage
-            .as_any()
-            .and_then(|any| any.downcast_ref::<omniq_postgres::PostgresStorage>())
+        let Some(store) = omniq_core::checked::backend::<omniq_postgres::PostgresStorage>(&*self.storage)
         else {
             return Err(omniq_core::Error::Unsupported(format!(
                 "enqueue_in needs a PostgresStorage; this client's store is {}",

@@ -209,6 +209,13 @@ fn released(mut task: Task, now: OffsetDateTime) -> Result<(Task, Option<Task>)>
 
 /// Enqueues `batch` in `to`, one by one when the whole batch is refused, and
 /// counts what happened to each task in `report`.
+/// An import under the checking layer's rules, whether or not `to` is
+/// behind the layer (`migrate` takes bare backends too).
+async fn import(to: &dyn Storage, batch: Vec<Task>) -> Result<Vec<Enqueued>> {
+    omniq_core::checked::history(&batch)?;
+    to.import(batch).await
+}
+
 async fn copy(
     to: &dyn Storage,
     batch: Vec<Task>,
@@ -237,7 +244,7 @@ async fn copy(
             count_reset(task, report);
         }
     };
-    match to.import(batch.clone()).await {
+    match import(to, batch.clone()).await {
         Ok(answers) => {
             for (task, answer) in batch.iter().zip(&answers) {
                 copied(task, answer, report);
@@ -250,7 +257,7 @@ async fn copy(
     // Some ids are there already (a migration run before), or some task is
     // refused: go one by one, so each gets its own answer.
     for task in batch {
-        match to.import(vec![task.clone()]).await {
+        match import(to, vec![task.clone()]).await {
             Ok(answers) => {
                 for answer in &answers {
                     copied(&task, answer, report);

@@ -77,9 +77,11 @@ pub struct Fresh {
 
 impl Fresh {
     /// Wraps a store and a value dropped after it, e.g. a `tempfile::TempDir`.
+    /// The scenarios reach the store through the checking layer
+    /// ([`crate::Checked`]), as every caller does.
     pub fn new(store: Arc<dyn Storage>, guard: impl Any + Send + Sync) -> Self {
         Fresh {
-            store,
+            store: crate::Checked::wrap(store),
             _guard: Box::new(guard),
         }
     }

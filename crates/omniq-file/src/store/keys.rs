@@ -84,7 +84,6 @@ impl Store {
     }
 
     pub fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        omniq_core::queue::check_name(queue)?;
         self.locked(|_| {
             let mut names = self.read_paused()?;
             let changed = match paused {

@@ -9,9 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use omniq_core::schedule::{
-    check_fire, check_schedule, decide_put, may_fire, PutAnswer, PutSchedule, Schedule,
-};
+use omniq_core::schedule::{decide_put, may_fire, PutAnswer, PutSchedule, Schedule};
 
 use super::*;
 
@@ -38,7 +36,6 @@ impl Store {
     }
 
     pub fn put_schedule(&self, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
-        check_schedule(&schedule)?;
         self.locked(|_| {
             let mut schedules = self.read_schedules()?;
             let existing = schedules.get(&schedule.name).cloned();
@@ -79,7 +76,6 @@ impl Store {
     }
 
     pub fn skip_schedule(&self, name: &str, due: OffsetDateTime, next: OffsetDateTime) -> Result<bool> {
-        omniq_core::limits::check_time("next_run", next)?;
         self.locked(|_| {
             let mut schedules = self.read_schedules()?;
             if !may_fire(schedules.get(name), due) {
@@ -100,7 +96,6 @@ impl Store {
         next: OffsetDateTime,
         task: Task,
     ) -> Result<Option<Enqueued>> {
-        check_fire(&task, next)?;
         self.locked(|state| {
             let mut schedules = self.read_schedules()?;
             if !may_fire(schedules.get(name), due) {

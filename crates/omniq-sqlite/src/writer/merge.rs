@@ -32,7 +32,6 @@ pub(super) fn merged(group: &[Op]) -> Option<Vec<Single>> {
             Op::Claim(request, _) => prepare_claim(request).ok().flatten()?,
             Op::Finish(finishes, now, _) => prepare_finish(finishes, *now).ok().flatten()?,
             Op::Enqueue(these, _) => {
-                omniq_core::check_new_records(these).ok()?;
                 // A unique key needs the lookup of its holder first.
                 if these.iter().any(|task| task.unique_key.is_some()) {
                     return None;

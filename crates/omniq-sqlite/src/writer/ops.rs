@@ -8,7 +8,6 @@ use super::*;
 
 /// Refuses what no enqueue may store: a running task, or one id twice in a call.
 pub(super) async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-    omniq_core::check_new_records(&tasks)?;
     let holders = key_holders(s, tasks.iter().filter_map(|t| t.unique_key.as_deref())).await?;
     let (tasks, answers) = split_duplicates(tasks, |key| Ok(holders.get(key).copied()))?;
     rows::insert(s, &tasks).await?;
@@ -41,7 +40,6 @@ async fn key_holders<'k>(
 
 /// Pauses or resumes a queue: `paused_queues` lists the paused ones.
 pub(super) async fn set_paused(s: &mut Session<'_>, queue: &str, paused: bool) -> Result<()> {
-    omniq_core::queue::check_name(queue)?;
     let sql = match paused {
         true => s.final_sql("INSERT OR IGNORE INTO paused_queues (name) VALUES (?1)"),
         false => s.final_sql("DELETE FROM paused_queues WHERE name = ?1"),

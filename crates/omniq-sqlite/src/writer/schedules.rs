@@ -4,9 +4,7 @@
 
 // The writer's types, helpers and imports, which this part works with.
 use super::*;
-use omniq_core::schedule::{
-    check_fire, check_schedule, decide_put, may_fire, PutAnswer, PutSchedule, Schedule,
-};
+use omniq_core::schedule::{decide_put, may_fire, PutAnswer, PutSchedule, Schedule};
 
 /// The schedule `name` as stored, if any.
 async fn read(s: &mut Session<'_>, name: &str) -> Result<Option<Schedule>> {
@@ -43,7 +41,6 @@ async fn write(s: &mut Session<'_>, schedule: &Schedule, last: bool) -> Result<(
 }
 
 pub(super) async fn put(s: &mut Session<'_>, schedule: Schedule, mode: PutSchedule) -> Result<PutAnswer> {
-    check_schedule(&schedule)?;
     let existing = read(s, &schedule.name).await?;
     let (record, answer) = decide_put(schedule, existing, mode);
     if let Some(record) = record {
@@ -79,7 +76,6 @@ pub(super) async fn skip(
     due: OffsetDateTime,
     next: OffsetDateTime,
 ) -> Result<bool> {
-    omniq_core::limits::check_time("next_run", next)?;
     let stored = read(s, name).await?;
     if !may_fire(stored.as_ref(), due) {
         return Ok(false);
@@ -102,7 +98,6 @@ pub(super) async fn fire(
     next: OffsetDateTime,
     task: Task,
 ) -> Result<Option<Enqueued>> {
-    check_fire(&task, next)?;
     let stored = read(s, name).await?;
     if !may_fire(stored.as_ref(), due) {
         return Ok(None);
