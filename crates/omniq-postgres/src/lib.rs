@@ -302,10 +302,26 @@ impl Storage for PostgresStorage {
         // One statement, so one round trip: it locks the due rows, marks them
         // running and records the claim beside each record, which reading
         // the row replays with `Task::claim` (see `rows::read`).
-        let sql = self.q("WITH due AS MATERIALIZED ( \
-                 SELECT id FROM {s}.tasks WHERE status = 'pending' AND queue = $1 AND eta <= $2 \
+        //
+        // The due rows are found one priority level at a time: the index
+        // `(queue, priority DESC, eta, id)` answers `eta <= now` as a range
+        // within one level, where across levels it would be a filter over
+        // every pending task of the queue (those due later included). The
+        // levels come from a walk down the same index (a loose index scan).
+        let sql = self.q("WITH RECURSIVE levels(p) AS ( \
+                 SELECT max(priority) FROM {s}.tasks WHERE status = 'pending' AND queue = $1 \
+               UNION ALL \
+                 SELECT (SELECT max(priority) FROM {s}.tasks WHERE status = 'pending' AND queue = $1 \
+                         AND priority < levels.p) \
+                 FROM levels WHERE levels.p IS NOT NULL), \
+             due AS MATERIALIZED ( \
+                 SELECT d.id FROM levels, LATERAL ( \
+                     SELECT id, eta FROM {s}.tasks WHERE status = 'pending' AND queue = $1 \
+                     AND priority = levels.p AND eta <= $2 ORDER BY eta, id LIMIT $3 \
+                     FOR UPDATE SKIP LOCKED) d \
+                 WHERE levels.p IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) \
-                 ORDER BY priority DESC, eta, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 ORDER BY levels.p DESC, d.eta, d.id LIMIT $3) \
              UPDATE {s}.tasks t SET status = 'running', lease_expires = $5, \
                  claim = json_build_object('worker', $4::text, 'token', gen_random_uuid(), \
                  'at', $2::int8, 'lease_ns', $6::int8, 'batch', $7::text) \
@@ -438,9 +454,20 @@ impl Storage for PostgresStorage {
     }
 
     async fn next_due(&self, queues: &[String]) -> Result<Option<OffsetDateTime>> {
+        // The earliest eta of each priority level of each queue, one index
+        // probe each, as the claim walks them (see `claim`).
         let eta: Option<i64> = sqlx::query_scalar(&self.q(
-            "SELECT min(eta) FROM {s}.tasks WHERE status = 'pending' AND queue = ANY($1) \
-             AND queue NOT IN (SELECT name FROM {s}.paused_queues)",
+            "SELECT min(m.eta) FROM unnest($1::text[]) AS q(name) CROSS JOIN LATERAL ( \
+                 WITH RECURSIVE levels(p) AS ( \
+                     SELECT max(priority) FROM {s}.tasks WHERE status = 'pending' AND queue = q.name \
+                   UNION ALL \
+                     SELECT (SELECT max(priority) FROM {s}.tasks WHERE status = 'pending' \
+                             AND queue = q.name AND priority < levels.p) \
+                     FROM levels WHERE levels.p IS NOT NULL) \
+                 SELECT (SELECT eta FROM {s}.tasks WHERE status = 'pending' AND queue = q.name \
+                         AND priority = levels.p ORDER BY eta LIMIT 1) AS eta \
+                 FROM levels WHERE levels.p IS NOT NULL) m \
+             WHERE q.name NOT IN (SELECT name FROM {s}.paused_queues)",
         ))
         .bind(queues)
         .fetch_one(&self.pool)
