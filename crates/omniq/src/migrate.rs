@@ -173,6 +173,8 @@ pub async fn migrate_with(
     };
     for schedule in from.schedules().await? {
         let name = schedule.name.clone();
+        // The layer's rule, whether or not `to` is behind it.
+        omniq_core::schedule::check_schedule(&schedule)?;
         let answer = to.put_schedule(schedule, mode).await?;
         match (answer.existed, options.schedules) {
             (true, SchedulesOnConflict::Keep) => report.schedules_kept.push(name),
