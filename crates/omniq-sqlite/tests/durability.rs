@@ -71,9 +71,12 @@ fn full_durability_fsyncs_every_commit() {
         full >= COMMITS,
         "Durability::Full flushed {full} times for {COMMITS} commits"
     );
-    // Normal flushes only when the store is created and at WAL checkpoints.
+    // Normal flushes only when the store is created, at WAL checkpoints and
+    // when it closes; that baseline moves by a flush or two from run to run
+    // on a loaded machine (seen: 10 and 11), so it is compared with a slack
+    // of 2, far below the 40 commits that must each add one.
     assert!(
-        full >= normal + COMMITS,
+        full + 2 >= normal + COMMITS,
         "Durability::Full flushed {full} times, Normal {normal}, for {COMMITS} commits"
     );
 }
