@@ -54,7 +54,10 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
     let started = Instant::now();
     let Some(outcome) = execute(shared, &task, &lease).await else {
         bump(&shared.counters.lost);
-        tracing::warn!("lease lost (task cancelled, or taken over after expiry); attempt abandoned");
+        tracing::warn!(
+            task = %task.id, handler = %task.func_path,
+            "lease lost (task cancelled, or taken over after expiry); attempt abandoned"
+        );
         return;
     };
     // What the pool asked for; the store's answer says what it led to (a
@@ -94,21 +97,26 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
                 Some(error) if label == "retry" => {
                     tracing::info!(outcome = label, elapsed_ms, %error, "task attempt failed")
                 }
-                Some(error) => tracing::warn!(outcome = label, elapsed_ms, %error, "task attempt failed"),
+                // The task is named in the event itself: at `warn` the
+                // `task` span (an `info` span) is filtered out.
+                Some(error) => tracing::warn!(
+                    task = %task.id, handler = %task.func_path, queue = %task.queue, attempt = task.attempts,
+                    outcome = label, elapsed_ms, %error, "task attempt failed"
+                ),
                 None => tracing::info!(outcome = label, elapsed_ms, "task attempt done"),
             }
         }
         Ok(_) => {
             bump(&shared.counters.lost);
             tracing::warn!(
-                outcome = asked,
+                task = %task.id, handler = %task.func_path, outcome = asked,
                 "lease lost before the outcome was recorded; it was discarded"
             );
         }
         Err(error) => {
             bump(&shared.counters.unrecorded);
             tracing::error!(
-                outcome = asked, %error,
+                task = %task.id, handler = %task.func_path, outcome = asked, %error,
                 "cannot record the outcome; the task runs again when its lease expires"
             );
         }

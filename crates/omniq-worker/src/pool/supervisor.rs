@@ -25,8 +25,18 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             }
             match shared.storage.requeue_expired(shared.clock.now()).await {
                 Ok(ids) if !ids.is_empty() => {
+                    // The first tasks are named with their handler (read
+                    // back: a hand-back is rare); a flood is counted.
+                    let mut named = Vec::new();
+                    for id in ids.iter().take(20) {
+                        match shared.storage.get(*id).await {
+                            Ok(task) => named.push(format!("{id} ({})", task.func_path)),
+                            Err(_) => named.push(id.to_string()),
+                        }
+                    }
                     tracing::warn!(
                         count = ids.len(),
+                        tasks = %named.join(","),
                         "handed back tasks whose worker stopped renewing its lease"
                     )
                 }
