@@ -93,6 +93,7 @@ macro_rules! in_transaction {
 }
 
 // After the macro, which they use.
+mod claim;
 mod connect;
 mod finish;
 mod schedules;
@@ -227,18 +228,6 @@ impl PostgresStorage {
         Ok(found.iter().filter_map(|s| TaskId::parse(s).ok()).collect())
     }
 
-    /// The rows the claim named `batch` took, still running under it: how
-    /// a claim whose connection was lost learns what it claimed. Read on a
-    /// fresh connection of the main pool.
-    async fn claimed_by(&self, batch: &str) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-        sqlx::query(
-            &self.q("SELECT {COLUMNS} FROM {s}.tasks WHERE status = 'running' AND claim->>'batch' = $1"),
-        )
-        .bind(batch)
-        .fetch_all(&self.pool)
-        .await
-    }
-
     /// Fails, for good, running tasks whose records cannot be read, so the
     /// lease pass goes on for the others and they are not left `running`
     /// for every later pass to trip over. Their records stay as they are
@@ -295,99 +284,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>> {
-        self.writable()?;
-        if request.limit == 0 {
-            return Ok(Vec::new());
-        }
-        // One statement, so one round trip: it locks the due rows, marks them
-        // running and records the claim beside each record, which reading
-        // the row replays with `Task::claim` (see `rows::read`).
-        //
-        // The due rows are found one priority level at a time: the index
-        // `(queue, priority DESC, eta, id)` answers `eta <= now` as a range
-        // within one level, where across levels it would be a filter over
-        // every pending task of the queue (those due later included). The
-        // levels come from a walk down the same index (a loose index scan).
-        let sql = self.q("WITH RECURSIVE levels(p) AS ( \
-                 SELECT max(priority) FROM {s}.tasks WHERE status = 'pending' AND queue = $1 \
-               UNION ALL \
-                 SELECT (SELECT max(priority) FROM {s}.tasks WHERE status = 'pending' AND queue = $1 \
-                         AND priority < levels.p) \
-                 FROM levels WHERE levels.p IS NOT NULL), \
-             due AS MATERIALIZED ( \
-                 SELECT d.id FROM levels, LATERAL ( \
-                     SELECT id, eta FROM {s}.tasks WHERE status = 'pending' AND queue = $1 \
-                     AND priority = levels.p AND eta <= $2 ORDER BY eta, id LIMIT $3 \
-                     FOR UPDATE SKIP LOCKED) d \
-                 WHERE levels.p IS NOT NULL \
-                 AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) \
-                 ORDER BY levels.p DESC, d.eta, d.id LIMIT $3) \
-             UPDATE {s}.tasks t SET status = 'running', lease_expires = $5, \
-                 claim = json_build_object('worker', $4::text, 'token', gen_random_uuid(), \
-                 'at', $2::int8, 'lease_ns', $6::int8, 'batch', $7::text) \
-             FROM due WHERE t.id = due.id \
-             RETURNING t.id, t.record::text, t.claim::text");
-        let now = to_ns(request.now)?;
-        let expires = to_ns(omniq_core::later(request.now, request.lease_for))?;
-        let lease_ns = i64::try_from(request.lease_for.as_nanos()).unwrap_or(i64::MAX);
-        // Names this claim's rows, so that when the connection is lost after
-        // the server ran the statement, the claim can be read back instead
-        // of tried again (which would leave the first claim's tasks running
-        // with no worker, an attempt burned).
-        let batch = omniq_core::LeaseToken::new().to_string();
-        let mut last = String::new();
-        let mut claimed = None;
-        for _ in 0..ATTEMPTS {
-            let rows = sqlx::query(&sql)
-                .bind(&request.queue)
-                .bind(now)
-                .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
-                .bind(&request.worker_id)
-                .bind(expires)
-                .bind(lease_ns)
-                .bind(&batch)
-                .fetch_all(&self.claims)
-                .await;
-            let rows = match rows.map_err(Fail::from) {
-                Err(Fail::Unknown(why)) => self.claimed_by(&batch).await.map_err(|e| {
-                    Fail::Stop(Error::backend(
-                        "postgres",
-                        format!("{why}, and the claim could not be read back: {e}"),
-                    ))
-                }),
-                other => other,
-            };
-            match rows {
-                Ok(rows) => {
-                    // A row that cannot be read is claimed all the same; no
-                    // worker runs it, and the lease pass takes it out of
-                    // `running` once its lease runs out.
-                    let (tasks, unreadable) = rows::split(&rows);
-                    if !unreadable.is_empty() {
-                        tracing::error!(
-                            tasks = ?unreadable,
-                            schema = %self.schema,
-                            "claimed tasks whose stored records cannot be read; the lease pass will fail them"
-                        );
-                    }
-                    claimed = Some(tasks);
-                    break;
-                }
-                Err(Fail::Retry(why)) => last = why,
-                Err(Fail::Unknown(why)) => return Err(rows::unknown(why)),
-                Err(Fail::Stop(error)) => return Err(error),
-            }
-        }
-        let mut claimed = claimed.ok_or_else(|| {
-            Error::backend("postgres", format!("gave up after {ATTEMPTS} attempts: {last}"))
-        })?;
-        if !claimed.is_empty() {
-            self.upkeep
-                .claimed(claimed.len(), &self.pool, &self.q("{s}.tasks"));
-            self.claimed.keep(&claimed);
-        }
-        claimed.sort_by_key(omniq_core::queue::claim_order);
-        Ok(claimed)
+        self.claim_rows(request).await
     }
 
     async fn set_progress(&self, lease: LeaseRef, progress: Progress) -> Result<bool> {
