@@ -7,7 +7,10 @@ pending entry; a claim writes the lease into the entry and renames it into
 running/; a finish rewrites the record (temporary file + rename) and renames the
 entry into completed/. One thread, in a fresh folder under target/omniq-bench.
 
-    python3 benches/floor/file_floor.py [N]
+    python3 benches/floor/file_floor.py [N] [--json]
+
+`--json` prints `{"n", "steps": {"enqueue", "process", "total"}}` in seconds,
+for `cargo xtask perf --floor`.
 
 Run it several times: ext4 slows down creating files where many were just
 deleted, so the same command varies by several times from run to run.
@@ -31,7 +34,8 @@ def write_atomic(folder, path, data):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    args = [a for a in sys.argv[1:] if a != "--json"]
+    n = int(args[0]) if args else 10_000
     os.makedirs(SCRATCH, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=SCRATCH) as base:
         for sub in ["tasks", "pending", "running", "completed", "tmp"]:
@@ -56,6 +60,10 @@ def main():
             write_atomic(base, os.path.join(base, "tasks", f"task-{task_id}.json"), record)
             os.rename(os.path.join(base, "running", task_id), os.path.join(base, "completed", task_id))
         process = time.perf_counter() - start
+    if "--json" in sys.argv[1:]:
+        print(json.dumps({"n": n, "steps": {"enqueue": enqueue, "process": process,
+                                            "total": enqueue + process}}))
+        return
     print(f"file floor, {n} tasks under {SCRATCH}: enqueue {enqueue:.3f} s, process {process:.3f} s, "
           f"total {enqueue + process:.3f} s")
 

@@ -3,7 +3,7 @@
 # machine for the work `cargo xtask perf --backend postgres` asks of it, with
 # no OmniQ code around it, timed by pgbench.
 #
-#   benches/floor/postgres_floor.sh [N]     # N tasks, default 10000
+#   benches/floor/postgres_floor.sh [N] [--json]     # N tasks, default 10000
 #
 # Rows (seconds for N tasks):
 #   enqueue, one committed INSERT per task, 1 client
@@ -17,7 +17,12 @@
 # for a no-op task (about 430 bytes of JSON).
 # The server is OMNIQ_TEST_DATABASE_URL, else postgres://127.0.0.1:5432/test.
 set -euo pipefail
-N=${1:-10000}
+JSON=0
+ARGS=()
+for arg in "$@"; do
+    if [ "$arg" = "--json" ]; then JSON=1; else ARGS+=("$arg"); fi
+done
+N=${ARGS[0]:-10000}
 URL=${OMNIQ_TEST_DATABASE_URL:-postgres://127.0.0.1:5432/test}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"; psql "$URL" -qc "DROP SCHEMA IF EXISTS omniq_floor CASCADE" >/dev/null 2>&1' EXIT
@@ -35,9 +40,12 @@ for migration in re.findall(r'r#"(.*?)"#', block, re.S):
 print("ALTER TABLE omniq_floor.tasks ADD COLUMN worker int;")
 PY
 
+# Notices (a schema dropped in cascade) are noise; an error stops the script,
+# so a migration this floor cannot run fails it.
+export PGOPTIONS="-c client_min_messages=warning"
 setup() {
     psql "$URL" -q >/dev/null -c "DROP SCHEMA IF EXISTS omniq_floor CASCADE" -c "CREATE SCHEMA omniq_floor"
-    psql "$URL" -q >/dev/null -f "$WORK/schema.sql"
+    psql "$URL" -q -v ON_ERROR_STOP=1 >/dev/null -f "$WORK/schema.sql"
 }
 
 # A record as OmniQ stores it for a no-op task, its id and times set per row.
@@ -85,6 +93,11 @@ process_1=$(process 1)
 psql "$URL" -qc "UPDATE omniq_floor.tasks SET status = 'pending', worker = NULL" >/dev/null
 process_4=$(process 4)
 
+if [ "$JSON" = 1 ]; then
+    printf '{"n": %s, "steps": {"each": %s, "batch": %s, "process_1": %s, "process_4": %s}}\n' \
+        "$N" "$insert_each" "$insert_batch" "$process_1" "$process_4"
+    exit 0
+fi
 printf 'postgres floor, %s tasks\n' "$N"
 printf 'enqueue, one transaction each     %s s\n' "$insert_each"
 printf 'enqueue, one batch                %s s\n' "$insert_batch"

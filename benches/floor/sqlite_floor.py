@@ -7,13 +7,15 @@ and finish commands of crates/omniq-sqlite/src/writer/ops.rs word for word, with
 pragmas the backend sets for Durability::Normal (WAL, synchronous=NORMAL), in a
 fresh database under target/omniq-bench. Ids are sequential, as UUID v7 ids are.
 
-    python3 benches/floor/sqlite_floor.py [N]
+    python3 benches/floor/sqlite_floor.py [N] [--json]
 
 prints, for N tasks (default 10,000): the cost of an empty transaction, of one
 enqueue transaction, of a
 batch enqueue, and of processing when each transaction finishes the previous k
 tasks and claims the next k (a worker pool of concurrency 4 makes groups of
-about 2).
+about 2), all due at one priority and, for k = 4, spread over five priority
+levels, which the claim walks one at a time. `--json` prints one object,
+`{"sqlite", "n", "steps": {key: seconds}}`, for `cargo xtask perf --floor`.
 """
 
 import json
@@ -45,6 +47,9 @@ SCHEMA = re.findall(r'r#"(.*?)"#', source("schema.rs"), re.S)
 TASK_JSON = rust_const(source("rows.rs"), "TASK_JSON")
 CLAIM = rust_const(source("writer/ops.rs"), "CLAIM").replace("TASK_JSON", TASK_JSON)
 FINISH = rust_const(source("writer/ops.rs"), "FINISH_COMPLETED")
+QUEUE = "default"
+# Where the lease token sits in a claimed row: TASK_JSON's `rn.token`.
+TOKEN = [c.strip() for c in re.search(r"json_array\((.*)\)", TASK_JSON, re.S).group(1).split(",")].index("rn.token")
 
 
 def statements(command):
@@ -53,7 +58,13 @@ def statements(command):
 
 
 def bind(statement, values):
-    return {f"p{i + 1}": v for i, v in enumerate(values) if f":p{i + 1}" in statement}
+    """The values a statement names; a parameter it names that is not given is an
+    error here, so a statement that gained a parameter fails loudly."""
+    wanted = set(re.findall(r":p(\d+)\b", statement))
+    missing = [p for p in wanted if int(p) > len(values)]
+    if missing:
+        raise SystemExit(f"the statement takes :p{', :p'.join(sorted(missing))}, which this script does not bind")
+    return {f"p{i + 1}": v for i, v in enumerate(values) if str(i + 1) in wanted}
 
 
 class Store:
@@ -71,13 +82,18 @@ class Store:
         self.next_id += 1
         return "%012x-7000-8000-%012x" % (int(time.time() * 1000), self.next_id)
 
-    def insert(self, i):
+    def insert(self, i, levels=1):
+        # Named columns only: the columns later migrations added keep their
+        # defaults (queue `default`, priority 0, no key), as an enqueue of a
+        # plain task writes them.
         task_id = self.task_id()
         self.db.execute(
-            "INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (task_id, "noop", "[%d]" % i, "{}", "pending", i, None, 3, None, 0, i, i, None, None, None),
+            "INSERT INTO tasks (id, func_path, args, kwargs, status, eta, max_retries, attempts, "
+            "created_at, updated_at, queue, priority) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (task_id, "noop", "[%d]" % i, "{}", "pending", i, 3, 0, i, i, QUEUE, i % levels),
         )
-        self.db.execute("INSERT INTO pending (id, eta) VALUES (?, ?)", (task_id, i))
+        self.db.execute("INSERT INTO pending (id, eta, queue, priority) VALUES (?,?,?,?)",
+                        (task_id, i, QUEUE, i % levels))
 
     def empty(self, n):
         for _ in range(n):
@@ -90,10 +106,10 @@ class Store:
             self.insert(i)
             self.db.execute("COMMIT")
 
-    def enqueue_batch(self, n):
+    def enqueue_batch(self, n, levels=1):
         self.db.execute("BEGIN IMMEDIATE")
         for i in range(n):
-            self.insert(i)
+            self.insert(i, levels)
         self.db.execute("COMMIT")
 
     def process(self, k):
@@ -110,9 +126,9 @@ class Store:
                     self.db.execute(s, bind(s, [rows, now])).fetchall()
             tokens = json.dumps([str(uuid.uuid4()) for _ in range(k)])
             for s in claim:
-                out = self.db.execute(s, bind(s, [now, k, "floor", now + 60 * 10**9, tokens])).fetchall()
+                out = self.db.execute(s, bind(s, [now, k, "floor", now + 60 * 10**9, tokens, QUEUE])).fetchall()
             self.db.execute("COMMIT")
-            held = [(row[0], row[18]) for row in json.loads(out[0][0])]
+            held = [(row[0], row[TOKEN]) for row in json.loads(out[0][0])]
             if not held:
                 return transactions
 
@@ -124,29 +140,42 @@ def timed(f):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    args = [a for a in sys.argv[1:] if a != "--json"]
+    as_json = "--json" in sys.argv[1:]
+    n = int(args[0]) if args else 10_000
     os.makedirs(SCRATCH, exist_ok=True)
-    print(f"SQLite {sqlite3.sqlite_version} in the calling thread, {n} tasks, under {SCRATCH}")
-    print("| Step | Seconds | Per transaction (µs) |")
-    print("|------|--------:|---------------------:|")
+    rows = []  # (key, step, seconds, µs per transaction)
     with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
         took, _ = timed(lambda: Store(folder).empty(n))
-        print(f"| empty transaction, {n} times | {took:.3f} | {took / n * 1e6:.1f} |")
+        rows.append(("empty", f"empty transaction, {n} times", took, took / n * 1e6))
     with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
         took, _ = timed(lambda: Store(folder).enqueue_each(n))
-        print(f"| enqueue, one transaction per task | {took:.3f} | {took / n * 1e6:.1f} |")
+        rows.append(("each", "enqueue, one transaction per task", took, took / n * 1e6))
     with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
         took, _ = timed(lambda: Store(folder).enqueue_batch(n))
-        print(f"| enqueue, one transaction | {took:.3f} | {took * 1e6:.0f} |")
-    for k in [1, 2, 4, 16, 64]:
+        rows.append(("batch", "enqueue, one transaction", took, took * 1e6))
+    # k claimed and k finished per transaction, all due at one priority; then
+    # k = 4 over five priority levels, where the claim walks level by level.
+    for k, levels in [(1, 1), (2, 1), (4, 1), (16, 1), (64, 1), (4, 5)]:
         with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
             store = Store(folder)
-            store.enqueue_batch(n)
+            store.enqueue_batch(n, levels)
             took, transactions = timed(lambda: store.process(k))
             done = store.db.execute("SELECT count(*) FROM completed").fetchone()[0]
             assert done == n, f"{done} of {n} tasks completed"
-            print(f"| process, {k} claimed and {k} finished per transaction | {took:.3f} "
-                  f"| {took / transactions * 1e6:.0f} |")
+            where = "one priority" if levels == 1 else f"{levels} priority levels"
+            key = f"process_{k}" if levels == 1 else f"process_{k}_levels_{levels}"
+            rows.append((key, f"process, {k} claimed and {k} finished per transaction, {where}",
+                         took, took / transactions * 1e6))
+    if as_json:
+        print(json.dumps({"sqlite": sqlite3.sqlite_version, "n": n,
+                          "steps": {key: seconds for key, _, seconds, _ in rows}}))
+        return
+    print(f"SQLite {sqlite3.sqlite_version} in the calling thread, {n} tasks, under {SCRATCH}")
+    print("| Step | Seconds | Per transaction (µs) |")
+    print("|------|--------:|---------------------:|")
+    for _, step, seconds, per in rows:
+        print(f"| {step} | {seconds:.3f} | {per:.1f} |")
 
 
 if __name__ == "__main__":

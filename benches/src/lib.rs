@@ -2,6 +2,7 @@
 //! folder under the workspace's `target/`, and the enqueue, claim and finish
 //! loops the benchmarks time.
 
+pub mod floor;
 pub mod processes;
 
 use std::path::PathBuf;

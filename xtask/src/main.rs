@@ -5,6 +5,9 @@
 //!   backend: `<backend>: N passed, M failed`.
 //! - `cargo xtask perf [--json] [--backend B] [--concurrency N]` runs the performance workload
 //!   (`benches/src/bin/perf.rs`) in release mode and prints its table or JSON.
+//! - `cargo xtask perf --floor [--tasks N] [--backend B]` runs OmniQ's rows
+//!   and the floor scripts of `benches/floor/` in one run and prints the ratio
+//!   of each row to its floor step.
 //! - `cargo xtask chaos [--backend B] [--tasks N] [--seconds S]` runs the crash
 //!   test (`benches/src/bin/chaos.rs`): worker processes killed with SIGKILL,
 //!   then the store checked; last line per backend
@@ -30,7 +33,8 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask conformance [TEST FILTER...]\n       \
-                 cargo xtask perf [--json] [--backend file|sqlite] [--concurrency N]\n       \
+                 cargo xtask perf [--json] [--backend file|sqlite|postgres] [--concurrency N]\n       \
+                 cargo xtask perf --floor [--tasks N] [--backend file|sqlite|postgres]\n       \
                  cargo xtask chaos [--backend file|sqlite|postgres] [--tasks N] [--seconds S]"
             );
             ExitCode::from(2)

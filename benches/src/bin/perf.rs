@@ -11,11 +11,16 @@
 //! tasks pending (median of 200), and the time to enqueue 10,000 tasks one call
 //! each from one caller, from 16 callers at once, and from 16 callers beside a
 //! pool that runs the tasks.
+//!
+//! With `--floor [--tasks N]` it instead runs, per backend, the one-call-each
+//! and batch rows for N tasks (default 10,000) and the backend's floor script
+//! (`benches/floor/`) for N tasks, and prints the ratio of each row to the
+//! floor step it compares with.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use omniq_benches::{enqueue_batch, enqueue_each, open, processes, scratch, BACKENDS};
+use omniq_benches::{enqueue_batch, enqueue_each, floor, open, processes, scratch, BACKENDS};
 use omniq_core::Storage;
 use omniq_worker::{HandlerError, Pool, Registry, Signals, WorkerPool};
 use serde_json::json;
@@ -28,6 +33,8 @@ struct Row {
     mode: &'static str,
     enqueue: Duration,
     process: Duration,
+    /// Tasks per claim call the pool reached.
+    grouping: f64,
 }
 
 fn main() {
@@ -69,6 +76,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if args.iter().any(|a| a == "--floor") {
+        let n = match args.iter().position(|a| a == "--tasks") {
+            Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    eprintln!("--tasks takes a number above 0");
+                    std::process::exit(2);
+                }
+            },
+            None => 10_000,
+        };
+        let ok = runtime.block_on(against_floor(&backends, n, concurrency));
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     eprintln!(
         "OmniQ perf: stores in {}, durability normal, worker pool concurrency {concurrency}, {} cores",
         scratch().display(),
@@ -168,7 +189,7 @@ async fn finish_run(
     storage: &dyn Storage,
     n: usize,
     start: Instant,
-) -> Duration {
+) -> (Duration, f64) {
     loop {
         let finished = signals.finished();
         if pool.stats().succeeded as usize >= n {
@@ -177,10 +198,11 @@ async fn finish_run(
         let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
     }
     let took = start.elapsed();
+    let stats = pool.stats();
     pool.shutdown(Duration::from_secs(10)).await;
     let completed = storage.counts().await.expect("counts").completed as usize;
     assert_eq!(completed, n, "every result is stored");
-    took
+    (took, stats.claimed as f64 / stats.claims.max(1) as f64)
 }
 
 /// How many callers enqueue at once in the concurrent-enqueue measurement, as
@@ -221,6 +243,7 @@ async fn concurrent_enqueue(backend: &'static str, n: usize, callers: usize, poo
     };
     finish_run(pool, &signals, &*store.store, n, start)
         .await
+        .0
         .as_secs_f64()
 }
 
@@ -311,13 +334,14 @@ async fn measure(backend: &'static str, n: usize, mode: &'static str, concurrenc
     let signals = Signals::new();
     let start = Instant::now();
     let pool = noop_pool(storage.clone(), concurrency, &signals);
-    let process = finish_run(pool, &signals, &*storage, n, start).await;
+    let (process, grouping) = finish_run(pool, &signals, &*storage, n, start).await;
     Row {
         backend,
         n,
         mode,
         enqueue,
         process,
+        grouping,
     }
 }
 
@@ -341,4 +365,65 @@ fn print_table(rows: &[Row]) {
             r.n as f64 / total
         );
     }
+}
+
+/// `--floor`: per backend, OmniQ's rows for `n` tasks and its floor script's
+/// steps for `n` tasks, in one run, then the ratio of each row to its step.
+/// False when a floor script fails.
+async fn against_floor(backends: &[&'static str], n: usize, concurrency: usize) -> bool {
+    let mut ratios = Vec::new();
+    let mut ok = true;
+    let mut notes = Vec::new();
+    for &backend in backends {
+        let each = measure(backend, n, "each", concurrency).await;
+        let batch = measure(backend, n, "batch", concurrency).await;
+        let measured = floor::Measured {
+            enqueue_each: each.enqueue.as_secs_f64(),
+            enqueue_batch: batch.enqueue.as_secs_f64(),
+            process: each.process.as_secs_f64(),
+            grouping: each.grouping,
+        };
+        eprintln!("  {backend:6} n={n}: {measured:?}");
+        match floor::run(backend, n) {
+            Ok(steps) => {
+                eprintln!("  {backend:6} floor: {:?}", steps.steps);
+                if let (Some(one), Some(five)) = (
+                    steps.steps.get("process_4"),
+                    steps.steps.get("process_4_levels_5"),
+                ) {
+                    notes.push(format!(
+                        "{backend} floor, 4+4 per transaction: {one:.3} s with all tasks at one priority, \
+                         {five:.3} s over five priority levels ({:.2}x)",
+                        five / one
+                    ));
+                }
+                ratios.extend(floor::ratios(backend, &measured, &steps));
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                ok = false;
+            }
+        }
+    }
+    println!(
+        "{n} no-op tasks, worker pool concurrency {concurrency}, OmniQ and each floor script in one run"
+    );
+    println!();
+    println!("| Row | OmniQ (s) | Floor step | Floor (s) | Ratio |");
+    println!("|-----|----------:|------------|----------:|------:|");
+    for r in &ratios {
+        println!(
+            "| {} | {:.3} | {} | {:.3} | {:.2}x |",
+            r.row,
+            r.omniq,
+            r.step,
+            r.floor,
+            r.ratio()
+        );
+    }
+    for note in notes {
+        println!();
+        println!("{note}");
+    }
+    ok
 }

@@ -41,6 +41,9 @@ use crate::signals::Signals;
 pub struct PoolStats {
     /// Tasks claimed.
     pub claimed: u64,
+    /// Claim calls that took at least one task; `claimed / claims` is how
+    /// many tasks a claim took on average.
+    pub claims: u64,
     /// Attempts that completed.
     pub succeeded: u64,
     /// Attempts that failed for good.
@@ -62,6 +65,7 @@ pub struct PoolStats {
 #[derive(Default)]
 struct Counters {
     claimed: AtomicU64,
+    claims: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
@@ -340,6 +344,7 @@ impl Pool {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         PoolStats {
             claimed: load(&c.claimed),
+            claims: load(&c.claims),
             succeeded: load(&c.succeeded),
             failed: load(&c.failed),
             retried: load(&c.retried),

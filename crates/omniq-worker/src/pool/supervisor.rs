@@ -87,6 +87,9 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
                     if tasks.len() < free {
                         hungry.push(lane.queue.clone());
                     }
+                    if !tasks.is_empty() {
+                        bump(&shared.counters.claims);
+                    }
                     for task in tasks {
                         spawn_executor(&shared, task, index);
                     }
