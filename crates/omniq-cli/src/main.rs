@@ -8,6 +8,7 @@ mod check;
 mod output;
 mod read;
 mod schedules;
+mod workers;
 
 use check::check;
 use output::{out, printable};
@@ -72,6 +73,9 @@ enum Command {
     Check(CheckArgs),
     /// Each queue: counts per status, paused or not, oldest pending age.
     Queues(JsonFlag),
+    /// The worker pools that report in: host, pid, version, queues, running
+    /// tasks, last seen; pools that stopped beating are shown as missing.
+    Workers(JsonFlag),
     /// Pauses a queue: no process claims its tasks until it is resumed.
     Pause { queue: String },
     /// Resumes a paused queue.
@@ -419,6 +423,7 @@ async fn run(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Stats(args) => stats(&*store, &url, args, now).await,
         Command::Queues(flag) => queues(&*store, flag.json, now).await,
+        Command::Workers(flag) => workers::workers(&*store, flag.json, now).await,
         Command::Schedules(args) => schedules::schedules(&*store, args, now).await,
         Command::Pause { queue } => {
             store.set_paused(queue, true).await?;

@@ -145,3 +145,58 @@ fn dashboard_serves_the_store_and_refuses_an_open_address_without_a_token() {
         assert!(err.contains("token"), "{err}");
     }
 }
+
+#[test]
+fn workers_lists_the_pools_that_report_in() {
+    for s in both() {
+        assert!(
+            s.run(&["workers"]).contains("no worker pools"),
+            "the pool that made the store shut down and left"
+        );
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let settings = Settings::builder()
+                .backend(s.backend)
+                .base_dir(&s.base)
+                .build()
+                .unwrap();
+            let queue = OmniQ::open(settings).await.unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            let beat = |id: &str, last_seen: time::OffsetDateTime| omniq::WorkerBeat {
+                worker_id: id.into(),
+                host: "web-1".into(),
+                pid: 4321,
+                version: "0.1.0".into(),
+                queues: vec![("default".into(), 4), ("emails".into(), 2)],
+                running: 3,
+                started_at: last_seen,
+                last_seen,
+                expires_at: last_seen + std::time::Duration::from_secs(20),
+            };
+            queue.storage().beat(beat("pid4321-alive", now)).await.unwrap();
+            queue
+                .storage()
+                .beat(beat("pid99-gone", now - std::time::Duration::from_secs(120)))
+                .await
+                .unwrap();
+        });
+        let table = s.run(&["workers"]);
+        let alive = table.lines().find(|l| l.starts_with("pid4321-alive")).unwrap();
+        assert!(
+            alive.contains("web-1") && alive.contains("default=4,emails=2") && alive.contains("alive"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("pid99-gone") && l.contains("missing")),
+            "{table}"
+        );
+        let json: Vec<serde_json::Value> = serde_json::from_str(&s.run(&["workers", "--json"])).unwrap();
+        assert_eq!(json.len(), 2);
+        assert_eq!(json[0]["worker_id"], "pid4321-alive");
+        assert_eq!(json[0]["alive"], true);
+        assert_eq!(json[0]["running"], 3);
+        assert_eq!(json[1]["alive"], false);
+    }
+}

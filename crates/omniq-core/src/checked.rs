@@ -26,13 +26,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::queue::{Enqueued, QueueStats};
 use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::storage::{
     ClaimRequest, Damaged, Finish, FinishOutcome, LeaseRef, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
-use crate::task::{Progress, Task, TaskId};
+use crate::task::{Progress, Task, TaskId, TaskStatus};
+use crate::upkeep::WorkerBeat;
 
 /// A store behind the checking layer; see the module's documentation.
 #[derive(Debug, Clone)]
@@ -213,6 +214,46 @@ impl Storage for Checked {
         self.inner.purge(finished_before).await
     }
 
+    async fn prune(&self, status: TaskStatus, finished_before: OffsetDateTime, limit: usize) -> Result<u64> {
+        if !status.is_finished() {
+            return Err(Error::invalid_config(
+                "status",
+                format!("{status} tasks are never pruned; only completed, failed and cancelled ones are"),
+            ));
+        }
+        if !(1..=MAX_PRUNE).contains(&limit) {
+            return Err(Error::invalid_config(
+                "limit",
+                format!("{limit} is not allowed; prune 1 to {} tasks a call", MAX_PRUNE),
+            ));
+        }
+        self.inner.prune(status, finished_before, limit).await
+    }
+
+    async fn take_turn(&self, chore: &str, now: OffsetDateTime, every: Duration) -> Result<bool> {
+        if chore.is_empty() || chore.len() > 100 || chore.chars().any(char::is_control) {
+            return Err(Error::invalid_config(
+                "chore",
+                format!("{chore:?} is not allowed; expected 1 to 100 printable characters"),
+            ));
+        }
+        crate::limits::check_duration("every", every)?;
+        self.inner.take_turn(chore, now, every).await
+    }
+
+    async fn beat(&self, beat: WorkerBeat) -> Result<()> {
+        crate::upkeep::check_beat(&beat)?;
+        self.inner.beat(beat).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>> {
+        self.inner.workers().await
+    }
+
+    async fn remove_worker(&self, worker_id: &str) -> Result<bool> {
+        self.inner.remove_worker(worker_id).await
+    }
+
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {
         self.inner.requeue_expired(now).await
     }
@@ -233,6 +274,9 @@ impl Storage for Checked {
         self.inner.damaged().await
     }
 }
+
+/// The most tasks one prune call may ask for.
+const MAX_PRUNE: usize = 100_000;
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ pub mod schedule;
 pub mod settings;
 pub mod storage;
 pub mod task;
+pub mod upkeep;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -53,3 +54,4 @@ pub use task::{
     cancel_in_scope, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Progress, Task, TaskError,
     TaskId, TaskResult, TaskStatus,
 };
+pub use upkeep::{Retention, WorkerBeat};

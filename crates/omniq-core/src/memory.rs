@@ -15,6 +15,7 @@ use crate::storage::{
     ClaimRequest, Finish, FinishOutcome, LeaseRef, ListOrder, ListQuery, RenewOutcome, StatusCounts, Storage,
 };
 use crate::task::{cancel_in_scope, CancelScope, Finished, Progress, Task, TaskId, TaskStatus};
+use crate::upkeep::WorkerBeat;
 
 /// A [`Storage`] that keeps every task in memory, behind one lock.
 ///
@@ -39,6 +40,10 @@ struct Inner {
     paused: BTreeSet<String>,
     /// The schedules, by name.
     schedules: BTreeMap<String, Schedule>,
+    /// When each store-wide chore last had a turn taken.
+    turns: HashMap<String, OffsetDateTime>,
+    /// The pools' heartbeats, by worker id.
+    workers: BTreeMap<String, WorkerBeat>,
 }
 
 impl MemoryStorage {
@@ -404,6 +409,50 @@ impl Storage for MemoryStorage {
             inner.remove(*id);
         }
         Ok(old.len() as u64)
+    }
+
+    async fn prune(&self, status: TaskStatus, finished_before: OffsetDateTime, limit: usize) -> Result<u64> {
+        let mut inner = self.lock();
+        let mut old: Vec<(OffsetDateTime, TaskId)> = inner
+            .tasks
+            .values()
+            .filter(|t| t.status == status && t.status.is_finished())
+            .filter_map(|t| Some((t.finished_at.filter(|at| *at < finished_before)?, t.id)))
+            .collect();
+        old.sort_unstable();
+        old.truncate(limit);
+        for (_, id) in &old {
+            inner.remove(*id);
+        }
+        Ok(old.len() as u64)
+    }
+
+    async fn take_turn(&self, chore: &str, now: OffsetDateTime, every: Duration) -> Result<bool> {
+        let mut inner = self.lock();
+        let due = crate::earlier(now, every);
+        match inner.turns.get(chore) {
+            Some(last) if *last > due => Ok(false),
+            _ => {
+                inner.turns.insert(chore.to_owned(), now);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn beat(&self, beat: WorkerBeat) -> Result<()> {
+        let mut inner = self.lock();
+        let gone = crate::upkeep::gone_before(beat.last_seen);
+        inner.workers.retain(|_, b| b.expires_at >= gone);
+        inner.workers.insert(beat.worker_id.clone(), beat);
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>> {
+        Ok(self.lock().workers.values().cloned().collect())
+    }
+
+    async fn remove_worker(&self, worker_id: &str) -> Result<bool> {
+        Ok(self.lock().workers.remove(worker_id).is_some())
     }
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {

@@ -127,9 +127,17 @@ pub struct Settings {
     pub default_timeout: Option<Duration>,
     /// Retries for tasks that set none (`OMNIQ_DEFAULT_MAX_RETRIES`, default 3).
     pub default_max_retries: u32,
-    /// How long finished tasks are kept before a purge removes them
-    /// (`OMNIQ_RESULT_TTL`, seconds; default one day).
+    /// The age past which `omniq purge` and [`Storage::purge`] calls made
+    /// without an age delete finished tasks (`OMNIQ_RESULT_TTL`, seconds;
+    /// default one day). Pools prune on their own by [`Settings::retention`].
+    ///
+    /// [`Storage::purge`]: crate::Storage::purge
     pub result_ttl: Duration,
+    /// How long pools keep finished tasks, per status, before deleting them
+    /// on their own (`OMNIQ_RETENTION_COMPLETED`, `OMNIQ_RETENTION_FAILED`,
+    /// `OMNIQ_RETENTION_CANCELLED`, seconds, `0` = forever; defaults a day,
+    /// a week, a day).
+    pub retention: crate::Retention,
     /// Crash and power-loss safety (`OMNIQ_DURABILITY`, default `normal`).
     pub durability: Durability,
     /// A `tracing` filter such as `info,omniq=debug` (`OMNIQ_LOG`).
@@ -159,6 +167,7 @@ impl std::fmt::Debug for Settings {
             .field("default_timeout", &self.default_timeout)
             .field("default_max_retries", &self.default_max_retries)
             .field("result_ttl", &self.result_ttl)
+            .field("retention", &self.retention)
             .field("durability", &self.durability)
             .field("log", &self.log)
             .field("lock_timeout", &self.lock_timeout)
@@ -193,6 +202,7 @@ impl Default for Settings {
             default_timeout: None,
             default_max_retries: DEFAULT_MAX_RETRIES,
             result_ttl: DEFAULT_RESULT_TTL,
+            retention: crate::Retention::default(),
             durability: Durability::Normal,
             log: None,
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
@@ -289,6 +299,17 @@ impl Settings {
         if let Some(v) = get("OMNIQ_RESULT_TTL")? {
             builder = builder.result_ttl(parse_seconds("OMNIQ_RESULT_TTL", &v, true)?);
         }
+        let mut retention = crate::Retention::default();
+        for (name, slot) in [
+            ("OMNIQ_RETENTION_COMPLETED", &mut retention.completed),
+            ("OMNIQ_RETENTION_FAILED", &mut retention.failed),
+            ("OMNIQ_RETENTION_CANCELLED", &mut retention.cancelled),
+        ] {
+            if let Some(v) = get(name)? {
+                *slot = crate::Retention::parse(name, &v)?;
+            }
+        }
+        builder = builder.retention(retention);
         if let Some(v) = get("OMNIQ_DURABILITY")? {
             builder = builder.durability(v.parse()?);
         }
@@ -409,6 +430,12 @@ impl SettingsBuilder {
         self
     }
 
+    /// How long pools keep finished tasks, per status.
+    pub fn retention(mut self, retention: crate::Retention) -> Self {
+        self.settings.retention = retention;
+        self
+    }
+
     /// Crash and power-loss safety.
     pub fn durability(mut self, durability: Durability) -> Self {
         self.settings.durability = durability;
@@ -460,6 +487,22 @@ impl SettingsBuilder {
             crate::limits::check_duration("default_timeout", timeout)?;
         }
         crate::limits::check_duration("result_ttl", settings.result_ttl)?;
+        for (name, age) in [
+            ("retention.completed", settings.retention.completed),
+            ("retention.failed", settings.retention.failed),
+            ("retention.cancelled", settings.retention.cancelled),
+        ] {
+            match age {
+                Some(Duration::ZERO) => {
+                    return Err(Error::invalid_config(
+                        name,
+                        "an age of zero would delete tasks as they finish; use None to keep them forever",
+                    ))
+                }
+                Some(age) => crate::limits::check_duration(name, age)?,
+                None => {}
+            }
+        }
         crate::limits::check_duration("lock_timeout", settings.lock_timeout)?;
         Ok(settings)
     }

@@ -16,6 +16,7 @@ use crate::queue::{Enqueued, QueueStats};
 use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::settings::Settings;
 use crate::task::{LeaseToken, NewTask, Outcome, Progress, Task, TaskId, TaskResult, TaskStatus};
+use crate::upkeep::WorkerBeat;
 
 /// The most tasks one [`Storage::requeue_expired`] call hands back, so one
 /// pass over a store with a flood of expired leases stays short; the next
@@ -366,6 +367,41 @@ pub trait Storage: Send + Sync + Debug {
     /// `finished_at` is before `finished_before`, with their results. Returns how
     /// many were deleted. Pending and running tasks are never touched.
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64>;
+
+    /// Deletes at most `limit` tasks of the finished `status` whose
+    /// `finished_at` is before `finished_before`, oldest first, with their
+    /// results; returns how many. Pools call it for retention
+    /// ([`crate::Retention`]) in batches of [`crate::upkeep::PRUNE_BATCH`], so
+    /// each call is a short write that claims never wait long behind. Pending
+    /// and running tasks are never touched; a later occurrence of an interval
+    /// task is its own pending task, so pruning the earlier ones leaves the
+    /// series running.
+    async fn prune(&self, status: TaskStatus, finished_before: OffsetDateTime, limit: usize) -> Result<u64>;
+
+    /// Takes this process's turn at the store-wide chore `chore` (such as
+    /// [`crate::upkeep::RETENTION_CHORE`]): `true`, recording `now`, when no
+    /// process took a turn after `now - every`; `false` otherwise. Atomic
+    /// across processes and hosts, so of many pools on one store one does the
+    /// chore at a time. The default, for a store that cannot coordinate,
+    /// answers `true`: every pool does the chore, which must then be safe to
+    /// do at once (pruning is).
+    async fn take_turn(&self, chore: &str, now: OffsetDateTime, every: Duration) -> Result<bool> {
+        let _ = (chore, now, every);
+        Ok(true)
+    }
+
+    /// Writes a pool's heartbeat, replacing that worker's earlier one, and
+    /// deletes the beats that expired before
+    /// [`crate::upkeep::gone_before`]`(beat.last_seen)`.
+    async fn beat(&self, beat: WorkerBeat) -> Result<()>;
+
+    /// Every heartbeat the store holds, alive or recently expired, by worker
+    /// id.
+    async fn workers(&self) -> Result<Vec<WorkerBeat>>;
+
+    /// Deletes a worker's heartbeat, as its pool shuts down; whether there
+    /// was one.
+    async fn remove_worker(&self, worker_id: &str) -> Result<bool>;
 
     /// Hands back `running` tasks whose lease expired at or before `now`
     /// ([`Task::expire_lease`]), at most [`REQUEUE_BATCH`] per call, earliest

@@ -30,6 +30,10 @@ pub struct Layout {
     pub paused: PathBuf,
     /// The schedules, a JSON array.
     pub schedules: PathBuf,
+    /// The pools' heartbeats, a JSON object by worker id.
+    pub workers: PathBuf,
+    /// The last turn taken at each store-wide chore, a JSON object.
+    pub turns: PathBuf,
     /// The store's format version.
     pub format: PathBuf,
     pub tmp: PathBuf,
@@ -52,6 +56,8 @@ impl Layout {
             keys: base.join("keys"),
             paused: base.join("paused.json"),
             schedules: base.join("schedules.json"),
+            workers: base.join("workers.json"),
+            turns: base.join("turns.json"),
             format: base.join("format"),
             tmp: base.join("tmp"),
             quarantine: base.join("quarantine"),

@@ -31,7 +31,7 @@ use std::time::Duration;
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
     ListQuery, Progress, PutAnswer, PutSchedule, QueueStats, RenewOutcome, Result, Schedule, Serializer,
-    Settings, StatusCounts, Storage, Task, TaskId,
+    Settings, StatusCounts, Storage, Task, TaskId, TaskStatus, WorkerBeat,
 };
 use time::OffsetDateTime;
 
@@ -291,6 +291,33 @@ impl Storage for FileStorage {
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
         self.writable()?;
         self.run(move |store| store.purge(finished_before)).await
+    }
+
+    async fn prune(&self, status: TaskStatus, finished_before: OffsetDateTime, limit: usize) -> Result<u64> {
+        self.writable()?;
+        self.run(move |store| store.prune(status, finished_before, limit))
+            .await
+    }
+
+    async fn take_turn(&self, chore: &str, now: OffsetDateTime, every: std::time::Duration) -> Result<bool> {
+        self.writable()?;
+        let chore = chore.to_owned();
+        self.run(move |store| store.take_turn(&chore, now, every)).await
+    }
+
+    async fn beat(&self, beat: WorkerBeat) -> Result<()> {
+        self.writable()?;
+        self.run(move |store| store.beat(beat)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>> {
+        self.run(|store| store.workers()).await
+    }
+
+    async fn remove_worker(&self, worker_id: &str) -> Result<bool> {
+        self.writable()?;
+        let id = worker_id.to_owned();
+        self.run(move |store| store.remove_worker(&id)).await
     }
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {

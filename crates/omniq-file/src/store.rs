@@ -44,6 +44,7 @@ mod keys;
 mod ops;
 mod records;
 mod schedules;
+mod upkeep;
 mod view;
 use crate::safe::{self, Modes, TMP_PREFIX};
 pub use check::CheckReport;

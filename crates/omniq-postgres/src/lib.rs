@@ -22,7 +22,7 @@ use omniq_core::queue::{key_held, QueueStats, QueueTally};
 use omniq_core::{
     async_trait, cancel_in_scope, CancelScope, ClaimRequest, Damaged, Enqueued, Error, Finish, FinishOutcome,
     LeaseRef, ListQuery, Progress, PutAnswer, PutSchedule, RenewOutcome, Result, Schedule, StatusCounts,
-    Storage, Task, TaskId, TaskStatus,
+    Storage, Task, TaskId, TaskStatus, WorkerBeat,
 };
 use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
@@ -99,6 +99,7 @@ mod finish;
 mod schedules;
 mod upkeep;
 mod wake;
+mod workers;
 mod write;
 
 pub use connect::ConnectOptions;
@@ -562,6 +563,26 @@ impl Storage for PostgresStorage {
         .await
         .map_err(sql_error)?;
         Ok(done.rows_affected())
+    }
+
+    async fn prune(&self, status: TaskStatus, finished_before: OffsetDateTime, limit: usize) -> Result<u64> {
+        self.prune_rows(status, finished_before, limit).await
+    }
+
+    async fn take_turn(&self, chore: &str, now: OffsetDateTime, every: std::time::Duration) -> Result<bool> {
+        self.take_turn_row(chore, now, every).await
+    }
+
+    async fn beat(&self, beat: WorkerBeat) -> Result<()> {
+        self.beat_row(&beat).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>> {
+        self.worker_rows().await
+    }
+
+    async fn remove_worker(&self, worker_id: &str) -> Result<bool> {
+        self.remove_worker_row(worker_id).await
     }
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {

@@ -68,6 +68,16 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE {s}.schedules (name text PRIMARY KEY, record json NOT NULL);
 "#,
+    // Version 4: the pools' heartbeats, each a JSON record under its worker
+    // id; the last turn taken at each store-wide chore; finished tasks by
+    // status and age, for pruning the oldest of one status (the index holds
+    // finished rows only, so claims and enqueues never update it).
+    r#"
+    CREATE TABLE {s}.workers (id text PRIMARY KEY, record json NOT NULL, expires_at bigint NOT NULL);
+    CREATE TABLE {s}.turns (chore text PRIMARY KEY, last_at bigint NOT NULL);
+    DROP INDEX {s}.tasks_finished;
+    CREATE INDEX tasks_finished ON {s}.tasks (status, finished_at) WHERE finished_at IS NOT NULL;
+"#,
 ];
 
 /// The refusal of `schema`, saying why.

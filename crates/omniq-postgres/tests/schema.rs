@@ -24,10 +24,13 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_tasks() {
     let task = NewTask::new("kept").into_task(&Settings::default(), now).unwrap();
     store.enqueue(vec![task.clone()]).await.unwrap();
     drop(store);
-    // Back to what version 1 wrote: no claim column, no views, no schedules.
+    // Back to what version 1 wrote: no claim column, no views, no schedules,
+    // no heartbeats or turns, the finished index on the time alone.
     let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
     sqlx::raw_sql(&format!(
         "SET search_path TO \"{schema}\"; DROP VIEW pending, running, completed, results; DROP TABLE schedules; \
+         DROP TABLE workers, turns; DROP INDEX tasks_finished; \
+         CREATE INDEX tasks_finished ON \"{schema}\".tasks (finished_at) WHERE finished_at IS NOT NULL; \
          ALTER TABLE \"{schema}\".tasks DROP COLUMN claim; \
          UPDATE \"{schema}\".omniq_meta SET value = '1' WHERE key = 'schema_version'"
     ))

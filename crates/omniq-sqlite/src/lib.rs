@@ -34,7 +34,7 @@ use std::time::Duration;
 use omniq_core::{
     async_trait, ClaimRequest, Damaged, Durability, Enqueued, Error, Finish, FinishOutcome, LeaseRef,
     ListQuery, Progress, PutAnswer, PutSchedule, QueueStats, QueueTally, RenewOutcome, Result, Schedule,
-    Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus,
+    Serializer, Settings, StatusCounts, Storage, Task, TaskId, TaskStatus, WorkerBeat,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -589,6 +589,42 @@ impl Storage for SqliteStorage {
     async fn purge(&self, finished_before: OffsetDateTime) -> Result<u64> {
         to_ns(finished_before)?;
         self.write(|reply| Op::Purge(finished_before, reply)).await
+    }
+
+    async fn prune(&self, status: TaskStatus, finished_before: OffsetDateTime, limit: usize) -> Result<u64> {
+        to_ns(finished_before)?;
+        self.write(|reply| Op::Prune(status, finished_before, limit, reply))
+            .await
+    }
+
+    async fn take_turn(&self, chore: &str, now: OffsetDateTime, every: Duration) -> Result<bool> {
+        let chore = chore.to_owned();
+        self.write(|reply| Op::TakeTurn(chore, now, every, reply)).await
+    }
+
+    async fn beat(&self, beat: WorkerBeat) -> Result<()> {
+        self.write(|reply| Op::Beat(Box::new(beat), reply)).await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerBeat>> {
+        let records: Vec<(String, String)> = sqlx::query_as("SELECT id, record FROM workers ORDER BY id")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|e| locate(&self.path, sql_error(e)))?;
+        records
+            .into_iter()
+            .map(|(id, record)| {
+                serde_json::from_str(&record).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("the heartbeat of worker {id:?} cannot be read: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_worker(&self, worker_id: &str) -> Result<bool> {
+        let id = worker_id.to_owned();
+        self.write(|reply| Op::RemoveWorker(id, reply)).await
     }
 
     async fn requeue_expired(&self, now: OffsetDateTime) -> Result<Vec<TaskId>> {

@@ -152,6 +152,18 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE schedules (name TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL) WITHOUT ROWID;
     "#,
+    // v7: the pools' heartbeats, each a JSON record under its worker id; the
+    // last turn taken at each store-wide chore; finished tasks by status and
+    // age, for pruning the oldest of one status.
+    r#"
+    CREATE TABLE workers (
+        id         TEXT PRIMARY KEY NOT NULL,
+        record     TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE turns (chore TEXT PRIMARY KEY NOT NULL, last_at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX completed_status ON completed (status, finished_at);
+    "#,
 ];
 
 /// What a connection that only reads runs on a database of an older
@@ -160,7 +172,8 @@ pub const MIGRATIONS: &[&str] = &[
 /// name) add the columns later versions added, with the values a migration
 /// would give: before version 4, queues, priorities and unique keys (and an
 /// empty table stands for the paused queues); before version 5, progress;
-/// before version 6, an empty table stands for the schedules.
+/// before version 6, an empty table stands for the schedules; before
+/// version 7, for the heartbeats.
 pub fn older_as_current(version: i64) -> String {
     let mut sql = String::new();
     if version < 4 {
@@ -179,6 +192,12 @@ pub fn older_as_current(version: i64) -> String {
     }
     if version < 6 {
         sql.push_str("CREATE TEMP TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL);");
+    }
+    if version < 7 {
+        sql.push_str(
+            "CREATE TEMP TABLE IF NOT EXISTS workers \
+             (id TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+        );
     }
     sql
 }

@@ -38,6 +38,7 @@ use crate::sql_error;
 mod merge;
 mod ops;
 mod schedules;
+mod upkeep;
 
 use merge::{apply_merged, merged};
 pub use ops::setup;
@@ -59,6 +60,10 @@ pub enum Op {
     Cancel(TaskId, OffsetDateTime, Reply<Vec<TaskId>>),
     Retry(TaskId, OffsetDateTime, Reply<()>),
     Purge(OffsetDateTime, Reply<u64>),
+    Prune(omniq_core::TaskStatus, OffsetDateTime, usize, Reply<u64>),
+    TakeTurn(String, OffsetDateTime, Duration, Reply<bool>),
+    Beat(Box<omniq_core::WorkerBeat>, Reply<()>),
+    RemoveWorker(String, Reply<bool>),
     RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
     SetPaused(String, bool, Reply<()>),
     PutSchedule(
@@ -328,7 +333,9 @@ fn fail(op: Op, message: &str) -> Answer {
         Op::SkipSchedule(_, _, _, r) => answer(r, Err(error())),
         Op::Finish(_, _, r) => answer(r, Err(error())),
         Op::Cancel(_, _, r) | Op::RequeueExpired(_, r) => answer(r, Err(error())),
-        Op::Purge(_, r) => answer(r, Err(error())),
+        Op::Purge(_, r) | Op::Prune(_, _, _, r) => answer(r, Err(error())),
+        Op::TakeTurn(_, _, _, r) | Op::RemoveWorker(_, r) => answer(r, Err(error())),
+        Op::Beat(_, r) => answer(r, Err(error())),
     }
 }
 
@@ -356,6 +363,14 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::Cancel(id, now, reply) => done(reply, cancel(conn, db, id, now).await),
         Op::Retry(id, now, reply) => done(reply, retry(conn, db, id, now).await),
         Op::Purge(before, reply) => done(reply, purge(conn, before).await),
+        Op::Prune(status, before, limit, reply) => {
+            done(reply, upkeep::prune(conn, status, before, limit).await)
+        }
+        Op::TakeTurn(chore, now, every, reply) => {
+            done(reply, upkeep::take_turn(conn, &chore, now, every).await)
+        }
+        Op::Beat(beat, reply) => done(reply, upkeep::beat(conn, &beat).await),
+        Op::RemoveWorker(id, reply) => done(reply, upkeep::remove_worker(conn, &id).await),
         Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
         Op::SetPaused(queue, paused, reply) => done(reply, set_paused(conn, &queue, paused).await),
         Op::PutSchedule(schedule, mode, reply) => done(reply, schedules::put(conn, *schedule, mode).await),

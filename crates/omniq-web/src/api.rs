@@ -14,7 +14,7 @@ use crate::data::{self, Filter};
 use crate::State;
 
 /// An error as JSON: what went wrong, never how the code got there.
-fn error(error: &Error) -> Response {
+pub(crate) fn error(error: &Error) -> Response {
     let status = match error {
         Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::InvalidId { .. } | Error::InvalidConfig { .. } => StatusCode::BAD_REQUEST,

@@ -23,6 +23,7 @@ mod guard;
 mod live;
 mod metrics;
 mod pages;
+mod workers;
 
 pub use live::MAX_STREAMS;
 
@@ -134,6 +135,7 @@ pub fn router(storage: Arc<dyn Storage>, signals: Arc<Signals>, options: Options
         .route("/tasks", get(pages::tasks))
         .route("/tasks/{id}", get(pages::task))
         .route("/queues", get(pages::queues))
+        .route("/workers", get(workers::page))
         .route("/fragments/overview", get(pages::overview_fragment))
         .route("/fragments/tasks", get(pages::tasks_fragment))
         .route("/confirm", get(actions::confirm))
@@ -142,6 +144,7 @@ pub fn router(storage: Arc<dyn Storage>, signals: Arc<Signals>, options: Options
         .route("/metrics", get(metrics::metrics))
         .route("/api/counts", get(api::counts))
         .route("/api/queues", get(api::queues))
+        .route("/api/workers", get(workers::api))
         .route("/api/tasks", get(api::tasks))
         .route("/api/tasks/{id}", get(api::task))
         .route("/api/actions", post(api::act))

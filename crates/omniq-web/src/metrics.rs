@@ -3,7 +3,7 @@
 use axum::extract::State as Extract;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use omniq_core::{QueueStats, TaskStatus};
+use omniq_core::{QueueStats, TaskStatus, WorkerBeat};
 use time::OffsetDateTime;
 
 use crate::State;
@@ -16,8 +16,8 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The metrics text for `queues` at `now`.
-pub(crate) fn render(queues: &[QueueStats], now: OffsetDateTime) -> String {
+/// The metrics text for `queues` and the pools' heartbeats at `now`.
+pub(crate) fn render(queues: &[QueueStats], workers: &[WorkerBeat], now: OffsetDateTime) -> String {
     let mut out = String::new();
     out.push_str("# HELP omniq_tasks Tasks in the store, per queue and status.\n# TYPE omniq_tasks gauge\n");
     for q in queues {
@@ -65,14 +65,39 @@ pub(crate) fn render(queues: &[QueueStats], now: OffsetDateTime) -> String {
             u8::from(q.paused)
         ));
     }
+    let alive: Vec<&WorkerBeat> = workers.iter().filter(|w| w.alive(now)).collect();
+    out.push_str(
+        "# HELP omniq_workers Worker pools reporting in (alive) and those that stopped beating without \
+         shutting down (missing).\n# TYPE omniq_workers gauge\n",
+    );
+    out.push_str(&format!("omniq_workers{{state=\"alive\"}} {}\n", alive.len()));
+    out.push_str(&format!(
+        "omniq_workers{{state=\"missing\"}} {}\n",
+        workers.len() - alive.len()
+    ));
+    out.push_str(
+        "# HELP omniq_worker_running_tasks Tasks each living pool ran at its last heartbeat.\n\
+         # TYPE omniq_worker_running_tasks gauge\n",
+    );
+    for w in &alive {
+        out.push_str(&format!(
+            "omniq_worker_running_tasks{{worker=\"{}\",host=\"{}\"}} {}\n",
+            label(&w.worker_id),
+            label(&w.host),
+            w.running
+        ));
+    }
     out
 }
 
 pub(crate) async fn metrics(Extract(app): Extract<State>) -> Response {
-    match app.storage.queue_stats().await {
-        Ok(queues) => (
+    let read = async {
+        Ok::<_, omniq_core::Error>((app.storage.queue_stats().await?, app.storage.workers().await?))
+    };
+    match read.await {
+        Ok((queues, workers)) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            render(&queues, OffsetDateTime::now_utc()),
+            render(&queues, &workers, OffsetDateTime::now_utc()),
         )
             .into_response(),
         Err(error) => {

@@ -52,6 +52,7 @@ pub(crate) fn layout(app: &App, title: &str, body: Markup) -> Markup {
                     a href=(app.home()) { "Overview" }
                     a href={ (p) "/tasks" } { "Tasks" }
                     a href={ (p) "/queues" } { "Queues" }
+                    a href={ (p) "/workers" } { "Workers" }
                     @if app.options.read_only { span.muted { "read-only" } }
                 }
                 main { (body) }

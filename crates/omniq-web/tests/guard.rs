@@ -273,6 +273,23 @@ impl Storage for Counting {
     async fn purge(&self, b: time::OffsetDateTime) -> omniq_core::Result<u64> {
         self.inner.purge(b).await
     }
+    async fn prune(
+        &self,
+        status: omniq_core::TaskStatus,
+        before: time::OffsetDateTime,
+        limit: usize,
+    ) -> omniq_core::Result<u64> {
+        self.inner.prune(status, before, limit).await
+    }
+    async fn beat(&self, beat: omniq_core::WorkerBeat) -> omniq_core::Result<()> {
+        self.inner.beat(beat).await
+    }
+    async fn workers(&self) -> omniq_core::Result<Vec<omniq_core::WorkerBeat>> {
+        self.inner.workers().await
+    }
+    async fn remove_worker(&self, worker_id: &str) -> omniq_core::Result<bool> {
+        self.inner.remove_worker(worker_id).await
+    }
     async fn requeue_expired(&self, n: time::OffsetDateTime) -> omniq_core::Result<Vec<omniq_core::TaskId>> {
         self.inner.requeue_expired(n).await
     }

@@ -99,6 +99,22 @@ async fn seed(store: &dyn Storage) -> Seeded {
     };
     assert!(store.set_progress(lease, report).await.unwrap());
     store.set_paused("reports", true).await.unwrap();
+    let beat = |id: &str, host: &str, last_seen: OffsetDateTime| omniq_core::WorkerBeat {
+        worker_id: id.into(),
+        host: host.into(),
+        pid: 77,
+        version: "9.9.9".into(),
+        queues: vec![("default".into(), 4), ("reports".into(), 1)],
+        running: 2,
+        started_at: last_seen,
+        last_seen,
+        expires_at: last_seen + Duration::from_secs(20),
+    };
+    store.beat(beat("web-test", XSS, now)).await.unwrap();
+    store
+        .beat(beat("gone-worker", "host-b", now - Duration::from_secs(60)))
+        .await
+        .unwrap();
     Seeded {
         failed: ids[0],
         completed: ids[1],
@@ -322,6 +338,42 @@ async fn every_page_and_api_route_answers_on_every_backend() {
         assert!(metrics
             .body
             .contains("omniq_oldest_pending_age_seconds{queue=\"default\"}"));
+
+        // The pools that report in: the living one, the missing one marked,
+        // the host name (a script here) escaped.
+        let workers = send(&app, get("/workers")).await;
+        assert_eq!(workers.status, StatusCode::OK, "{backend}");
+        assert!(
+            workers.body.contains("web-test") && workers.body.contains("gone-worker"),
+            "{backend}"
+        );
+        assert!(
+            workers.body.contains("alive") && workers.body.contains("missing"),
+            "{backend}"
+        );
+        assert!(
+            !workers.body.contains(XSS) && workers.body.contains("&lt;script&gt;"),
+            "{backend}"
+        );
+        assert!(
+            overview.body.contains("/workers"),
+            "{backend}: the navigation links the workers page"
+        );
+        let api: Value = serde_json::from_str(&send(&app, get("/api/workers")).await.body).unwrap();
+        assert_eq!(api[0]["worker_id"], "web-test", "{backend}: the living first");
+        assert_eq!(
+            (api[0]["alive"].clone(), api[1]["alive"].clone()),
+            (json!(true), json!(false))
+        );
+        assert!(
+            metrics.body.contains("omniq_workers{state=\"alive\"} 1"),
+            "{}",
+            metrics.body
+        );
+        assert!(metrics.body.contains("omniq_workers{state=\"missing\"} 1"));
+        assert!(metrics.body.contains(
+            "omniq_worker_running_tasks{worker=\"web-test\",host=\"<script>alert('owned')</script>\"} 2"
+        ));
 
         let events = app.clone().oneshot(get("/events")).await.unwrap();
         assert_eq!(events.status(), StatusCode::OK);

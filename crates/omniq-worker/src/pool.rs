@@ -8,6 +8,7 @@ mod executor;
 mod recorder;
 pub mod scheduler;
 mod supervisor;
+mod upkeep;
 
 pub use config::PoolConfig;
 use recorder::record;
@@ -153,6 +154,27 @@ impl WorkerPool {
         self
     }
 
+    /// How often the pool writes its heartbeat (default 5 s); it counts as
+    /// gone after four missed beats.
+    pub fn heartbeat_every(mut self, interval: Duration) -> Self {
+        self.config.heartbeat_every = interval;
+        self
+    }
+
+    /// How long finished tasks are kept before the store's pools prune them
+    /// ([`omniq_core::Retention::FOREVER`] keeps them all); by default the
+    /// [`defaults`](Self::defaults)' retention.
+    pub fn retention(mut self, retention: omniq_core::Retention) -> Self {
+        self.config.defaults.retention = retention;
+        self
+    }
+
+    /// How often the store's pools prune (default 60 s): one pool a period.
+    pub fn retention_every(mut self, interval: Duration) -> Self {
+        self.config.retention_every = interval;
+        self
+    }
+
     /// The delay between a failed attempt and the next.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
@@ -228,6 +250,8 @@ impl WorkerPool {
             &mut self.config.renew_every,
             &mut self.config.requeue_every,
             &mut self.config.poll_interval,
+            &mut self.config.heartbeat_every,
+            &mut self.config.retention_every,
         ] {
             *period = (*period).max(floor);
         }
@@ -268,6 +292,7 @@ impl WorkerPool {
             lanes,
             slot_freed: Notify::new(),
             stop_claiming: CancellationToken::new(),
+            stop_upkeep: CancellationToken::new(),
             hand_back: CancellationToken::new(),
             executors: TaskTracker::new(),
             recorder,
@@ -279,9 +304,11 @@ impl WorkerPool {
             "worker pool started"
         );
         let supervisor = tokio::spawn(supervise(shared.clone()));
+        let upkeep = tokio::spawn(upkeep::keep_up(shared.clone()));
         Ok(Pool {
             shared,
             supervisor: Some(supervisor),
+            upkeep: Some(upkeep),
         })
     }
 }
@@ -303,6 +330,8 @@ struct Shared {
     lanes: Vec<Lane>,
     slot_freed: Notify,
     stop_claiming: CancellationToken,
+    /// Stops the heartbeat and pruning, once the running tasks are done.
+    stop_upkeep: CancellationToken,
     hand_back: CancellationToken,
     executors: TaskTracker,
     recorder: mpsc::UnboundedSender<(Finish, oneshot::Sender<omniq_core::Result<FinishOutcome>>)>,
@@ -335,6 +364,7 @@ struct Lane {
 pub struct Pool {
     shared: Arc<Shared>,
     supervisor: Option<tokio::task::JoinHandle<()>>,
+    upkeep: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pool {
@@ -390,6 +420,14 @@ impl Pool {
             shared.executors.wait().await;
         }
         let handed_back = shared.counters.handed_back.load(Ordering::Relaxed) - before;
+        // The heartbeat goes last: until now the pool still ran tasks.
+        shared.stop_upkeep.cancel();
+        if let Some(upkeep) = self.upkeep.take() {
+            let _ = upkeep.await;
+        }
+        if let Err(error) = shared.storage.remove_worker(&shared.config.worker_id).await {
+            tracing::warn!(%error, "cannot remove the pool's heartbeat; it expires on its own");
+        }
         tracing::info!(worker_id = %shared.config.worker_id, drained, handed_back, "worker pool stopped");
         ShutdownReport { drained, handed_back }
     }
@@ -427,6 +465,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.shared.stop_claiming.cancel();
+        // Without a shutdown the heartbeat is left to expire.
+        self.shared.stop_upkeep.cancel();
     }
 }
 

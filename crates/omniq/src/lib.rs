@@ -57,9 +57,10 @@ pub use migrate::{
 pub use omniq_core as core;
 pub use omniq_core::schedule::{PutAnswer, PutSchedule, Schedule, ScheduledTask};
 pub use omniq_core::{
-    earlier, later, limits, payload, queue, BackendKind, Durability, Enqueued, Error, ListOrder, ListQuery,
-    MemoryStorage, NewTask, QueueStats, Result, Serializer, Settings, SettingsBuilder, StatusCounts, Storage,
-    StorageExt, Task, TaskError, TaskId, TaskResult, TaskStatus, DEFAULT_QUEUE,
+    earlier, later, limits, payload, queue, upkeep, BackendKind, Durability, Enqueued, Error, ListOrder,
+    ListQuery, MemoryStorage, NewTask, QueueStats, Result, Retention, Serializer, Settings, SettingsBuilder,
+    StatusCounts, Storage, StorageExt, Task, TaskError, TaskId, TaskResult, TaskStatus, WorkerBeat,
+    DEFAULT_QUEUE,
 };
 #[cfg(feature = "file")]
 pub use omniq_file::{CheckReport, FileStorage};

@@ -47,6 +47,7 @@ mod queues;
 mod scenarios;
 mod schedules;
 mod shared;
+mod upkeep;
 
 use std::any::Any;
 use std::future::Future;
@@ -128,6 +129,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(queues::all());
     all.extend(shared::all());
     all.extend(schedules::all());
+    all.extend(upkeep::all());
     all
 }
 

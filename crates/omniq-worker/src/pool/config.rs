@@ -33,9 +33,17 @@ pub struct PoolConfig {
     /// any number of pools may, and each tick fires once).
     pub schedules: bool,
     /// What a tick's task takes for what its schedule leaves unset (its
-    /// retries and timeout): `OmniQ::worker` gives the client's settings,
-    /// so the store's configured defaults hold for ticks too.
+    /// retries and timeout), and how long finished tasks are kept
+    /// ([`Settings::retention`](omniq_core::Settings::retention)):
+    /// `OmniQ::worker` gives the client's settings, so the store's
+    /// configured defaults hold for the pool too.
     pub defaults: omniq_core::Settings,
+    /// How often the pool writes its heartbeat to the store (default 5 s).
+    /// It counts as gone after four missed beats.
+    pub heartbeat_every: Duration,
+    /// How often the pools of a store prune finished tasks past their
+    /// retention (default 60 s): one pool a period, whichever asks first.
+    pub retention_every: Duration,
 }
 
 impl PoolConfig {
@@ -62,6 +70,8 @@ impl Default for PoolConfig {
             worker_id: format!("pid{}-{}", std::process::id(), &unique[unique.len() - 8..]),
             schedules: true,
             defaults: omniq_core::Settings::default(),
+            heartbeat_every: Duration::from_secs(5),
+            retention_every: Duration::from_secs(60),
         }
     }
 }
