@@ -41,7 +41,7 @@ async fn older_database(path: &Path, version: usize) {
 }
 
 #[tokio::test]
-async fn layout_has_the_five_tables_the_paused_queues_and_the_schedules_in_wal_mode() {
+async fn layout_has_the_five_tables_the_paused_queues_the_schedules_and_the_upkeep_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("omniq.db");
     let store = SqliteStorage::open_path(&path, Durability::Normal).await.unwrap();
@@ -69,7 +69,9 @@ async fn layout_has_the_five_tables_the_paused_queues_and_the_schedules_in_wal_m
             "results",
             "running",
             "schedules",
-            "tasks"
+            "tasks",
+            "turns",
+            "workers"
         ]
     );
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
