@@ -4,6 +4,7 @@
 
 pub mod floor;
 pub mod processes;
+pub mod upkeep;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -12,6 +12,9 @@
 //! each from one caller, from 16 callers at once, and from 16 callers beside a
 //! pool that runs the tasks.
 //!
+//! With `--upkeep [--backlog N]` it instead measures what retention and
+//! heartbeats cost the 10,000-task processing row (`benches/src/upkeep.rs`).
+//!
 //! With `--floor [--tasks N]` it instead runs, per backend, the one-call-each
 //! and batch rows for N tasks (default 10,000) and the backend's floor script
 //! (`benches/floor/`) for N tasks, and prints the ratio of each row to the
@@ -76,6 +79,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    if args.iter().any(|a| a == "--upkeep") {
+        let backlog = match args.iter().position(|a| a == "--backlog") {
+            Some(i) => args
+                .get(i + 1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| {
+                    eprintln!("--backlog takes a number of tasks");
+                    std::process::exit(2);
+                }),
+            None => 100_000,
+        };
+        runtime.block_on(upkeep_cost(&backends, concurrency, backlog));
+        return;
+    }
     if args.iter().any(|a| a == "--floor") {
         let n = match args.iter().position(|a| a == "--tasks") {
             Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
@@ -363,6 +380,44 @@ fn print_table(rows: &[Row]) {
             r.process.as_secs_f64(),
             total,
             r.n as f64 / total
+        );
+    }
+}
+
+/// `--upkeep`: per backend, the 10,000-task processing row with upkeep off,
+/// on, and on beside a backlog to prune, three runs of each in turns; prints
+/// the median of each and its ratio to the run with upkeep off.
+async fn upkeep_cost(backends: &[&'static str], concurrency: usize, backlog: usize) {
+    use omniq_benches::upkeep::{process_row, Upkeep};
+    const N: usize = 10_000;
+    const RUNS: usize = 3;
+    println!(
+        "| Backend | Process {N}, upkeep off (s) | upkeep on (s) | ratio | beside {backlog} old tasks pruned (s) | ratio | old tasks left at the end |"
+    );
+    println!("|---------|------:|------:|------:|------:|------:|------:|");
+    for &backend in backends {
+        let modes = [Upkeep::Off, Upkeep::On, Upkeep::Backlog(backlog)];
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        let mut left = 0;
+        for run in 0..RUNS {
+            for (i, mode) in modes.iter().enumerate() {
+                let (took, unpruned) = process_row(backend, N, concurrency, *mode).await;
+                eprintln!("  {backend:6} run {run} {mode:?}: {took:.3} s, {unpruned} old left");
+                times[i].push(took);
+                if matches!(mode, Upkeep::Backlog(_)) {
+                    left = unpruned;
+                }
+            }
+        }
+        let median = |t: &mut Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        };
+        let [off, on, pruning] = [0, 1, 2].map(|i| median(&mut times[i]));
+        println!(
+            "| {backend} | {off:.3} | {on:.3} | {:.2}x | {pruning:.3} | {:.2}x | {left} |",
+            on / off,
+            pruning / off
         );
     }
 }

@@ -41,16 +41,32 @@ impl OmniQ {
     /// Enqueues a typed job with its defaults ([`Job::QUEUE`],
     /// [`Job::PRIORITY`], ...); the handle waits for its typed output.
     pub async fn push<J: Job>(&self, job: J) -> Result<JobHandle<J>> {
-        self.job(&job)?.push().await
+        self.job(&job).push().await
+    }
+
+    /// Enqueues typed jobs with their defaults in one call (one transaction
+    /// on SQLite and PostgreSQL); the handles come in the jobs' order, each
+    /// saying whether its job was a duplicate of a live unique task.
+    pub async fn push_many<J: Job>(&self, jobs: impl IntoIterator<Item = J>) -> Result<Vec<JobHandle<J>>> {
+        let tasks = jobs
+            .into_iter()
+            .map(|job| job.to_task())
+            .collect::<Result<Vec<_>>>()?;
+        let answers = self.enqueue_checked(tasks).await?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| JobHandle::new(answer, self.clone()))
+            .collect())
     }
 
     /// Starts a typed job with options: `.delay(..)`, `.queue(..)`,
-    /// `.unique_key(..)`, ..., then `.push().await`.
-    pub fn job<J: Job>(&self, job: &J) -> Result<JobBuilder<'_, J>> {
-        Ok(JobBuilder {
-            task: self.builder(job.to_task()?),
+    /// `.unique_key(..)`, ..., then `.push().await?`. A job whose payload
+    /// cannot be serialized is reported by `push`, so one `?` does.
+    pub fn job<J: Job>(&self, job: &J) -> JobBuilder<'_, J> {
+        JobBuilder {
+            task: job.to_task().map(|task| self.builder(task)),
             job: PhantomData,
-        })
+        }
     }
 
     /// The typed output of the job `id`: `Some` once it completed, `None`
@@ -65,7 +81,8 @@ impl OmniQ {
 #[must_use = "a job builder does nothing until .push() is awaited"]
 #[derive(Debug)]
 pub struct JobBuilder<'a, J: Job> {
-    task: TaskBuilder<'a>,
+    /// The task, or why the job could not become one (reported by `push`).
+    task: Result<TaskBuilder<'a>>,
     job: PhantomData<fn() -> J>,
 }
 
@@ -113,20 +130,34 @@ impl<'a, J: Job> JobBuilder<'a, J> {
 
     fn map(self, change: impl FnOnce(TaskBuilder<'a>) -> TaskBuilder<'a>) -> Self {
         JobBuilder {
-            task: change(self.task),
+            task: self.task.map(change),
             job: PhantomData,
         }
     }
 
-    /// Enqueues the job.
+    /// Enqueues the job. For a job with a unique key held by a live task,
+    /// nothing is stored and the handle is that task's, with
+    /// [`JobHandle::duplicate`] true.
     pub async fn push(self) -> Result<JobHandle<J>> {
-        let client = self.task.client().clone();
-        let id = self.task.enqueue().await?;
-        Ok(JobHandle {
-            id,
-            client,
-            job: PhantomData,
-        })
+        let task = self.task?;
+        let client = task.client().clone();
+        Ok(JobHandle::new(task.enqueue_checked().await?, client))
+    }
+
+    /// Enqueues the job inside the program's own PostgreSQL transaction: it
+    /// exists if and only if that transaction commits (see
+    /// [`OmniQ::enqueue_in`]).
+    #[cfg(feature = "postgres")]
+    pub async fn push_in(self, conn: &mut omniq_postgres::sqlx::PgConnection) -> Result<JobHandle<J>> {
+        let task = self.task?;
+        let client = task.client().clone();
+        Ok(JobHandle::new(task.enqueue_in(conn).await?, client))
+    }
+
+    /// The task the job becomes, as it will be enqueued (its queue, priority
+    /// and options), for a program that stores it its own way.
+    pub fn to_new_task(self) -> Result<omniq_core::NewTask> {
+        Ok(self.task?.into_new_task())
     }
 }
 
@@ -134,6 +165,7 @@ impl<'a, J: Job> JobBuilder<'a, J> {
 #[derive(Debug)]
 pub struct JobHandle<J: Job> {
     id: TaskId,
+    duplicate: bool,
     client: OmniQ,
     job: PhantomData<fn() -> J>,
 }
@@ -142,6 +174,7 @@ impl<J: Job> Clone for JobHandle<J> {
     fn clone(&self) -> Self {
         JobHandle {
             id: self.id,
+            duplicate: self.duplicate,
             client: self.client.clone(),
             job: PhantomData,
         }
@@ -149,9 +182,26 @@ impl<J: Job> Clone for JobHandle<J> {
 }
 
 impl<J: Job> JobHandle<J> {
-    /// The task's id.
+    fn new(answer: omniq_core::Enqueued, client: OmniQ) -> Self {
+        JobHandle {
+            id: answer.id,
+            duplicate: answer.duplicate,
+            client,
+            job: PhantomData,
+        }
+    }
+
+    /// The task's id: for a duplicate, the id of the live task that holds
+    /// the unique key.
     pub fn id(&self) -> TaskId {
         self.id
+    }
+
+    /// Whether the push stored nothing because a live task (pending or
+    /// running) already held the job's unique key; the handle then follows
+    /// that task.
+    pub fn duplicate(&self) -> bool {
+        self.duplicate
     }
 
     /// Waits until the job finishes (see [`OmniQ::wait_result`]) and gives its

@@ -200,7 +200,6 @@ async fn typed_jobs_round_trip_beside_string_handlers_on_every_backend() {
         // Options from the builder win over the defaults.
         let later = q
             .job(&Add { a: 1, b: 1 })
-            .unwrap()
             .queue("default")
             .priority(-1)
             .push()
@@ -305,4 +304,113 @@ async fn a_pool_started_without_a_client_says_so_to_a_handler_that_asks_for_one(
         other => panic!("{other:?}"),
     }
     pool.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A job whose payload cannot become JSON: a map with keys that are not strings.
+#[derive(Debug, Serialize, Deserialize)]
+struct Unserializable {
+    by_pair: std::collections::HashMap<(i32, i32), i32>,
+}
+
+impl Job for Unserializable {
+    const NAME: &'static str = "typed.unserializable";
+    type Output = ();
+    type Error = HandlerError;
+
+    async fn run(self, _ctx: TaskContext) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_say_duplicates_go_in_batches_and_report_bad_payloads_at_push() {
+    let dir = tempfile::tempdir().unwrap();
+    for q in clients(dir.path()).await {
+        let backend = q.storage().backend_name();
+        // No pool runs: the pushed jobs stay pending, holding their keys.
+        let first = q
+            .job(&Add { a: 1, b: 2 })
+            .unique_key("sum:1+2")
+            .push()
+            .await
+            .unwrap();
+        assert!(!first.duplicate(), "{backend}");
+        let again = q
+            .job(&Add { a: 1, b: 2 })
+            .unique_key("sum:1+2")
+            .push()
+            .await
+            .unwrap();
+        assert!(
+            again.duplicate(),
+            "{backend}: the second push of a live key is a duplicate"
+        );
+        assert_eq!(again.id(), first.id(), "{backend}: and follows the holder");
+
+        let handles = q.push_many((0..5).map(|i| Add { a: i, b: i })).await.unwrap();
+        assert_eq!(handles.len(), 5);
+        for (i, handle) in handles.iter().enumerate() {
+            assert!(!handle.duplicate());
+            let task = q.get(handle.id()).await.unwrap();
+            assert_eq!(
+                task.kwargs["a"], i as i64,
+                "{backend}: handles come in the jobs' order"
+            );
+            assert_eq!(
+                (task.queue.as_str(), task.priority),
+                ("math", 3),
+                "{backend}: the job's defaults"
+            );
+        }
+
+        let bad = Unserializable {
+            by_pair: [((1, 2), 3)].into_iter().collect(),
+        };
+        let error = q
+            .job(&bad)
+            .delay(Duration::from_secs(1))
+            .push()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::Serialization(_) | Error::InvalidConfig { .. }),
+            "{backend}: {error:?}"
+        );
+        assert_eq!(
+            q.counts().await.unwrap().pending,
+            6,
+            "{backend}: nothing more stored"
+        );
+        let built = q.job(&Add { a: 9, b: 9 }).priority(7).to_new_task().unwrap();
+        assert_eq!((built.func_path.as_str(), built.priority), ("typed.add", 7));
+        cleanup(&q).await;
+    }
+}
+
+/// A typed job pushed inside the program's own transaction exists only if
+/// that transaction commits.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_typed_push_in_the_programs_transaction_follows_its_commit() {
+    use omniq::postgres::sqlx::{self, Connection as _};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(q) = clients(dir.path())
+        .await
+        .into_iter()
+        .find(|q| q.storage().backend_name() == "postgres")
+    else {
+        return;
+    };
+    let url = q.settings().database_url.clone().unwrap();
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let dropped = q.job(&Add { a: 1, b: 1 }).push_in(&mut tx).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(matches!(q.get(dropped.id()).await, Err(Error::NotFound { .. })));
+    let mut tx = conn.begin().await.unwrap();
+    let kept = q.job(&Add { a: 2, b: 2 }).push_in(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(q.get(kept.id()).await.unwrap().status, TaskStatus::Pending);
+    assert!(!kept.duplicate());
+    cleanup(&q).await;
 }
