@@ -385,28 +385,36 @@ fn print_table(rows: &[Row]) {
 }
 
 /// `--upkeep`: per backend, the 10,000-task processing row with upkeep off,
-/// on, and on beside a backlog to prune, three runs of each in turns; prints
+/// on, and on beside a backlog to prune, five runs of each; prints
 /// the median of each and its ratio to the run with upkeep off.
 async fn upkeep_cost(backends: &[&'static str], concurrency: usize, backlog: usize) {
     use omniq_benches::upkeep::{process_row, Upkeep};
     const N: usize = 10_000;
-    const RUNS: usize = 3;
+    const RUNS: usize = 5;
     println!(
         "| Backend | Process {N}, upkeep off (s) | upkeep on (s) | ratio | beside {backlog} old tasks pruned (s) | ratio | old tasks left at the end |"
     );
     println!("|---------|------:|------:|------:|------:|------:|------:|");
     for &backend in backends {
-        let modes = [Upkeep::Off, Upkeep::On, Upkeep::Backlog(backlog)];
-        let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        // Upkeep off and on take turns, each going first every other run;
+        // the runs with a backlog come after them all, since the server's
+        // cleanup after a big delete would slow whichever run came next.
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
         let mut left = 0;
+        let mut plan: Vec<(usize, Upkeep)> = Vec::new();
         for run in 0..RUNS {
-            for (i, mode) in modes.iter().enumerate() {
-                let (took, unpruned) = process_row(backend, N, concurrency, *mode).await;
-                eprintln!("  {backend:6} run {run} {mode:?}: {took:.3} s, {unpruned} old left");
-                times[i].push(took);
-                if matches!(mode, Upkeep::Backlog(_)) {
-                    left = unpruned;
-                }
+            match run % 2 {
+                0 => plan.extend([(0, Upkeep::Off), (1, Upkeep::On)]),
+                _ => plan.extend([(1, Upkeep::On), (0, Upkeep::Off)]),
+            }
+        }
+        plan.extend((0..RUNS).map(|_| (2, Upkeep::Backlog(backlog))));
+        for (i, mode) in plan {
+            let (took, unpruned) = process_row(backend, N, concurrency, mode).await;
+            eprintln!("  {backend:6} {mode:?}: {took:.3} s, {unpruned} old left");
+            times[i].push(took);
+            if i == 2 {
+                left = unpruned;
             }
         }
         let median = |t: &mut Vec<f64>| {

@@ -19,9 +19,14 @@ use super::{from_now, Shared};
 /// How many beats may be missed before a pool counts as gone.
 const MISSED_BEATS: u32 = 4;
 
-/// The most batches one turn prunes; the rest waits for the next turn, so a
-/// turn never runs for long.
-const BATCHES_PER_TURN: usize = 100;
+/// How long one prune batch may hold the store: a slower batch halves the
+/// next, a batch under a quarter of it doubles the next (up to
+/// [`PRUNE_BATCH`]), so a store where deletes are slow (the file store, a
+/// loaded disk) never keeps claims waiting long.
+const BATCH_TIME: Duration = Duration::from_millis(100);
+
+/// The smallest batch.
+const MIN_BATCH: usize = 10;
 
 /// Beats and prunes until `shared.stop_upkeep` is cancelled. The last beat is
 /// removed by [`super::Pool::shutdown`], once the running tasks are done.
@@ -79,6 +84,10 @@ async fn beat(shared: &Shared, started_at: OffsetDateTime) {
 
 /// Prunes, if this pool wins the store's turn: for each status kept for a
 /// limited time, batches of the oldest until none is left past its age.
+///
+/// After each batch the pool waits as long as the batch took, so pruning has
+/// the store at most half the time and claims and finishes the rest; a turn
+/// ends after half the retention period at most, and the next turn goes on.
 async fn prune_turn(shared: &Shared) {
     let retention = shared.config.defaults.retention;
     if retention.keeps_everything() {
@@ -97,32 +106,48 @@ async fn prune_turn(shared: &Shared) {
             return;
         }
     }
+    let turn_ends = from_now(shared.config.retention_every / 2);
     let mut pruned = 0;
-    let mut batches = 0;
-    for (status, before) in retention.cutoffs(now) {
-        while batches < BATCHES_PER_TURN {
-            if shared.stop_upkeep.is_cancelled() {
-                return;
+    let mut batch = PRUNE_BATCH;
+    'statuses: for (status, before) in retention.cutoffs(now) {
+        loop {
+            if shared.stop_upkeep.is_cancelled() || Instant::now() >= turn_ends {
+                break 'statuses;
             }
-            batches += 1;
-            match shared.storage.prune(status, before, PRUNE_BATCH).await {
-                Ok(n) => {
-                    pruned += n;
-                    if n < PRUNE_BATCH as u64 {
-                        break;
-                    }
-                }
+            let started = Instant::now();
+            let n = match shared.storage.prune(status, before, batch).await {
+                Ok(n) => n,
                 Err(error) => {
                     tracing::warn!(%error, %status, "cannot prune finished tasks; trying again next turn");
-                    return;
+                    break 'statuses;
                 }
+            };
+            pruned += n;
+            if n < batch as u64 {
+                break;
             }
+            let took = started.elapsed();
+            batch = next_batch(batch, took);
             // Claims and finishes queued behind this batch go first.
-            tokio::task::yield_now().await;
+            tokio::select! {
+                _ = shared.stop_upkeep.cancelled() => break 'statuses,
+                _ = tokio::time::sleep(took) => {}
+            }
         }
     }
     if pruned > 0 {
         tracing::info!(pruned, "pruned finished tasks past their retention");
+    }
+}
+
+/// The size of the batch after one of `batch` tasks that took `took`.
+fn next_batch(batch: usize, took: Duration) -> usize {
+    if took > BATCH_TIME {
+        (batch / 2).max(MIN_BATCH)
+    } else if took < BATCH_TIME / 4 {
+        (batch * 2).min(PRUNE_BATCH)
+    } else {
+        batch
     }
 }
 
@@ -135,4 +160,18 @@ fn host_name() -> String {
     read.map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty() && name.len() <= 200 && !name.chars().any(char::is_control))
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_batches_shrink_and_quick_ones_grow_within_bounds() {
+        assert_eq!(next_batch(1_000, Duration::from_millis(400)), 500);
+        assert_eq!(next_batch(10, Duration::from_secs(3)), MIN_BATCH);
+        assert_eq!(next_batch(100, Duration::from_millis(5)), 200);
+        assert_eq!(next_batch(1_000, Duration::from_millis(5)), PRUNE_BATCH);
+        assert_eq!(next_batch(300, Duration::from_millis(50)), 300);
+    }
 }
