@@ -142,6 +142,9 @@ struct ListArgs {
     /// Only tasks of this queue.
     #[arg(long)]
     queue: Option<String>,
+    /// Only tasks for this handler (its name, a typed job's NAME).
+    #[arg(long)]
+    handler: Option<String>,
     /// At most this many tasks.
     #[arg(long, default_value_t = 100)]
     limit: usize,

@@ -161,6 +161,7 @@ pub(crate) async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTi
         .list(ListQuery {
             status: args.status,
             queue: args.queue.clone(),
+            func_path: args.handler.clone(),
             limit: Some(args.limit),
             order: if args.oldest {
                 ListOrder::OldestFirst

@@ -200,3 +200,17 @@ fn workers_lists_the_pools_that_report_in() {
         assert_eq!(json[1]["alive"], false);
     }
 }
+
+#[test]
+fn list_filters_by_handler() {
+    for s in both() {
+        let json: Vec<serde_json::Value> =
+            serde_json::from_str(&s.run(&["list", "--handler", "broken", "--json"])).unwrap();
+        assert_eq!(json.len(), 1, "{:?}", s.backend);
+        assert_eq!(json[0]["id"], s.failed.to_string());
+        let adds: Vec<serde_json::Value> =
+            serde_json::from_str(&s.run(&["list", "--handler", "add", "--json"])).unwrap();
+        assert_eq!(adds.len(), 2);
+        assert!(s.run(&["list", "--handler", "nothing"]).lines().count() <= 1);
+    }
+}

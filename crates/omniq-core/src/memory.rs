@@ -294,6 +294,10 @@ impl Storage for MemoryStorage {
         let matches = |task: &&Task| {
             query.status.is_none_or(|status| task.status == status)
                 && query.queue.as_ref().is_none_or(|queue| &task.queue == queue)
+                && query
+                    .func_path
+                    .as_ref()
+                    .is_none_or(|func| &task.func_path == func)
         };
         let limit = query.limit.unwrap_or(usize::MAX);
         let tasks: Vec<Task> = match (query.order, query.after) {

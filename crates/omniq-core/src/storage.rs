@@ -117,6 +117,9 @@ pub struct ListQuery {
     pub status: Option<TaskStatus>,
     /// Only tasks of this queue.
     pub queue: Option<String>,
+    /// Only tasks for this handler (their `func_path`, a typed job's
+    /// [`NAME`](https://docs.rs/omniq/latest/omniq/trait.Job.html)).
+    pub func_path: Option<String>,
     /// At most this many.
     pub limit: Option<usize>,
     /// Sorted this way.
@@ -497,6 +500,7 @@ pub trait StorageExt: Storage {
                     limit: Some(500),
                     after,
                     order: ListOrder::OldestFirst,
+                    func_path: None,
                 })
                 .await?;
             let Some(last) = failed.last() else { break };

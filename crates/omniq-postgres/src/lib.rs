@@ -388,6 +388,7 @@ impl Storage for PostgresStorage {
         let sql = format!(
             "SELECT {{COLUMNS}} FROM {{s}}.tasks WHERE ($1::text IS NULL OR status = $1) \
              AND ($2::text IS NULL OR queue = $2) AND ($3::text IS NULL OR id {compare} $3) \
+             AND ($5::text IS NULL OR record->>'func_path' = $5) \
              ORDER BY id {order} LIMIT $4"
         );
         let limit = query
@@ -398,6 +399,7 @@ impl Storage for PostgresStorage {
             .bind(query.queue)
             .bind(query.after.map(|id| id.to_string()))
             .bind(limit)
+            .bind(query.func_path)
             .fetch_all(&self.pool)
             .await
             .map_err(sql_error)?;

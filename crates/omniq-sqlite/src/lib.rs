@@ -500,7 +500,7 @@ impl Storage for SqliteStorage {
         let sql = format!(
             "SELECT json_group_array({TASK_JSON}) FROM (SELECT id FROM tasks \
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id {compare} ?2) \
-             AND (?4 IS NULL OR queue = ?4) \
+             AND (?4 IS NULL OR queue = ?4) AND (?5 IS NULL OR func_path = ?5) \
              ORDER BY id {order} LIMIT ?3) page JOIN tasks t ON t.id = page.id \
              LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id"
         );
@@ -508,7 +508,8 @@ impl Storage for SqliteStorage {
             .bind(query.status.map(TaskStatus::as_str))
             .bind(query.after.map(|id| id.to_string()))
             .bind(query.limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)))
-            .bind(query.queue);
+            .bind(query.queue)
+            .bind(query.func_path);
         let (mut tasks, unreadable) = rows::fetch_split(&self.readers, query, &self.path)
             .await
             .map_err(|e| locate(&self.path, e))?;

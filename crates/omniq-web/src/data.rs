@@ -102,6 +102,9 @@ pub(crate) async fn search(storage: &dyn Storage, filter: &Filter) -> Result<(Ve
             .list(ListQuery {
                 status: filter.status,
                 queue: filter.queue.clone(),
+                // The store filters by handler itself, so a rare handler's
+                // tasks are found however many others there are.
+                func_path: filter.func.clone(),
                 limit: Some(500),
                 order: ListOrder::NewestFirst,
                 after,

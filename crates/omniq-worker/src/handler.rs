@@ -106,6 +106,28 @@ impl TaskContext {
         self.attempt > self.max_retries
     }
 
+    /// A context for calling a handler directly, outside a pool, as a test
+    /// does: the task's fields, attempt 1 (or the task's next), worker id
+    /// `test`, the shared state of `registry` ([`Registry::data`]), a
+    /// cancellation token nobody fires, and progress reports that go to
+    /// `storage` but land nowhere, since no worker holds the task's lease
+    /// ([`TaskContext::progress`] answers `Ok(false)`).
+    pub fn standalone(task: &Task, storage: Arc<dyn Storage>, registry: &Registry) -> Self {
+        let reports = Reporter {
+            storage,
+            token: LeaseToken::new(),
+            clock: Arc::new(crate::clock::SystemClock),
+        };
+        Self::new(
+            task,
+            task.attempts + 1,
+            "test",
+            CancellationToken::new(),
+            registry.data_map(),
+            reports,
+        )
+    }
+
     pub(crate) fn new(
         task: &Task,
         attempt: u32,

@@ -44,6 +44,7 @@ mod client;
 mod jobs;
 mod migrate;
 mod schedules;
+pub mod testing;
 #[cfg(feature = "web")]
 pub mod web;
 

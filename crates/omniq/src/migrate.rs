@@ -144,6 +144,7 @@ pub async fn migrate_with(
                 order: ListOrder::OldestFirst,
                 after,
                 queue: None,
+                func_path: None,
             })
             .await?;
         let Some(last) = page.last() else { break };

@@ -256,6 +256,7 @@ async fn list_orders_filters_and_pages(store: &dyn Storage) {
         order,
         after,
         queue: None,
+        func_path: None,
     };
     let listed = |tasks: Vec<Task>| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
     let newest = listed(

@@ -27,6 +27,7 @@ scenarios![
     interval_occurrences_keep_queue_priority_and_key,
     queue_stats_count_each_queue,
     lists_filter_by_queue,
+    lists_filter_by_handler,
 ];
 
 pub(super) async fn claim_from(
@@ -417,4 +418,53 @@ async fn lists_filter_by_queue(store: &dyn Storage) {
         .await
         .unwrap();
     assert_eq!(ids(&listed), [emails[0]]);
+}
+
+async fn lists_filter_by_handler(store: &dyn Storage) {
+    let sends = enqueue_at(
+        store,
+        vec![new("email.send"), new("other"), new("email.send")],
+        T0,
+    )
+    .await;
+    let finished = claim_one(store, at(1)).await;
+    assert_eq!(finished.id, sends[0]);
+    finish(store, &finished, complete(json!(1)), at(1)).await;
+    let by_handler = |func: &str, status: Option<TaskStatus>, order: crate::storage::ListOrder| ListQuery {
+        func_path: Some(func.into()),
+        status,
+        order,
+        ..ListQuery::default()
+    };
+    let listed = store
+        .list(by_handler("email.send", None, Default::default()))
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), [sends[0], sends[2]]);
+    let newest = store
+        .list(by_handler(
+            "email.send",
+            None,
+            crate::storage::ListOrder::NewestFirst,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&newest), [sends[2], sends[0]]);
+    let pending = store
+        .list(by_handler(
+            "email.send",
+            Some(TaskStatus::Pending),
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ids(&pending), [sends[2]]);
+    assert!(
+        store
+            .list(by_handler("email", None, Default::default()))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the name matches whole"
+    );
 }

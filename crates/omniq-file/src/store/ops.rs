@@ -263,7 +263,8 @@ impl Store {
             match self.get(*id) {
                 Ok(task)
                     if query.status.is_none_or(|s| s == task.status)
-                        && query.queue.as_ref().is_none_or(|q| *q == task.queue) =>
+                        && query.queue.as_ref().is_none_or(|q| *q == task.queue)
+                        && query.func_path.as_ref().is_none_or(|f| *f == task.func_path) =>
                 {
                     tasks.push(task)
                 }
