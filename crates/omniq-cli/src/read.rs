@@ -289,6 +289,27 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
     if let Some(result) = &task.result {
         out!("result       {}", printable(&result.to_string()));
     }
+    if !task.errors.is_empty() {
+        let earlier = match task.errors_dropped {
+            0 => String::new(),
+            n => format!(" (and {n} earlier not kept)"),
+        };
+        out!("failed attempts{earlier}:");
+        for failed in &task.errors {
+            let worker = failed.worker_id.as_deref().map(printable).unwrap_or_default();
+            out!(
+                "  #{:<3} {}  [{}] {}  worker {}",
+                failed.error.attempt,
+                output::timestamp(failed.failed_at),
+                printable(&failed.error.kind),
+                printable(&failed.error.message),
+                if worker.is_empty() { "-".into() } else { worker },
+            );
+            for cause in &failed.error.causes {
+                out!("         caused by: {}", printable(cause));
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -214,3 +214,24 @@ fn list_filters_by_handler() {
         assert!(s.run(&["list", "--handler", "nothing"]).lines().count() <= 1);
     }
 }
+
+#[test]
+fn show_lists_the_failed_attempts() {
+    for s in both() {
+        let shown = s.run(&["show", &s.failed.to_string()]);
+        assert!(shown.contains("failed attempts:"), "{shown}");
+        let line = shown.lines().find(|l| l.trim_start().starts_with("#1")).unwrap();
+        assert!(
+            line.contains("it is broken") && line.contains("worker pid"),
+            "{shown}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&s.run(&["show", &s.failed.to_string(), "--json"])).unwrap();
+        assert_eq!(json["errors"][0]["message"], "it is broken");
+        assert!(json["errors"][0]["worker_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("pid"));
+        assert!(!s.run(&["show", &s.done.to_string()]).contains("failed attempts"));
+    }
+}

@@ -51,7 +51,7 @@ pub use storage::{
     StatusCounts, Storage, StorageExt,
 };
 pub use task::{
-    cancel_in_scope, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Progress, Task, TaskError,
-    TaskId, TaskResult, TaskStatus,
+    cancel_in_scope, AttemptError, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Progress,
+    Task, TaskError, TaskId, TaskResult, TaskStatus,
 };
 pub use upkeep::{Retention, WorkerBeat};

@@ -36,6 +36,10 @@ pub struct TaskError {
     pub attempt: u32,
     /// Whether another attempt could succeed.
     pub retryable: bool,
+    /// The error's causes, outermost first (its `source()` chain), when the
+    /// handler's error had any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<String>,
 }
 
 impl TaskError {
@@ -46,8 +50,37 @@ impl TaskError {
             message: message.into(),
             attempt,
             retryable,
+            causes: Vec::new(),
         }
     }
+
+    /// The same error with its chain of causes.
+    pub fn with_causes(mut self, causes: Vec<String>) -> Self {
+        self.causes = causes;
+        self
+    }
+}
+
+/// How many failed attempts a task's history keeps; older ones are counted
+/// in [`Task::errors_dropped`].
+pub const MAX_ATTEMPT_ERRORS: usize = 20;
+
+/// One failed attempt in a task's history ([`Task::errors`]): its error, the
+/// worker that ran it, and when it started and failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// What went wrong.
+    #[serde(flatten)]
+    pub error: TaskError,
+    /// The worker that ran the attempt, as its lease named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    /// When the attempt started.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// When it failed (or its lease was found expired).
+    #[serde(with = "time::serde::rfc3339")]
+    pub failed_at: OffsetDateTime,
 }
 
 /// The claim a worker holds on a running task.
@@ -105,6 +138,14 @@ pub struct Task {
     /// The error of the latest failed attempt (kept while a retry waits).
     #[serde(default)]
     pub error: Option<TaskError>,
+    /// Every failed attempt, oldest first: the last [`MAX_ATTEMPT_ERRORS`],
+    /// kept whatever the task's status (a completed task keeps the failures
+    /// before its success).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<AttemptError>,
+    /// How many older failed attempts fell out of [`Task::errors`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub errors_dropped: u32,
     /// The handler's result, once completed.
     #[serde(default)]
     pub result: Option<Value>,
@@ -130,6 +171,10 @@ pub struct Task {
     /// ([`crate::Storage::set_progress`]); dropped when the task stops running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a user reads back about a task's outcome.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use omniq_core::{Error, Lease, LeaseToken, Result, Task, TaskError, TaskId, TaskStatus};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Executor, Row, Sqlite};
 use time::OffsetDateTime;
@@ -27,7 +27,7 @@ pub const TASK_JSON: &str =
     "json_array(t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
      t.max_retries, t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, \
      t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at, t.queue, t.priority, t.unique_key, \
-     rn.progress)";
+     rn.progress, t.attempt_errors)";
 
 /// The joins that gather one task from its tables.
 pub const TASK_FROM: &str =
@@ -96,7 +96,7 @@ struct RowOut {
     id: String,
     status: TaskStatus,
     /// The `tasks` columns, in [`TASKS_COLUMNS`] order.
-    record: [Value; 18],
+    record: [Value; 19],
     eta: i64,
     queue: String,
     priority: i64,
@@ -111,7 +111,7 @@ struct RowOut {
 /// The columns of `tasks`, in the order [`RowOut::record`] holds them.
 const TASKS_COLUMNS: &str = "id, func_path, args, kwargs, status, eta, interval_ns, max_retries, \
      timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series, queue, priority, \
-     unique_key";
+     unique_key, attempt_errors";
 
 /// What an update of a stored task sets: every column but the id. An upsert,
 /// not a `REPLACE`: a `REPLACE` that broke the unique-key index would delete
@@ -122,7 +122,8 @@ const TASKS_UPDATE: &str = " ON CONFLICT (id) DO UPDATE SET func_path = excluded
      timeout_ns = excluded.timeout_ns, attempts = excluded.attempts, created_at = excluded.created_at, \
      updated_at = excluded.updated_at, started_at = excluded.started_at, \
      finished_at = excluded.finished_at, series = excluded.series, queue = excluded.queue, \
-     priority = excluded.priority, unique_key = excluded.unique_key";
+     priority = excluded.priority, unique_key = excluded.unique_key, \
+     attempt_errors = excluded.attempt_errors";
 
 impl RowOut {
     fn new(task: &Task) -> Result<Self> {
@@ -149,6 +150,7 @@ impl RowOut {
                 task.queue.clone().into(),
                 i64::from(task.priority).into(),
                 task.unique_key.clone().into(),
+                history_json(task)?.into(),
             ],
             queue: task.queue.clone(),
             priority: i64::from(task.priority),
@@ -215,13 +217,13 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
     let mut rows = tasks.into_iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
     let mut command = Command::default();
     // The records move into the command; the rest of each row is still needed.
-    let records: Vec<[Value; 18]> = rows
+    let records: Vec<[Value; 19]> = rows
         .iter_mut()
         .map(|r| std::mem::replace(&mut r.record, std::array::from_fn(|_| Value::Null)))
         .collect();
     command.insert(
         &format!("INSERT INTO tasks ({TASKS_COLUMNS})"),
-        18,
+        19,
         records,
         |record, v| v.extend(record),
     );
@@ -326,6 +328,27 @@ struct RowIn {
     priority: i16,
     unique_key: Option<String>,
     progress: Option<String>,
+    /// The failed attempts, as [`history_json`] writes them.
+    attempt_errors: Option<String>,
+}
+
+/// A task's failed attempts as the `attempt_errors` column holds them:
+/// `{"errors": [...], "dropped": n}`, or NULL for a task that never failed.
+#[derive(Serialize, Deserialize)]
+struct History {
+    errors: Vec<omniq_core::AttemptError>,
+    #[serde(default)]
+    dropped: u32,
+}
+
+fn history_json(task: &Task) -> Result<Option<String>> {
+    if task.errors.is_empty() && task.errors_dropped == 0 {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_string(&History {
+        errors: task.errors.clone(),
+        dropped: task.errors_dropped,
+    })?))
 }
 
 /// A stored row that does not make a task (damaged by hand, or written by
@@ -416,6 +439,13 @@ fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
         _ => None,
     };
     let nanos = |n: i64| Duration::from_nanos(n.max(0) as u64);
+    let (errors, errors_dropped) = match row.attempt_errors {
+        Some(text) => {
+            let history: History = serde_json::from_str(&text).map_err(|e| bad("attempt errors", &e))?;
+            (history.errors, history.dropped)
+        }
+        None => (Vec::new(), 0),
+    };
     Ok(Task {
         id: TaskId::parse(&id).map_err(|e| bad("id", &e))?,
         func_path: row.func_path,
@@ -455,6 +485,8 @@ fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
             .map(|v| serde_json::from_str(&v))
             .transpose()
             .map_err(|e| bad("progress", &e))?,
+        errors,
+        errors_dropped,
     })
 }
 

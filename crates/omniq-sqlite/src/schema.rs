@@ -164,6 +164,11 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE turns (chore TEXT PRIMARY KEY NOT NULL, last_at INTEGER NOT NULL) WITHOUT ROWID;
     CREATE INDEX completed_status ON completed (status, finished_at);
     "#,
+    // v8: each task's failed attempts, `{"errors": [...], "dropped": n}`,
+    // NULL for a task that never failed.
+    r#"
+    ALTER TABLE tasks ADD COLUMN attempt_errors TEXT;
+    "#,
 ];
 
 /// What a connection that only reads runs on a database of an older
@@ -173,14 +178,27 @@ pub const MIGRATIONS: &[&str] = &[
 /// would give: before version 4, queues, priorities and unique keys (and an
 /// empty table stands for the paused queues); before version 5, progress;
 /// before version 6, an empty table stands for the schedules; before
-/// version 7, for the heartbeats.
+/// version 7, for the heartbeats; before version 8, no task has failed
+/// attempts on record.
 pub fn older_as_current(version: i64) -> String {
     let mut sql = String::new();
+    // One view stands for `tasks`, with every column added since.
+    let mut added = Vec::new();
+    if version < 4 {
+        added.push("'default' AS queue, 0 AS priority, NULL AS unique_key");
+    }
+    if version < 8 {
+        added.push("NULL AS attempt_errors");
+    }
+    if !added.is_empty() {
+        sql.push_str(&format!(
+            "CREATE TEMP VIEW IF NOT EXISTS tasks AS SELECT *, {} FROM main.tasks; ",
+            added.join(", ")
+        ));
+    }
     if version < 4 {
         sql.push_str(
-            "CREATE TEMP VIEW IF NOT EXISTS tasks AS \
-                 SELECT *, 'default' AS queue, 0 AS priority, NULL AS unique_key FROM main.tasks; \
-             CREATE TEMP VIEW IF NOT EXISTS pending AS \
+            "CREATE TEMP VIEW IF NOT EXISTS pending AS \
                  SELECT *, 'default' AS queue, 0 AS priority FROM main.pending; \
              CREATE TEMP TABLE IF NOT EXISTS paused_queues (name TEXT PRIMARY KEY NOT NULL); ",
         );

@@ -386,6 +386,25 @@ pub(crate) async fn task(Extract(app): Extract<State>, Path(id): Path<String>) -
                 @if error.retryable { "retryable" } @else { "not retryable" } ")"
             }
         }
+        @if !t.errors.is_empty() {
+            h2 { "Failed attempts" }
+            @if t.errors_dropped > 0 { p.muted { (t.errors_dropped) " earlier failed attempts are not kept." } }
+            table #attempts {
+                tr { th { "Attempt" } th { "Failed" } th { "Ran for" } th { "Worker" } th { "Error" } }
+                @for failed in t.errors.iter().rev() {
+                    tr {
+                        td.n { (failed.error.attempt) }
+                        td { (ago(failed.failed_at, now)) }
+                        td { (failed.started_at.map_or("-".to_string(), |start| format!("{:.1}s", (failed.failed_at - start).as_seconds_f64().max(0.0)))) }
+                        td { code { (failed.worker_id.as_deref().unwrap_or("-")) } }
+                        td {
+                            "[" (failed.error.kind) "] " (failed.error.message)
+                            @for cause in &failed.error.causes { br; span.muted { "caused by: " (cause) } }
+                        }
+                    }
+                }
+            }
+        }
         @if let Some(first) = t.series {
             h2 { "Series" }
             p { "First occurrence: " a href={ (p) "/tasks/" (first) } { code { (first) } } }

@@ -266,6 +266,14 @@ async fn every_page_and_api_route_answers_on_every_backend() {
         assert!(detail.body.contains("&lt;script&gt;"), "{backend}");
         assert!(detail.body.contains("bad address") && detail.body.contains("not retryable"));
         assert!(detail.body.contains("Retry"), "a failed task offers a retry");
+        assert!(
+            detail.body.contains("Failed attempts") && detail.body.contains("id=\"attempts\""),
+            "{backend}: the attempt history"
+        );
+        assert!(
+            detail.body.contains("web-test"),
+            "{backend}: the worker of the failed attempt"
+        );
         // A running task's progress, its message escaped.
         let running = send(&app, get(&format!("/tasks/{}", seeded.running))).await;
         assert!(

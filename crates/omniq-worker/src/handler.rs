@@ -177,6 +177,20 @@ pub struct HandlerError {
     pub message: String,
     /// What to do next.
     pub retry: Retry,
+    /// The error's causes, outermost first (its `source()` chain), kept in
+    /// the task's attempt history.
+    pub causes: Vec<String>,
+}
+
+/// The `source()` chain of `error`, outermost first.
+fn causes_of(error: &dyn std::error::Error) -> Vec<String> {
+    let mut causes = Vec::new();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        causes.push(next.to_string());
+        cause = next.source();
+    }
+    causes
 }
 
 impl HandlerError {
@@ -186,6 +200,7 @@ impl HandlerError {
             kind: "handler".into(),
             message: message.to_string(),
             retry: Retry::Backoff,
+            causes: Vec::new(),
         }
     }
 
@@ -210,6 +225,12 @@ impl HandlerError {
         self.kind = kind.into();
         self
     }
+
+    /// Sets the chain of causes kept in the attempt history.
+    pub fn causes(mut self, causes: Vec<String>) -> Self {
+        self.causes = causes;
+        self
+    }
 }
 
 impl fmt::Debug for HandlerError {
@@ -230,7 +251,8 @@ impl fmt::Display for HandlerError {
 
 impl<E: std::error::Error> From<E> for HandlerError {
     fn from(error: E) -> Self {
-        HandlerError::retry(error)
+        let causes = causes_of(&error);
+        HandlerError::retry(error).causes(causes)
     }
 }
 
@@ -251,20 +273,21 @@ impl IntoHandlerError for HandlerError {
 
 impl IntoHandlerError for anyhow::Error {
     fn into_handler_error(self) -> HandlerError {
-        // `{:#}` keeps the chain of causes on one line.
-        HandlerError::retry(format!("{self:#}"))
+        // `{:#}` keeps the chain of causes on one line; the history also
+        // keeps each cause apart.
+        let causes = self.chain().skip(1).map(|cause| cause.to_string()).collect();
+        HandlerError::retry(format!("{self:#}")).causes(causes)
     }
 }
 
 impl IntoHandlerError for Box<dyn std::error::Error + Send + Sync> {
     fn into_handler_error(self) -> HandlerError {
+        let causes = causes_of(&*self);
         let mut message = self.to_string();
-        let mut cause = self.source();
-        while let Some(error) = cause {
-            message.push_str(&format!(": {error}"));
-            cause = error.source();
+        for cause in &causes {
+            message.push_str(&format!(": {cause}"));
         }
-        HandlerError::retry(message)
+        HandlerError::retry(message).causes(causes)
     }
 }
 

@@ -552,3 +552,56 @@ async fn shutdown_on_stops_when_the_program_says() {
     stop.send(()).unwrap();
     assert!(running.await.unwrap().drained);
 }
+
+/// An error with a cause, as a client library returns one.
+#[derive(Debug)]
+struct Refused(std::io::Error);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the payment service refused")
+    }
+}
+
+impl std::error::Error for Refused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_failed_attempt_is_kept_with_its_causes_panics_included() {
+    let h = Harness::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::new();
+    let counter = calls.clone();
+    registry.register("pay", move |_: ()| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            match n {
+                0 => Err(Refused(std::io::Error::other("connection reset")))?,
+                1 => panic!("ledger out of balance"),
+                _ => Ok::<_, HandlerError>("paid"),
+            }
+        }
+    });
+    let pool = h.pool(registry).start().unwrap();
+    let id = h
+        .enqueue(NewTask::with_payload("pay", &()).unwrap().max_retries(3))
+        .await;
+    let task = h.wait_finished(id).await;
+    assert_eq!(task.status, TaskStatus::Completed);
+    assert_eq!(task.errors.len(), 2);
+    let first = &task.errors[0].error;
+    assert_eq!(first.message, "the payment service refused");
+    assert_eq!(first.causes, ["connection reset"]);
+    assert_eq!(task.errors[0].worker_id.as_deref(), Some(pool.worker_id()));
+    let second = &task.errors[1].error;
+    assert_eq!(second.kind, "panic");
+    assert!(
+        second.message.contains("ledger out of balance"),
+        "{}",
+        second.message
+    );
+    pool.shutdown(Duration::from_secs(1)).await;
+}

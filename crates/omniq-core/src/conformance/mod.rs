@@ -39,6 +39,7 @@ macro_rules! scenarios {
 mod damaged;
 mod edges;
 mod finishing;
+mod history;
 mod hostile;
 mod lifecycle;
 mod model;
@@ -130,6 +131,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(shared::all());
     all.extend(schedules::all());
     all.extend(upkeep::all());
+    all.extend(history::all());
     all
 }
 

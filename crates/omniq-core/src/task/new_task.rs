@@ -162,6 +162,8 @@ impl NewTask {
             started_at: None,
             finished_at: None,
             error: None,
+            errors: Vec::new(),
+            errors_dropped: 0,
             result: None,
             lease: None,
             series: self.interval.map(|_| id),

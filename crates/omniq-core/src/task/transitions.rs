@@ -9,7 +9,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{
-    Finished, Lease, LeaseToken, Outcome, Progress, Task, TaskError, TaskId, TaskResult, TaskStatus,
+    AttemptError, Finished, Lease, LeaseToken, Outcome, Progress, Task, TaskError, TaskId, TaskResult,
+    TaskStatus, MAX_ATTEMPT_ERRORS,
 };
 use crate::error::{Error, Result};
 use crate::limits::{self, later};
@@ -147,12 +148,14 @@ impl Task {
                 Ok(self.next_occurrence(now))
             }
             Outcome::Fail { error } => {
+                self.remember(&error, now);
                 self.set_status(TaskStatus::Failed, now)?;
                 self.error = Some(error);
                 self.end(now);
                 Ok(self.next_occurrence(now))
             }
             Outcome::Retry { error, at } => {
+                self.remember(&error, now);
                 self.set_status(TaskStatus::Pending, now)?;
                 self.error = Some(error);
                 self.eta = at.clamp(limits::MIN_TIME, limits::MAX_TIME);
@@ -218,6 +221,22 @@ impl Task {
         Ok(())
     }
 
+    /// Adds a failed attempt to the history, before the lease that names
+    /// its worker is dropped.
+    fn remember(&mut self, error: &TaskError, now: OffsetDateTime) {
+        self.errors.push(AttemptError {
+            error: error.clone(),
+            worker_id: self.lease.as_ref().map(|lease| lease.worker_id.clone()),
+            started_at: self.started_at,
+            failed_at: now,
+        });
+        let over = self.errors.len().saturating_sub(MAX_ATTEMPT_ERRORS);
+        if over > 0 {
+            self.errors.drain(..over);
+            self.errors_dropped = self.errors_dropped.saturating_add(over as u32);
+        }
+    }
+
     fn end(&mut self, now: OffsetDateTime) {
         self.finished_at = Some(now);
         self.lease = None;
@@ -241,6 +260,8 @@ impl Task {
             started_at: None,
             finished_at: None,
             error: None,
+            errors: Vec::new(),
+            errors_dropped: 0,
             result: None,
             lease: None,
             series: Some(self.series.unwrap_or(self.id)),

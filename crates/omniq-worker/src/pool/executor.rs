@@ -285,7 +285,7 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
 
 fn handler_outcome(config: &PoolConfig, error: HandlerError, attempt: u32, now: OffsetDateTime) -> Outcome {
     let retryable = error.retry != Retry::Never;
-    let record = TaskError::new(error.kind, error.message, attempt, retryable);
+    let record = TaskError::new(error.kind, error.message, attempt, retryable).with_causes(error.causes);
     match error.retry {
         Retry::Never => Outcome::Fail { error: record },
         Retry::After(delay) => Outcome::Retry {
