@@ -169,6 +169,7 @@ fn workers_lists_the_pools_that_report_in() {
                 version: "0.1.0".into(),
                 queues: vec![("default".into(), 4), ("emails".into(), 2)],
                 running: 3,
+                done: Default::default(),
                 started_at: last_seen,
                 last_seen,
                 expires_at: last_seen + std::time::Duration::from_secs(20),

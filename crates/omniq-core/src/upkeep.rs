@@ -116,6 +116,10 @@ pub struct WorkerBeat {
     pub queues: Vec<(String, usize)>,
     /// Tasks running when the beat was written.
     pub running: u64,
+    /// What the pool has done since it started, as of this beat: counters
+    /// that only grow while the pool runs, whatever is later pruned.
+    #[serde(default)]
+    pub done: WorkerCounts,
     /// When the pool started.
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
@@ -126,6 +130,18 @@ pub struct WorkerBeat {
     /// `last_seen`.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+/// A pool's counts of finished attempts since it started, as its heartbeat
+/// carries them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounts {
+    /// Attempts that completed.
+    pub completed: u64,
+    /// Attempts that failed for good.
+    pub failed: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
 }
 
 impl WorkerBeat {

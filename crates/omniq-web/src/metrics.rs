@@ -87,6 +87,24 @@ pub(crate) fn render(queues: &[QueueStats], workers: &[WorkerBeat], now: OffsetD
             w.running
         ));
     }
+    out.push_str(
+        "# HELP omniq_worker_attempts_total Attempts each pool finished since it started, by outcome, \
+         as of its last heartbeat; they only grow while the pool runs (a restart is a counter reset).\n\
+         # TYPE omniq_worker_attempts_total counter\n",
+    );
+    for w in workers {
+        for (outcome, n) in [
+            ("completed", w.done.completed),
+            ("failed", w.done.failed),
+            ("retried", w.done.retried),
+        ] {
+            out.push_str(&format!(
+                "omniq_worker_attempts_total{{worker=\"{}\",host=\"{}\",outcome=\"{outcome}\"}} {n}\n",
+                label(&w.worker_id),
+                label(&w.host),
+            ));
+        }
+    }
     out
 }
 

@@ -106,6 +106,11 @@ async fn seed(store: &dyn Storage) -> Seeded {
         version: "9.9.9".into(),
         queues: vec![("default".into(), 4), ("reports".into(), 1)],
         running: 2,
+        done: omniq_core::upkeep::WorkerCounts {
+            completed: 40,
+            failed: 3,
+            retried: 5,
+        },
         started_at: last_seen,
         last_seen,
         expires_at: last_seen + Duration::from_secs(20),
@@ -379,6 +384,7 @@ async fn every_page_and_api_route_answers_on_every_backend() {
             metrics.body
         );
         assert!(metrics.body.contains("omniq_workers{state=\"missing\"} 1"));
+        assert!(metrics.body.contains("omniq_worker_attempts_total{worker=\"web-test\",host=\"<script>alert('owned')</script>\",outcome=\"completed\"} 40"), "{}", metrics.body);
         assert!(metrics.body.contains(
             "omniq_worker_running_tasks{worker=\"web-test\",host=\"<script>alert('owned')</script>\"} 2"
         ));

@@ -86,6 +86,14 @@ async fn a_running_pool_reports_in_and_leaves_on_shutdown() {
     );
 
     release.notify_one();
+    h.wait_finished(id).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let beat = &h.store.workers().await.unwrap()[0];
+    assert_eq!(
+        (beat.running, beat.done.completed, beat.done.failed),
+        (0, 1, 0),
+        "the counts only grow"
+    );
     assert!(pool.shutdown(Duration::from_secs(5)).await.drained);
     assert!(
         h.store.workers().await.unwrap().is_empty(),

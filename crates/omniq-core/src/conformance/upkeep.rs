@@ -140,6 +140,11 @@ fn beat(worker: &str, last_seen: OffsetDateTime, running: u64) -> WorkerBeat {
         version: "1.2.3".into(),
         queues: vec![("default".into(), 4), ("emails".into(), 2)],
         running,
+        done: crate::upkeep::WorkerCounts {
+            completed: 10 * running,
+            failed: 1,
+            retried: 2,
+        },
         started_at: T0,
         last_seen,
         expires_at: last_seen + Duration::from_secs(30),

@@ -70,6 +70,14 @@ pub(super) fn heartbeat(shared: &Shared, started_at: OffsetDateTime) -> WorkerBe
         version: env!("CARGO_PKG_VERSION").to_owned(),
         queues: shared.config.lanes(),
         running: shared.in_flight() as u64,
+        done: omniq_core::upkeep::WorkerCounts {
+            completed: shared
+                .counters
+                .succeeded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            failed: shared.counters.failed.load(std::sync::atomic::Ordering::Relaxed),
+            retried: shared.counters.retried.load(std::sync::atomic::Ordering::Relaxed),
+        },
         started_at,
         last_seen: now,
         expires_at: omniq_core::later(now, shared.config.heartbeat_every * MISSED_BEATS),
