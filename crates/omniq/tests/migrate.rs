@@ -117,6 +117,13 @@ async fn check(from: Arc<dyn Storage>, to: Arc<dyn Storage>) {
             expected.status = TaskStatus::Pending;
             expected.lease = None;
             expected.error = new.error.clone();
+            // The lost attempt joins the history, naming the source's worker.
+            assert_eq!(new.errors.len(), old.errors.len() + 1);
+            assert_eq!(
+                new.errors.last().unwrap().worker_id,
+                old.lease.as_ref().map(|l| l.worker_id.clone())
+            );
+            expected.errors = new.errors.clone();
             expected.eta = new.eta;
             expected.updated_at = new.updated_at;
             assert_eq!(new, &expected);
