@@ -239,6 +239,22 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
     if let Some(key) = &task.unique_key {
         out!("unique_key   {}", printable(key));
     }
+    if let Some(window) = &task.unique_window {
+        let finished: Vec<&str> = window.finished.iter().map(|s| s.as_str()).collect();
+        out!(
+            "unique_for   {} (until {}; held once {})",
+            humantime::format_duration(window.period),
+            output::timestamp(window.until),
+            if finished.is_empty() {
+                "never once finished".to_string()
+            } else {
+                finished.join(", ")
+            },
+        );
+    }
+    for (name, value) in &task.meta {
+        out!("meta         {}={}", printable(name), printable(value));
+    }
     out!(
         "args         {}",
         printable(&serde_json::Value::Array(task.args.clone()).to_string())
@@ -305,6 +321,9 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
                 printable(&failed.error.message),
                 if worker.is_empty() { "-".into() } else { worker },
             );
+            if let Some(location) = &failed.error.location {
+                out!("         at {}", printable(location));
+            }
             for cause in &failed.error.causes {
                 out!("         caused by: {}", printable(cause));
             }

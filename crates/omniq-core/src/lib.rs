@@ -52,6 +52,6 @@ pub use storage::{
 };
 pub use task::{
     cancel_in_scope, AttemptError, CancelScope, Finished, Lease, LeaseToken, NewTask, Outcome, Progress,
-    Task, TaskError, TaskId, TaskResult, TaskStatus,
+    Task, TaskError, TaskId, TaskResult, TaskStatus, UniqueWindow,
 };
 pub use upkeep::{Retention, WorkerBeat};

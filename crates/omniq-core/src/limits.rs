@@ -84,6 +84,39 @@ pub fn check_duration(what: &str, duration: Duration) -> Result<()> {
     ))
 }
 
+/// At most this many entries in a task's [`crate::Task::meta`].
+pub const MAX_META_ENTRIES: usize = 16;
+
+/// At most this many bytes in one name or value of [`crate::Task::meta`]: a
+/// `traceparent` takes 55, a `tracestate` at most 512.
+pub const MAX_META_TEXT: usize = 512;
+
+/// Refuses a meta map with too many entries, an empty name, or a name or
+/// value too long: meta travels with every read of the task, so it stays small.
+pub fn check_meta(meta: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    if meta.len() > MAX_META_ENTRIES {
+        return Err(Error::invalid_config(
+            "meta",
+            format!(
+                "{} entries; at most {MAX_META_ENTRIES} are kept with a task",
+                meta.len()
+            ),
+        ));
+    }
+    for (name, value) in meta {
+        if name.is_empty() {
+            return Err(Error::invalid_config("meta", "a name must not be empty"));
+        }
+        if name.len() > MAX_META_TEXT || value.len() > MAX_META_TEXT {
+            return Err(Error::invalid_config(
+                format!("meta {:?}", name.chars().take(40).collect::<String>()),
+                format!("names and values are at most {MAX_META_TEXT} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses JSON nested deeper than [`MAX_JSON_DEPTH`], naming `what`. The
 /// caller's container (an args array, a kwargs object) counts as the first
 /// level. The walk stops at the limit, so a value of any depth is measured
@@ -177,6 +210,11 @@ pub fn check_record(task: &Task) -> Result<()> {
     if let Some(key) = &task.unique_key {
         crate::queue::check_unique_key(key).map_err(named)?;
     }
+    if let Some(window) = &task.unique_window {
+        check_duration("unique_for", window.period).map_err(named)?;
+        check_time("unique_window.until", window.until).map_err(named)?;
+    }
+    check_meta(&task.meta).map_err(named)?;
     check_depth("args", task.args.iter()).map_err(named)?;
     check_depth("kwargs", task.kwargs.values()).map_err(named)?;
     if let Some(result) = &task.result {

@@ -34,7 +34,8 @@ struct Inner {
     /// front of each, so it costs O(priorities + log n), however many tasks
     /// wait for a later eta.
     pending: HashMap<String, BTreeMap<i16, BTreeSet<(OffsetDateTime, TaskId)>>>,
-    /// The live task holding each unique key.
+    /// The latest task to take each unique key: it holds the key while live,
+    /// and within its window once finished ([`Task::holds_key_at`]).
     keys: HashMap<String, TaskId>,
     /// The paused queues.
     paused: BTreeSet<String>,
@@ -71,10 +72,24 @@ impl Inner {
                 .or_default()
                 .insert((task.eta, task.id));
         }
-        if let Some(key) = task.unique_key.clone().filter(|_| holds_key(task.status)) {
-            self.keys.insert(key, task.id);
+        if let Some(key) = task.unique_key.clone() {
+            // A finished task with a window keeps the key it took, but never
+            // takes one back from a later task.
+            let keeps = task.unique_window.is_some() && self.keys.get(&key).is_none_or(|id| *id == task.id);
+            if holds_key(task.status) || keeps {
+                self.keys.insert(key, task.id);
+            }
         }
         self.tasks.insert(task.id, task);
+    }
+
+    /// The task holding `key` at `now`.
+    fn key_holder(&self, key: &str, now: OffsetDateTime) -> Option<TaskId> {
+        let id = self.keys.get(key)?;
+        self.tasks
+            .get(id)
+            .filter(|task| task.holds_key_at(now))
+            .map(|task| task.id)
     }
 
     fn remove(&mut self, id: TaskId) {
@@ -132,7 +147,7 @@ impl Storage for MemoryStorage {
         if let Some(task) = tasks.iter().find(|task| inner.tasks.contains_key(&task.id)) {
             return Err(Error::conflict(task.id, "a task with this id already exists"));
         }
-        let (tasks, answers) = split_duplicates(tasks, |key| Ok(inner.keys.get(key).copied()))?;
+        let (tasks, answers) = split_duplicates(tasks, |key, now| Ok(inner.key_holder(key, now)))?;
         for task in tasks {
             inner.put(task);
         }
@@ -188,7 +203,7 @@ impl Storage for MemoryStorage {
         if inner.tasks.contains_key(&task.id) {
             return Err(Error::conflict(task.id, "a task with this id already exists"));
         }
-        let (tasks, answers) = split_duplicates(vec![task], |key| Ok(inner.keys.get(key).copied()))?;
+        let (tasks, answers) = split_duplicates(vec![task], |key, now| Ok(inner.key_holder(key, now)))?;
         for task in tasks {
             inner.put(task);
         }
@@ -365,8 +380,12 @@ impl Storage for MemoryStorage {
             .cloned()
             .ok_or_else(|| Error::not_found(id))?;
         task.retry(now)?;
+        // A retry by hand competes with live holders only: a window keeps
+        // new enqueues out, not an operator's second try.
         if let Some(key) = &task.unique_key {
-            if let Some(holder) = inner.keys.get(key) {
+            if let Some(holder) = inner.keys.get(key).filter(|holder| {
+                **holder != id && inner.tasks.get(holder).is_some_and(|t| holds_key(t.status))
+            }) {
                 return Err(crate::queue::key_held(id, key, *holder));
             }
         }

@@ -128,13 +128,14 @@ impl QueueStats {
 }
 
 /// Decides which of the records given to one enqueue are stored and what each
-/// answers: a record that would hold its unique key while `live` (the store's
-/// lookup of the live task holding a key) or an earlier record of the same
-/// call holds it is a duplicate, answered with the holder's id. Returns the
+/// answers: a record that would hold its unique key while `holder` (the
+/// store's lookup of the task holding a key at the enqueue time it is given,
+/// by [`Task::holds_key_at`]) or an earlier record of the same call holds it
+/// is a duplicate, answered with the holder's id. Returns the
 /// records to store and the answers, in the order given.
 pub fn split_duplicates(
     tasks: Vec<Task>,
-    mut live: impl FnMut(&str) -> Result<Option<TaskId>>,
+    mut holder: impl FnMut(&str, OffsetDateTime) -> Result<Option<TaskId>>,
 ) -> Result<(Vec<Task>, Vec<Enqueued>)> {
     let mut held: HashMap<String, TaskId> = HashMap::new();
     let mut store = Vec::with_capacity(tasks.len());
@@ -144,7 +145,7 @@ pub fn split_duplicates(
         if let Some(key) = key {
             let holder = match held.get(key) {
                 Some(id) => Some(*id),
-                None => live(key)?,
+                None => holder(key, task.created_at)?,
             };
             if let Some(id) = holder {
                 if id == task.id {

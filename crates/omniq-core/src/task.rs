@@ -40,6 +40,10 @@ pub struct TaskError {
     /// handler's error had any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<String>,
+    /// Where in the source the attempt failed (`file:line:column`), when it
+    /// is known: the panic's location for a handler that panicked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 impl TaskError {
@@ -51,12 +55,19 @@ impl TaskError {
             attempt,
             retryable,
             causes: Vec::new(),
+            location: None,
         }
     }
 
     /// The same error with its chain of causes.
     pub fn with_causes(mut self, causes: Vec<String>) -> Self {
         self.causes = causes;
+        self
+    }
+
+    /// The same error with the source location it came from.
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.location = Some(location.into());
         self
     }
 }
@@ -171,6 +182,53 @@ pub struct Task {
     /// ([`crate::Storage::set_progress`]); dropped when the task stops running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// How long the unique key stays held after enqueue, whatever the task's
+    /// state ([`NewTask::unique_for`]); `None`: only while pending or running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_window: Option<UniqueWindow>,
+    /// Small text values carried with the task for tools around it, such as
+    /// the W3C trace context of the span that enqueued it (`traceparent`,
+    /// `tracestate`); see [`crate::limits::check_meta`] for the bounds.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
+/// A unique key held over a period ([`NewTask::unique_for`]): from enqueue
+/// until `until`, the task holds its key while pending or running (as every
+/// keyed task does) and also once finished in one of `finished`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniqueWindow {
+    /// The period from enqueue.
+    #[serde(with = "secs")]
+    pub period: Duration,
+    /// When the period ends: the enqueue time plus the period.
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+    /// The finished statuses in which the task still holds its key until
+    /// then (all three unless narrowed with [`NewTask::unique_finished`]).
+    pub finished: Vec<TaskStatus>,
+}
+
+impl Task {
+    /// Whether this task holds its unique key at `now`: while pending or
+    /// running, and, with a [`UniqueWindow`], until the window ends in the
+    /// finished statuses it names. The one rule every backend asks.
+    pub fn holds_key_at(&self, now: OffsetDateTime) -> bool {
+        self.unique_key.is_some()
+            && (crate::queue::holds_key(self.status)
+                || self
+                    .unique_window
+                    .as_ref()
+                    .is_some_and(|window| window.holds(self.status, now)))
+    }
+}
+
+impl UniqueWindow {
+    /// Whether a finished task in `status` with this window holds its key
+    /// at `now`.
+    pub fn holds(&self, status: TaskStatus, now: OffsetDateTime) -> bool {
+        now < self.until && self.finished.contains(&status)
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -204,6 +262,21 @@ impl TaskResult {
             .map(serde_json::from_value)
             .transpose()
             .map_err(Error::from)
+    }
+}
+
+/// Serde for `Duration` as a number of seconds (fractions allowed).
+pub(crate) mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(value.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Duration::try_from_secs_f64(f64::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -444,9 +444,9 @@ impl Storage for PostgresStorage {
             if let Some(key) = task.unique_key.clone() {
                 if let Some(holder) = holders(&self.s, &mut tx, std::slice::from_ref(&key))
                     .await?
-                    .get(&key)
+                    .live(&key)
                 {
-                    return Err(Fail::Stop(key_held(id, &key, *holder)));
+                    return Err(Fail::Stop(key_held(id, &key, holder)));
                 }
             }
             let announce = (self.channel.as_str(), vec![task.queue.clone()]);

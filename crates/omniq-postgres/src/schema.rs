@@ -78,6 +78,13 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX {s}.tasks_finished;
     CREATE INDEX tasks_finished ON {s}.tasks (status, finished_at) WHERE finished_at IS NOT NULL;
 "#,
+    // Version 5: finished tasks whose unique key is held over a period
+    // (`unique_for`), found by key. The window itself is in the record; the
+    // index holds no row of a task enqueued without one.
+    r#"
+    CREATE INDEX tasks_unique_window ON {s}.tasks (unique_key)
+        WHERE unique_key IS NOT NULL AND (record -> 'unique_window') IS NOT NULL;
+"#,
 ];
 
 /// The refusal of `schema`, saying why.

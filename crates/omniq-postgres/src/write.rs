@@ -6,21 +6,50 @@
 use std::collections::HashMap;
 
 use omniq_core::queue::split_duplicates;
-use omniq_core::{Enqueued, Error, Result, Task, TaskId};
+use omniq_core::{Enqueued, Error, Result, Task, TaskId, TaskStatus, UniqueWindow};
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
+use time::OffsetDateTime;
 
 use crate::rows::{self, Fail};
 use crate::{schema, sql_error, wake, PostgresStorage};
 
-/// The live tasks holding these keys.
+/// The tasks that may hold some unique keys: the live holder of each
+/// (through the partial unique index) and the finished tasks with a window
+/// (through theirs).
+#[derive(Default)]
+pub(crate) struct Holders {
+    live: HashMap<String, TaskId>,
+    windowed: Vec<(String, TaskId, TaskStatus, UniqueWindow)>,
+}
+
+impl Holders {
+    /// The task holding `key` at `now` ([`Task::holds_key_at`]).
+    pub(crate) fn at(&self, key: &str, now: OffsetDateTime) -> Option<TaskId> {
+        self.live.get(key).copied().or_else(|| {
+            self.windowed
+                .iter()
+                .find(|(k, _, status, window)| k == key && window.holds(*status, now))
+                .map(|(_, id, _, _)| *id)
+        })
+    }
+
+    /// The live task holding `key`.
+    pub(crate) fn live(&self, key: &str) -> Option<TaskId> {
+        self.live.get(key).copied()
+    }
+}
+
+/// The tasks that may hold these keys. A finished task with a window was
+/// committed finished before this read, so two enqueuers racing for its key
+/// both see it; two that find no holder race for the live index, as before.
 pub(crate) async fn holders(
     s: &str,
     conn: &mut PgConnection,
     keys: &[String],
-) -> std::result::Result<HashMap<String, TaskId>, Fail> {
+) -> std::result::Result<Holders, Fail> {
     if keys.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Holders::default());
     }
     let rows = sqlx::query(&format!(
         "SELECT unique_key, id FROM {s}.tasks WHERE unique_key = ANY($1) \
@@ -29,11 +58,36 @@ pub(crate) async fn holders(
     .bind(keys)
     .fetch_all(&mut *conn)
     .await?;
-    let mut held = HashMap::new();
+    let mut held = Holders::default();
     for row in rows {
         let key: String = row.try_get(0)?;
         let id: String = row.try_get(1)?;
-        held.insert(key, TaskId::parse(&id).map_err(Fail::Stop)?);
+        held.live.insert(key, TaskId::parse(&id).map_err(Fail::Stop)?);
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT unique_key, id, status, (record -> 'unique_window')::text FROM {s}.tasks \
+         WHERE unique_key = ANY($1) AND (record -> 'unique_window') IS NOT NULL \
+         AND status IN ('completed', 'failed', 'cancelled')"
+    ))
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let key: String = row.try_get(0)?;
+        let id = TaskId::parse(&row.try_get::<String, _>(1)?).map_err(Fail::Stop)?;
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Fail::Stop(Error::backend(
+                "postgres",
+                format!("task {id}: its stored {what} cannot be read: {e}"),
+            ))
+        };
+        let status = row
+            .try_get::<String, _>(2)?
+            .parse::<TaskStatus>()
+            .map_err(|e| bad("status", &e))?;
+        let window: UniqueWindow =
+            serde_json::from_str(&row.try_get::<String, _>(3)?).map_err(|e| bad("unique window", &e))?;
+        held.windowed.push((key, id, status, window));
     }
     Ok(held)
 }
@@ -68,7 +122,7 @@ pub(crate) async fn store_on(
     let keys: Vec<String> = tasks.iter().filter_map(|t| t.unique_key.clone()).collect();
     let held = holders(s, conn, &keys).await?;
     let (stored, answers) =
-        split_duplicates(tasks.to_vec(), |key| Ok(held.get(key).copied())).map_err(Fail::Stop)?;
+        split_duplicates(tasks.to_vec(), |key, now| Ok(held.at(key, now))).map_err(Fail::Stop)?;
     let announce = channel.map(|channel| (channel, wake::due_queues(&stored, |t| t.created_at)));
     rows::save_announcing(s, conn, &stored, true, announce).await?;
     Ok(answers)
@@ -244,9 +298,9 @@ impl PostgresStorage {
             }
             // A duplicate: its answer is the holder, unless the holder has
             // finished since, which leaves nothing true to answer.
-            match task.unique_key.as_ref().and_then(|key| held.get(key)) {
+            match task.unique_key.as_ref().and_then(|key| held.at(key, task.created_at)) {
                 Some(holder) => answers.push(Enqueued {
-                    id: *holder,
+                    id: holder,
                     duplicate: true,
                 }),
                 None => {

@@ -169,6 +169,14 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN attempt_errors TEXT;
     "#,
+    // v9: a unique key's window (`unique_for`) and the task's meta map, each
+    // JSON or NULL. Finished tasks with a window are found by key through a
+    // partial index, which holds no row of a task enqueued without one.
+    r#"
+    ALTER TABLE tasks ADD COLUMN unique_window TEXT;
+    ALTER TABLE tasks ADD COLUMN meta TEXT;
+    CREATE INDEX tasks_unique_window ON tasks (unique_key) WHERE unique_window IS NOT NULL;
+    "#,
 ];
 
 /// What a connection that only reads runs on a database of an older
@@ -179,7 +187,7 @@ pub const MIGRATIONS: &[&str] = &[
 /// empty table stands for the paused queues); before version 5, progress;
 /// before version 6, an empty table stands for the schedules; before
 /// version 7, for the heartbeats; before version 8, no task has failed
-/// attempts on record.
+/// attempts on record; before version 9, no task has a key window or meta.
 pub fn older_as_current(version: i64) -> String {
     let mut sql = String::new();
     // One view stands for `tasks`, with every column added since.
@@ -189,6 +197,9 @@ pub fn older_as_current(version: i64) -> String {
     }
     if version < 8 {
         added.push("NULL AS attempt_errors");
+    }
+    if version < 9 {
+        added.push("NULL AS unique_window, NULL AS meta");
     }
     if !added.is_empty() {
         sql.push_str(&format!(

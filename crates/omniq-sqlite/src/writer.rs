@@ -25,7 +25,7 @@ use futures::FutureExt;
 use omniq_core::queue::split_duplicates;
 use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Enqueued, Error, Finish, FinishOutcome, LeaseRef, LeaseToken,
-    Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus,
+    Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus, UniqueWindow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};

@@ -399,6 +399,7 @@ pub(crate) async fn task(Extract(app): Extract<State>, Path(id): Path<String>) -
                         td { code { (failed.worker_id.as_deref().unwrap_or("-")) } }
                         td {
                             "[" (failed.error.kind) "] " (failed.error.message)
+                            @if let Some(location) = &failed.error.location { br; span.muted { "at " code { (location) } } }
                             @for cause in &failed.error.causes { br; span.muted { "caused by: " (cause) } }
                         }
                     }

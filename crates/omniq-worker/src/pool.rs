@@ -5,6 +5,7 @@
 
 mod config;
 mod executor;
+mod panic_site;
 mod recorder;
 pub mod scheduler;
 mod supervisor;

@@ -603,5 +603,10 @@ async fn every_failed_attempt_is_kept_with_its_causes_panics_included() {
         "{}",
         second.message
     );
+    let location = second.location.as_deref().unwrap_or_default();
+    assert!(
+        location.starts_with("crates/omniq-worker/tests/pool.rs:"),
+        "{location:?}"
+    );
     pool.shutdown(Duration::from_secs(1)).await;
 }

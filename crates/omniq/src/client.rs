@@ -324,6 +324,28 @@ impl<'a> TaskBuilder<'a> {
         self
     }
 
+    /// Holds the unique key for `period` from now whatever becomes of the
+    /// task: inside the period, a completed, failed or cancelled task with the
+    /// key still makes an enqueue with it a duplicate. See
+    /// [`NewTask::unique_for`] and `docs/queues.md`.
+    pub fn unique_for(mut self, period: Duration) -> Self {
+        self.task = self.task.unique_for(period);
+        self
+    }
+
+    /// Within [`TaskBuilder::unique_for`]'s period, only these finished
+    /// statuses hold the key.
+    pub fn unique_finished(mut self, statuses: &[omniq_core::TaskStatus]) -> Self {
+        self.task = self.task.unique_finished(statuses);
+        self
+    }
+
+    /// Carries `value` under `name` with the task ([`omniq_core::Task::meta`]).
+    pub fn meta(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.task = self.task.meta(name, value);
+        self
+    }
+
     /// The client it enqueues with.
     pub(crate) fn client(&self) -> &'a OmniQ {
         self.client

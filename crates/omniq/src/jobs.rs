@@ -128,6 +128,23 @@ impl<'a, J: Job> JobBuilder<'a, J> {
         self.map(|t| t.unique_key(key))
     }
 
+    /// Holds the unique key for `period` from now, whatever becomes of the
+    /// task ([`TaskBuilder::unique_for`]).
+    pub fn unique_for(self, period: Duration) -> Self {
+        self.map(|t| t.unique_for(period))
+    }
+
+    /// Within the period, only these finished statuses hold the key
+    /// ([`TaskBuilder::unique_finished`]).
+    pub fn unique_finished(self, statuses: &[omniq_core::TaskStatus]) -> Self {
+        self.map(|t| t.unique_finished(statuses))
+    }
+
+    /// Carries `value` under `name` with the task ([`TaskBuilder::meta`]).
+    pub fn meta(self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.map(|t| t.meta(name, value))
+    }
+
     fn map(self, change: impl FnOnce(TaskBuilder<'a>) -> TaskBuilder<'a>) -> Self {
         JobBuilder {
             task: self.task.map(change),

@@ -284,6 +284,94 @@ async fn queues_priorities_unique_keys_and_pausing() {
     }
 }
 
+/// A key held over a period: a completed task keeps it, a failed one with
+/// `unique_finished(&[Completed])` does not; bad combinations are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_keys_held_over_a_period() {
+    let dir = tempfile::tempdir().unwrap();
+    for q in clients(dir.path()).await {
+        let hour = Duration::from_secs(3600);
+        let pool = q.worker(registry()).start().expect("start the pool");
+        let first = q
+            .task("add", &(1, 2))
+            .unwrap()
+            .unique_key("digest:7")
+            .unique_for(hour)
+            .meta(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .enqueue()
+            .await
+            .unwrap();
+        q.wait_result(first, Duration::from_secs(20)).await.unwrap();
+        let task = q.get(first).await.unwrap();
+        assert_eq!(task.status, TaskStatus::Completed);
+        assert_eq!(task.meta.len(), 1);
+        let again = q
+            .task("add", &(1, 2))
+            .unwrap()
+            .unique_key("digest:7")
+            .enqueue_checked()
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            omniq::Enqueued {
+                id: first,
+                duplicate: true
+            },
+            "held for the hour"
+        );
+
+        let failing = q
+            .task("fail", &())
+            .unwrap()
+            .unique_key("sync:1")
+            .unique_for(hour)
+            .unique_finished(&[TaskStatus::Completed])
+            .max_retries(0)
+            .enqueue()
+            .await
+            .unwrap();
+        assert!(q.wait_result(failing, Duration::from_secs(20)).await.is_ok());
+        assert_eq!(q.get(failing).await.unwrap().status, TaskStatus::Failed);
+        let next = q
+            .task("fail", &())
+            .unwrap()
+            .unique_key("sync:1")
+            .enqueue_checked()
+            .await
+            .unwrap();
+        assert!(!next.duplicate, "a failed task does not hold this key");
+        assert!(pool.shutdown(Duration::from_secs(5)).await.drained);
+
+        for refused in [
+            q.task("add", &(0, 0)).unwrap().unique_for(hour).enqueue().await,
+            q.task("add", &(0, 0))
+                .unwrap()
+                .unique_key("k")
+                .unique_for(Duration::ZERO)
+                .enqueue()
+                .await,
+            q.task("add", &(0, 0))
+                .unwrap()
+                .unique_key("k")
+                .unique_finished(&[])
+                .enqueue()
+                .await,
+            q.task("add", &(0, 0)).unwrap().meta("", "x").enqueue().await,
+            q.task("add", &(0, 0))
+                .unwrap()
+                .meta("big", "x".repeat(600))
+                .enqueue()
+                .await,
+        ] {
+            assert!(matches!(refused, Err(Error::InvalidConfig { .. })), "{refused:?}");
+        }
+    }
+}
+
 #[test]
 fn the_blocking_client_pauses_and_reports_queues() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,7 +21,8 @@ async fn failed_attempts_are_kept_with_their_workers_and_times(store: &dyn Stora
     // Attempt 1 fails with a cause chain on worker a.
     let task = claim(store, "worker-a", 1, at(1_000)).await.remove(0);
     let error = TaskError::new("handler", "payment refused", 1, true)
-        .with_causes(vec!["card declined".into(), "insufficient funds".into()]);
+        .with_causes(vec!["card declined".into(), "insufficient funds".into()])
+        .with_location("src/pay.rs:12:5");
     finish(store, &task, Outcome::Retry { error, at: at(2_000) }, at(1_500)).await;
     // Attempt 2 is lost: worker b stops renewing.
     let task = claim(store, "worker-b", 1, at(2_000)).await.remove(0);
@@ -48,11 +49,13 @@ async fn failed_attempts_are_kept_with_their_workers_and_times(store: &dyn Stora
         ("handler", "payment refused")
     );
     assert_eq!(first.error.causes, ["card declined", "insufficient funds"]);
+    assert_eq!(first.error.location.as_deref(), Some("src/pay.rs:12:5"));
     assert_eq!(first.error.attempt, 1);
     assert_eq!(first.worker_id.as_deref(), Some("worker-a"));
     assert_eq!((first.started_at, first.failed_at), (Some(at(1_000)), at(1_500)));
     let lost = &done.errors[1];
     assert_eq!(lost.error.kind, "lease_expired");
+    assert_eq!(lost.error.location, None);
     assert_eq!(lost.error.attempt, 2);
     assert_eq!(lost.worker_id.as_deref(), Some("worker-b"));
     assert_eq!((lost.started_at, lost.failed_at), (Some(at(2_000)), expiry));

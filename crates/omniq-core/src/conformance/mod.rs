@@ -49,6 +49,7 @@ mod scenarios;
 mod schedules;
 mod shared;
 mod upkeep;
+mod windows;
 
 use std::any::Any;
 use std::future::Future;
@@ -132,6 +133,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(schedules::all());
     all.extend(upkeep::all());
     all.extend(history::all());
+    all.extend(windows::all());
     all
 }
 

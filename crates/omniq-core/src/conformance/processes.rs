@@ -184,10 +184,14 @@ async fn child_loop(store: &dyn Storage, worker_id: &str, log_path: &Path, stop:
 async fn enqueue_keys(store: &dyn Storage, log: &Path) {
     let tasks = (0..KEYS)
         .map(|k| {
-            NewTask::new("keyed")
-                .queue(HELD)
-                .unique_key(format!("key-{k}"))
-                .into_task(&Settings::default(), OffsetDateTime::now_utc())
+            let task = NewTask::new("keyed").queue(HELD).unique_key(format!("key-{k}"));
+            // Every other key is held over a period too: its enqueues race
+            // the same way.
+            let task = match k % 2 {
+                0 => task.unique_for(std::time::Duration::from_secs(3600)),
+                _ => task,
+            };
+            task.into_task(&Settings::default(), OffsetDateTime::now_utc())
                 .expect("task")
         })
         .collect();

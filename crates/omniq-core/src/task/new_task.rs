@@ -1,12 +1,13 @@
 //! `NewTask`: a task to be enqueued, and the record it becomes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::{Task, TaskId, TaskStatus};
+use super::{Task, TaskId, TaskStatus, UniqueWindow};
 use crate::error::{Error, Result};
 use crate::limits;
 
@@ -36,6 +37,13 @@ pub struct NewTask {
     pub priority: i16,
     /// At most one live task per key; see [`crate::Storage::enqueue`].
     pub unique_key: Option<String>,
+    /// Hold the key this long from enqueue, whatever the task's state.
+    pub unique_for: Option<Duration>,
+    /// The finished statuses that hold the key within `unique_for` (default:
+    /// completed, failed and cancelled).
+    pub unique_finished: Option<Vec<TaskStatus>>,
+    /// Text values carried with the task ([`Task::meta`]).
+    pub meta: BTreeMap<String, String>,
 }
 
 impl NewTask {
@@ -53,6 +61,9 @@ impl NewTask {
             queue: None,
             priority: 0,
             unique_key: None,
+            unique_for: None,
+            unique_finished: None,
+            meta: BTreeMap::new(),
         }
     }
 
@@ -122,6 +133,31 @@ impl NewTask {
         self
     }
 
+    /// Hold the unique key for `period` from enqueue whatever becomes of the
+    /// task: a completed, failed or cancelled task enqueued less than `period`
+    /// ago still makes an enqueue with its key a duplicate (Oban's `period`,
+    /// River's `ByPeriod`). Needs [`NewTask::unique_key`]. A pending or
+    /// running task holds its key past the period, as every keyed task does.
+    pub fn unique_for(mut self, period: Duration) -> Self {
+        self.unique_for = Some(period);
+        self
+    }
+
+    /// Within [`NewTask::unique_for`]'s period, only these finished statuses
+    /// hold the key (say `&[TaskStatus::Completed]` to let a failed or
+    /// cancelled task be enqueued again at once). Pending and running tasks
+    /// always hold it; naming them changes nothing.
+    pub fn unique_finished(mut self, statuses: &[TaskStatus]) -> Self {
+        self.unique_finished = Some(statuses.to_vec());
+        self
+    }
+
+    /// Carries `value` under `name` with the task ([`Task::meta`]).
+    pub fn meta(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.meta.insert(name.into(), value.into());
+        self
+    }
+
     /// Use this id instead of a new one.
     pub fn id(mut self, id: TaskId) -> Self {
         self.id = Some(id);
@@ -145,6 +181,38 @@ impl NewTask {
         if self.timeout == Some(Duration::ZERO) {
             return Err(Error::invalid_config("timeout", "must be greater than zero"));
         }
+        let unique_window = match (self.unique_for, &self.unique_key) {
+            (None, _) if self.unique_finished.is_some() => {
+                return Err(Error::invalid_config(
+                    "unique_finished",
+                    "names the statuses that hold a key within unique_for's period; set unique_for too",
+                ))
+            }
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(Error::invalid_config(
+                    "unique_for",
+                    "holds a unique key for a period; set unique_key too",
+                ))
+            }
+            (Some(period), Some(_)) => {
+                if period.is_zero() {
+                    return Err(Error::invalid_config("unique_for", "must be greater than zero"));
+                }
+                limits::check_duration("unique_for", period)?;
+                let finished = self.unique_finished.unwrap_or_else(|| {
+                    vec![TaskStatus::Completed, TaskStatus::Failed, TaskStatus::Cancelled]
+                });
+                Some(UniqueWindow {
+                    period,
+                    until: crate::later(now, period),
+                    finished: finished
+                        .into_iter()
+                        .filter(|status| status.is_finished())
+                        .collect(),
+                })
+            }
+        };
         let id = self.id.unwrap_or_default();
         let task = Task {
             id,
@@ -171,6 +239,8 @@ impl NewTask {
             priority: self.priority,
             unique_key: self.unique_key,
             progress: None,
+            unique_window,
+            meta: self.meta,
         };
         limits::check_record(&task)?;
         Ok(task)

@@ -269,6 +269,12 @@ impl Task {
             priority: self.priority,
             unique_key: self.unique_key.clone(),
             progress: None,
+            // Each occurrence holds the key over its own period from its enqueue.
+            unique_window: self.unique_window.as_ref().map(|window| super::UniqueWindow {
+                until: crate::later(now, window.period),
+                ..window.clone()
+            }),
+            meta: self.meta.clone(),
         })
     }
 }

@@ -3,7 +3,8 @@
 //! (`format`), and the per-queue report built from the records.
 //!
 //! A key file is named by the SHA-256 of its key (keys are any text; names
-//! must be short and safe) and holds the id of the task that took it. It is
+//! must be short and safe) and holds the id of the task that took it; a task
+//! with a window (`unique_for`) keeps its file after it finished. It is
 //! written before the record that makes its task live and removed after the
 //! record that ends it, all under the store lock, so the check of a key and
 //! the store of its task are one step for every process. The record is the
@@ -29,8 +30,8 @@ impl Store {
         self.layout().keys.join(name)
     }
 
-    /// The live task holding `key`, as its key file and record agree.
-    pub(super) fn key_holder(&self, key: &str) -> Result<Option<TaskId>> {
+    /// The task that took `key` last, as its key file and record agree.
+    fn key_taker(&self, key: &str) -> Result<Option<Task>> {
         let Some(bytes) = read_optional(&self.key_path(key))? else {
             return Ok(None);
         };
@@ -38,11 +39,27 @@ impl Store {
             return Ok(None);
         };
         Ok(match self.load(id)? {
-            Loaded::Found(task) if holds_key(task.status) && task.unique_key.as_deref() == Some(key) => {
-                Some(id)
-            }
+            Loaded::Found(task) if task.unique_key.as_deref() == Some(key) => Some(task),
             _ => None,
         })
+    }
+
+    /// The live task holding `key`.
+    pub(super) fn key_holder(&self, key: &str) -> Result<Option<TaskId>> {
+        Ok(self
+            .key_taker(key)?
+            .filter(|task| holds_key(task.status))
+            .map(|task| task.id))
+    }
+
+    /// The task holding `key` at `now`: live, or finished within its window
+    /// ([`Task::holds_key_at`]). Only the last taker can hold it: no task
+    /// takes a key while another holds it.
+    pub(super) fn key_holder_at(&self, key: &str, now: OffsetDateTime) -> Result<Option<TaskId>> {
+        Ok(self
+            .key_taker(key)?
+            .filter(|task| task.holds_key_at(now))
+            .map(|task| task.id))
     }
 
     /// Records that live `task` holds its key, before its record says so.
@@ -59,9 +76,14 @@ impl Store {
     }
 
     /// Gives up the key of `task` once its record says it ended, unless
-    /// another task took the key since.
+    /// another task took the key since. A task with a window keeps the file:
+    /// its record says until when it holds the key.
     pub(super) fn release_key(&self, task: &Task) -> Result<()> {
-        let Some(key) = task.unique_key.as_deref().filter(|_| !holds_key(task.status)) else {
+        let Some(key) = task
+            .unique_key
+            .as_deref()
+            .filter(|_| !holds_key(task.status) && task.unique_window.is_none())
+        else {
             return Ok(());
         };
         let path = self.key_path(key);

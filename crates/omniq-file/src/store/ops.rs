@@ -12,7 +12,7 @@ impl Store {
                     return Err(Error::conflict(task.id, "a task with this id already exists"));
                 }
             }
-            let (tasks, answers) = split_duplicates(tasks, |key| self.key_holder(key))?;
+            let (tasks, answers) = split_duplicates(tasks, |key, now| self.key_holder_at(key, now))?;
             let saves = tasks.into_iter().map(|task| Save { task, old: None }).collect();
             self.apply(state, saves, Vec::new())?;
             Ok(answers)

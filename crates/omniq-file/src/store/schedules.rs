@@ -104,7 +104,7 @@ impl Store {
             if self.layout().record(task.id).exists() {
                 return Err(Error::conflict(task.id, "a task with this id already exists"));
             }
-            let (tasks, mut answers) = split_duplicates(vec![task], |key| self.key_holder(key))?;
+            let (tasks, mut answers) = split_duplicates(vec![task], |key, now| self.key_holder_at(key, now))?;
             let saves = tasks.into_iter().map(|task| Save { task, old: None }).collect();
             self.apply(state, saves, Vec::new())?;
             let answer = answers.pop();

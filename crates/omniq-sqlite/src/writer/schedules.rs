@@ -114,15 +114,8 @@ pub(super) async fn fire(
     if taken.is_some() {
         return Err(Error::conflict(task.id, "a task with this id already exists"));
     }
-    let key = task.unique_key.clone();
-    let sql = s.sql("SELECT id FROM tasks WHERE unique_key = ?1 AND status IN ('pending', 'running')");
-    let holder: Option<String> = sqlx::query_scalar(&sql)
-        .bind(&key)
-        .fetch_optional(s.conn())
-        .await
-        .map_err(sql_error)?;
-    let holder = holder.map(|id| TaskId::parse(&id)).transpose()?;
-    let (tasks, mut answers) = split_duplicates(vec![task], |_| Ok(holder))?;
+    let holders = super::ops::KeyHolders::read(s, task.unique_key.as_deref().into_iter()).await?;
+    let (tasks, mut answers) = split_duplicates(vec![task], |key, now| Ok(holders.at(key, now)))?;
     let answer = answers.pop();
     schedule.fired(due, next, answer.as_ref());
     match tasks.is_empty() {

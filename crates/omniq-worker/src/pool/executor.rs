@@ -223,7 +223,8 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
     );
     // The handler runs in a task of its own, so a panic ends only that task and
     // a timeout can drop it.
-    let mut call = tokio::spawn(handler(task.payload(), ctx));
+    let (call, panic_site) = super::panic_site::watch(handler(task.payload(), ctx));
+    let mut call = tokio::spawn(call);
     let stop = |call: &tokio::task::JoinHandle<_>| {
         cancel.cancel();
         call.abort();
@@ -248,7 +249,9 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
                     Ok(Err(Failure::Handler(error))) => handler_outcome(config, error, attempt, now),
                     Err(join) if join.is_panic() => {
                         let message = panic_message(join.into_panic());
-                        retry(config, TaskError::new("panic", format!("the handler panicked: {message}"), attempt, true), now)
+                        let mut error = TaskError::new("panic", format!("the handler panicked: {message}"), attempt, true);
+                        error.location = panic_site.take();
+                        retry(config, error, now)
                     }
                     Err(join) => retry(config, TaskError::new("aborted", join.to_string(), attempt, true), now),
                 });
