@@ -30,6 +30,7 @@ mod handler;
 mod job;
 mod pool;
 mod signals;
+pub mod telemetry;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, StoreClock, SystemClock, TokioClock};

@@ -116,12 +116,16 @@ impl OmniQ {
         Ok(answers)
     }
 
-    /// The records `tasks` become, with the settings' defaults, now.
+    /// The records `tasks` become, with the settings' defaults, now, each
+    /// carrying the current span's trace context (feature `otel`).
     fn records(&self, tasks: Vec<NewTask>) -> Result<Vec<Task>> {
         let now = self.now();
         tasks
             .into_iter()
-            .map(|task| task.into_task(&self.settings, now))
+            .map(|mut task| {
+                omniq_worker::telemetry::inject_current(&mut task.meta);
+                task.into_task(&self.settings, now)
+            })
             .collect()
     }
 

@@ -91,6 +91,7 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
                 _ => ("failed", &shared.counters.failed),
             };
             bump(counter);
+            crate::telemetry::finished(&task, label, started.elapsed());
             let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
             // A failure that will be retried is routine; one that ends the task is not.
             match error {

@@ -179,14 +179,8 @@ async fn until_next_due(shared: &Shared, queues: &[String]) -> Duration {
 fn spawn_executor(shared: &Arc<Shared>, task: Task, lane: usize) {
     shared.lanes[lane].in_flight.fetch_add(1, Ordering::AcqRel);
     bump(&shared.counters.claimed);
-    let span = tracing::info_span!(
-        "task",
-        id = %task.id,
-        func_path = %task.func_path,
-        queue = %task.queue,
-        attempt = task.attempts,
-        worker_id = %shared.config.worker_id,
-    );
+    crate::telemetry::started(&task, shared.clock.now());
+    let span = crate::telemetry::execution_span(&task, &shared.config.worker_id);
     let shared_for_task = shared.clone();
     shared.executors.spawn(
         async move {
