@@ -18,9 +18,10 @@ async fn fill(store: &dyn Storage) {
     let new = |task: NewTask| task.into_task(&settings, now).unwrap();
     store
         .enqueue(vec![
-            new(NewTask::with_payload("ok", &json!({"n": 1}))
-                .unwrap()
-                .meta("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")),
+            new(NewTask::with_payload("ok", &json!({"n": 1})).unwrap().meta(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )),
             new(NewTask::new("fail").max_retries(1)),
             new(NewTask::new("retrying").max_retries(5)),
             new(NewTask::new("running")),

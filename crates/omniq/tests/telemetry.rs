@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use omniq::{BackendKind, HandlerError, OmniQ, Registry, Settings};
+use omniq::{BackendKind, ContextExt, HandlerError, OmniQ, Registry, Settings, TaskContext};
 use opentelemetry::trace::{SpanKind, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tracing::Instrument;
@@ -68,6 +68,13 @@ async fn the_execution_span_links_to_the_enqueueing_span_and_metrics_are_counted
         "add",
         |(a, b): (i64, i64)| async move { Ok::<_, HandlerError>(a + b) },
     );
+    // A handler's follow-up work carries the context of the attempt's span.
+    registry.register_with_context("fan_out", |(): (), ctx: TaskContext| async move {
+        let queue = ctx.queue().map_err(HandlerError::fatal)?;
+        let id = queue.enqueue("add", &(0, 0)).await.map_err(HandlerError::retry)?;
+        Ok::<_, HandlerError>(id.to_string())
+    });
+    let fan_out = q.enqueue("fan_out", &()).await.unwrap();
     let pool = q
         .worker(registry)
         .queue("default", 1)
@@ -76,6 +83,17 @@ async fn the_execution_span_links_to_the_enqueueing_span_and_metrics_are_counted
         .unwrap();
     q.wait_result(id, Duration::from_secs(20)).await.unwrap();
     q.wait_result(plain, Duration::from_secs(20)).await.unwrap();
+    let follow_up: String = q
+        .wait_result(fan_out, Duration::from_secs(20))
+        .await
+        .unwrap()
+        .value_as()
+        .unwrap()
+        .unwrap();
+    let follow_up = q.get(follow_up.parse().unwrap()).await.unwrap();
+    q.wait_result(follow_up.id, Duration::from_secs(20))
+        .await
+        .unwrap();
     assert!(pool.shutdown(Duration::from_secs(5)).await.drained);
     provider.force_flush().unwrap();
 
@@ -119,8 +137,26 @@ async fn the_execution_span_links_to_the_enqueueing_span_and_metrics_are_counted
     );
     assert_eq!(attribute("messaging.operation.type").as_deref(), Some("process"));
     assert_eq!(attribute("messaging.message.id"), Some(id.to_string()));
-    let unlinked = spans.iter().find(|span| span.name == "process default").unwrap();
-    assert!(unlinked.links.is_empty());
+    let attempt = |id: String| {
+        spans
+            .iter()
+            .find(|span| {
+                span.attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "messaging.message.id" && kv.value.to_string() == id)
+            })
+            .unwrap_or_else(|| panic!("no span for task {id}"))
+    };
+    assert!(
+        attempt(plain.to_string()).links.is_empty(),
+        "enqueued outside any span"
+    );
+    let parent = attempt(fan_out.to_string()).span_context.clone();
+    assert_eq!(
+        follow_up.meta.get("traceparent"),
+        Some(&format!("00-{}-{}-01", parent.trace_id(), parent.span_id())),
+        "the follow-up links to the attempt that enqueued it"
+    );
 
     // One start and one completion per task, per queue and handler, with
     // the run time and the wait recorded.

@@ -225,7 +225,9 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
     // The handler runs in a task of its own, so a panic ends only that task and
     // a timeout can drop it.
     let (call, panic_site) = super::panic_site::watch(handler(task.payload(), ctx));
-    let mut call = tokio::spawn(call);
+    // The handler's own task runs in the attempt's span, so its events and
+    // the follow-up work it enqueues belong to the attempt.
+    let mut call = tokio::spawn(call.instrument(tracing::Span::current()));
     let stop = |call: &tokio::task::JoinHandle<_>| {
         cancel.cancel();
         call.abort();
