@@ -28,7 +28,6 @@ pub const TRACESTATE: &str = "tracestate";
 /// `process {queue}` for OpenTelemetry, with the messaging attributes, and,
 /// with feature `otel`, linked to the span that enqueued the task.
 pub fn execution_span(task: &Task, worker_id: &str) -> tracing::Span {
-    let name = format!("process {}", task.queue);
     let span = tracing::info_span!(
         parent: None,
         "task",
@@ -37,7 +36,7 @@ pub fn execution_span(task: &Task, worker_id: &str) -> tracing::Span {
         queue = %task.queue,
         attempt = task.attempts,
         worker_id = %worker_id,
-        otel.name = name.as_str(),
+        otel.name = tracing::field::Empty,
         otel.kind = "consumer",
         messaging.system = "omniq",
         messaging.operation.type = "process",
@@ -46,6 +45,11 @@ pub fn execution_span(task: &Task, worker_id: &str) -> tracing::Span {
         messaging.message.id = %task.id,
         messaging.consumer.group.name = %worker_id,
     );
+    // Named only when some subscriber wants the span: the name is built per
+    // attempt.
+    if !span.is_disabled() {
+        span.record("otel.name", format!("process {}", task.queue).as_str());
+    }
     #[cfg(feature = "otel")]
     if let Some(link) = otel::linked(&task.meta) {
         use tracing_opentelemetry::OpenTelemetrySpanExt;
