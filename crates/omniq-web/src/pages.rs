@@ -354,6 +354,16 @@ pub(crate) async fn task(Extract(app): Extract<State>, Path(id): Path<String>) -
             dt { "Queue" } dd { (t.queue) }
             dt { "Priority" } dd { (t.priority) }
             dt { "Unique key" } dd { (t.unique_key.clone().unwrap_or_else(|| "-".into())) }
+            @if let Some(window) = &t.unique_window {
+                dt { "Key held until" }
+                dd {
+                    (when(Some(window.until), now)) " once "
+                    (window.finished.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+                }
+            }
+            @for (name, value) in &t.meta {
+                dt { "Meta " code { (name) } } dd { code { (value) } }
+            }
             dt { "Attempts" } dd { (t.attempts) " of " (t.max_retries.saturating_add(1)) }
             dt { "Eta" } dd { (when(Some(t.eta), now)) }
             dt { "Interval" } dd { (t.interval.map_or("-".to_string(), |d| format!("{}s", d.as_secs_f64()))) }

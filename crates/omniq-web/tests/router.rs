@@ -36,7 +36,12 @@ async fn seed(store: &dyn Storage) -> Seeded {
         new(NewTask::with_payload("email.send", &json!({"to": XSS}))
             .unwrap()
             .max_retries(0)),
-        new(NewTask::new("report.build").queue("reports").priority(3)),
+        new(NewTask::new("report.build")
+            .queue("reports")
+            .priority(3)
+            .unique_key("report:monthly")
+            .unique_for(Duration::from_secs(3600))
+            .meta("note", XSS)),
         new(NewTask::new("cleanup").unique_key("cleanup:daily")),
         new(NewTask::new("cancel.me")),
         new(NewTask::new("runs.long")),
@@ -288,6 +293,14 @@ async fn every_page_and_api_route_answers_on_every_backend() {
         assert!(running.body.contains("step 1 of 4 &lt;script&gt;"), "{backend}");
         let done = send(&app, get(&format!("/tasks/{}", seeded.completed))).await;
         assert!(done.body.contains("&quot;pages&quot;: 12") || done.body.contains("\"pages\": 12"));
+        // Its key window and meta, the meta value escaped.
+        assert!(done.body.contains("Key held until"), "{backend}");
+        assert!(done.body.contains("completed, failed, cancelled"), "{backend}");
+        assert!(
+            done.body.contains("<code>note</code>") && !done.body.contains(XSS),
+            "{backend}"
+        );
+        assert!(done.body.contains("&lt;script&gt;alert"), "{backend}");
         assert_eq!(
             send(&app, get("/tasks/not-an-id")).await.status,
             StatusCode::BAD_REQUEST
