@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::storage::StatusCounts;
-use crate::task::{Task, TaskId, TaskStatus};
+use crate::task::{Task, TaskId, TaskStatus, UniqueWindow};
 
 /// The queue of a task enqueued without one.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -124,6 +124,58 @@ impl QueueStats {
     /// Takes in the eta of one pending task, keeping the earliest.
     pub fn pending_eta(&mut self, eta: OffsetDateTime) {
         self.oldest_eta = Some(self.oldest_eta.map_or(eta, |oldest| oldest.min(eta)));
+    }
+}
+
+/// What a store's lookup of some unique keys found: the live task holding
+/// each, and the finished tasks with a window ([`Task::unique_window`]) that
+/// may still hold one. SQL backends read both in one query and hand each row
+/// to [`KeyHolders::add_stored`]; [`KeyHolders::at`] then answers
+/// [`split_duplicates`] by the rule of [`Task::holds_key_at`].
+#[derive(Debug, Default)]
+pub struct KeyHolders {
+    live: HashMap<String, TaskId>,
+    finished: Vec<(String, TaskId, TaskStatus, UniqueWindow)>,
+}
+
+impl KeyHolders {
+    /// Takes in one row of the lookup: a task with `key`, its stored id and
+    /// status, and for a finished task its stored window as JSON. The error
+    /// says which stored value cannot be read, naming the task.
+    pub fn add_stored(
+        &mut self,
+        key: String,
+        id: &str,
+        status: &str,
+        window: Option<&str>,
+    ) -> std::result::Result<(), String> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            format!("task {id}: its stored {what} cannot be read: {e}")
+        };
+        let task = TaskId::parse(id).map_err(|e| bad("id", &e))?;
+        let status = status.parse::<TaskStatus>().map_err(|e| bad("status", &e))?;
+        if holds_key(status) {
+            self.live.insert(key, task);
+        } else if let Some(window) = window {
+            let window = serde_json::from_str(window).map_err(|e| bad("unique window", &e))?;
+            self.finished.push((key, task, status, window));
+        }
+        Ok(())
+    }
+
+    /// The task holding `key` at `now`.
+    pub fn at(&self, key: &str, now: OffsetDateTime) -> Option<TaskId> {
+        self.live(key).or_else(|| {
+            self.finished
+                .iter()
+                .find(|(k, _, status, window)| k == key && window.holds(*status, now))
+                .map(|(_, id, _, _)| *id)
+        })
+    }
+
+    /// The live task holding `key`: what a retry by hand competes with.
+    pub fn live(&self, key: &str) -> Option<TaskId> {
+        self.live.get(key).copied()
     }
 }
 

@@ -3,69 +3,32 @@
 //! program's own transaction (`enqueue_in`), so a task exists if and only if
 //! the program's change commits.
 
-use std::collections::HashMap;
-
-use omniq_core::queue::split_duplicates;
-use omniq_core::{Enqueued, Error, Result, Task, TaskId, TaskStatus, UniqueWindow};
+use omniq_core::queue::{split_duplicates, KeyHolders};
+use omniq_core::{Enqueued, Error, Result, Task};
 use sqlx::postgres::PgConnection;
 use sqlx::Row;
-use time::OffsetDateTime;
 
 use crate::rows::{self, Fail};
 use crate::{schema, sql_error, wake, PostgresStorage};
 
-/// The tasks that may hold some unique keys: the live holder of each
-/// (through the partial unique index) and the finished tasks with a window
-/// (through theirs).
-#[derive(Default)]
-pub(crate) struct Holders {
-    live: HashMap<String, TaskId>,
-    windowed: Vec<(String, TaskId, TaskStatus, UniqueWindow)>,
-}
-
-impl Holders {
-    /// The task holding `key` at `now` ([`Task::holds_key_at`]).
-    pub(crate) fn at(&self, key: &str, now: OffsetDateTime) -> Option<TaskId> {
-        self.live.get(key).copied().or_else(|| {
-            self.windowed
-                .iter()
-                .find(|(k, _, status, window)| k == key && window.holds(*status, now))
-                .map(|(_, id, _, _)| *id)
-        })
-    }
-
-    /// The live task holding `key`.
-    pub(crate) fn live(&self, key: &str) -> Option<TaskId> {
-        self.live.get(key).copied()
-    }
-}
-
-/// The tasks that may hold these keys. A finished task with a window was
-/// committed finished before this read, so two enqueuers racing for its key
-/// both see it; two that find no holder race for the live index, as before.
+/// The tasks that may hold these keys, in one query: the live holder of
+/// each, and the finished tasks with a window. A finished task with a window
+/// was committed finished before this read, so two enqueuers racing for its
+/// key both see it; two that find no holder race for the live index, as
+/// before.
 pub(crate) async fn holders(
     s: &str,
     conn: &mut PgConnection,
     keys: &[String],
-) -> std::result::Result<Holders, Fail> {
+) -> std::result::Result<KeyHolders, Fail> {
+    let mut held = KeyHolders::default();
     if keys.is_empty() {
-        return Ok(Holders::default());
+        return Ok(held);
     }
     let rows = sqlx::query(&format!(
-        "SELECT unique_key, id FROM {s}.tasks WHERE unique_key = ANY($1) \
-         AND status IN ('pending', 'running')"
-    ))
-    .bind(keys)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut held = Holders::default();
-    for row in rows {
-        let key: String = row.try_get(0)?;
-        let id: String = row.try_get(1)?;
-        held.live.insert(key, TaskId::parse(&id).map_err(Fail::Stop)?);
-    }
-    let rows = sqlx::query(&format!(
-        "SELECT unique_key, id, status, (record -> 'unique_window')::text FROM {s}.tasks \
+        "SELECT unique_key, id, status, NULL::text FROM {s}.tasks \
+         WHERE unique_key = ANY($1) AND status IN ('pending', 'running') \
+         UNION ALL SELECT unique_key, id, status, (record -> 'unique_window')::text FROM {s}.tasks \
          WHERE unique_key = ANY($1) AND (record -> 'unique_window') IS NOT NULL \
          AND status IN ('completed', 'failed', 'cancelled')"
     ))
@@ -73,21 +36,11 @@ pub(crate) async fn holders(
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        let key: String = row.try_get(0)?;
-        let id = TaskId::parse(&row.try_get::<String, _>(1)?).map_err(Fail::Stop)?;
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            Fail::Stop(Error::backend(
-                "postgres",
-                format!("task {id}: its stored {what} cannot be read: {e}"),
-            ))
-        };
-        let status = row
-            .try_get::<String, _>(2)?
-            .parse::<TaskStatus>()
-            .map_err(|e| bad("status", &e))?;
-        let window: UniqueWindow =
-            serde_json::from_str(&row.try_get::<String, _>(3)?).map_err(|e| bad("unique window", &e))?;
-        held.windowed.push((key, id, status, window));
+        let id: String = row.try_get(1)?;
+        let status: String = row.try_get(2)?;
+        let window: Option<String> = row.try_get(3)?;
+        held.add_stored(row.try_get(0)?, &id, &status, window.as_deref())
+            .map_err(|reason| Fail::Stop(Error::backend("postgres", reason)))?;
     }
     Ok(held)
 }

@@ -15,17 +15,16 @@
 //! into one insert, and reads return a whole batch as one JSON value.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::FutureExt;
-use omniq_core::queue::split_duplicates;
+use omniq_core::queue::{split_duplicates, KeyHolders};
 use omniq_core::{
     cancel_in_scope, CancelScope, ClaimRequest, Enqueued, Error, Finish, FinishOutcome, LeaseRef, LeaseToken,
-    Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus, UniqueWindow,
+    Outcome, Progress, RenewOutcome, Result, Task, TaskId, TaskStatus,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteRow};
 use sqlx::{ConnectOptions, Connection, Executor, Row, SqliteConnection};

@@ -8,81 +8,42 @@ use super::*;
 
 /// Refuses what no enqueue may store: a running task, or one id twice in a call.
 pub(super) async fn enqueue(s: &mut Session<'_>, tasks: Vec<Task>) -> Result<Vec<Enqueued>> {
-    let holders = KeyHolders::read(s, tasks.iter().filter_map(|t| t.unique_key.as_deref())).await?;
+    let holders = key_holders(s, tasks.iter().filter_map(|t| t.unique_key.as_deref())).await?;
     let (tasks, answers) = split_duplicates(tasks, |key, now| Ok(holders.at(key, now)))?;
     rows::insert(s, &tasks).await?;
     Ok(answers)
 }
 
-/// The tasks that may hold some unique keys: the live holder of each,
-/// through the partial unique index, and the finished tasks with a window,
-/// through theirs. No query when there are no keys.
-#[derive(Default)]
-pub(super) struct KeyHolders {
-    live: HashMap<String, TaskId>,
-    windowed: Vec<(String, TaskId, TaskStatus, UniqueWindow)>,
-}
-
-impl KeyHolders {
-    pub(super) async fn read<'k>(s: &mut Session<'_>, keys: impl Iterator<Item = &'k str>) -> Result<Self> {
-        let keys: Vec<&str> = keys.collect();
-        if keys.is_empty() {
-            return Ok(KeyHolders::default());
-        }
-        let keys = serde_json::to_string(&keys)?;
-        let sql = s.sql(
-            "SELECT unique_key, id FROM tasks WHERE unique_key IN (SELECT value FROM json_each(?1)) \
-             AND status IN ('pending', 'running')",
-        );
-        let rows: Vec<(String, String)> = sqlx::query_as(&sql)
-            .bind(&keys)
-            .fetch_all(s.conn())
-            .await
-            .map_err(sql_error)?;
-        let live = rows
-            .into_iter()
-            .map(|(key, id)| Ok((key, TaskId::parse(&id)?)))
-            .collect::<Result<_>>()?;
-        let sql = s.sql(
-            "SELECT unique_key, id, status, unique_window FROM tasks \
-             WHERE unique_key IN (SELECT value FROM json_each(?1)) AND unique_window IS NOT NULL \
-             AND status NOT IN ('pending', 'running')",
-        );
-        let rows: Vec<(String, String, String, String)> = sqlx::query_as(&sql)
-            .bind(&keys)
-            .fetch_all(s.conn())
-            .await
-            .map_err(sql_error)?;
-        let mut windowed = Vec::with_capacity(rows.len());
-        for (key, id, status, window) in rows {
-            let id = TaskId::parse(&id)?;
-            let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-                Error::backend(
-                    "sqlite",
-                    format!("task {id}: its stored {what} cannot be read: {e}"),
-                )
-            };
-            let status = status.parse::<TaskStatus>().map_err(|e| corrupt("status", &e))?;
-            let window = serde_json::from_str(&window).map_err(|e| corrupt("unique window", &e))?;
-            windowed.push((key, id, status, window));
-        }
-        Ok(KeyHolders { live, windowed })
+/// The tasks that may hold some of `keys`, in one query: the live holder
+/// of each through the partial unique index, and the finished tasks with a
+/// window through theirs. No query when there are no keys.
+pub(super) async fn key_holders<'k>(
+    s: &mut Session<'_>,
+    keys: impl Iterator<Item = &'k str>,
+) -> Result<KeyHolders> {
+    let keys: Vec<&str> = keys.collect();
+    let mut holders = KeyHolders::default();
+    if keys.is_empty() {
+        return Ok(holders);
     }
-
-    /// The task holding `key` at `now` ([`Task::holds_key_at`]).
-    pub(super) fn at(&self, key: &str, now: OffsetDateTime) -> Option<TaskId> {
-        self.live.get(key).copied().or_else(|| {
-            self.windowed
-                .iter()
-                .find(|(k, _, status, window)| k == key && window.holds(*status, now))
-                .map(|(_, id, _, _)| *id)
-        })
+    let sql = s.sql(
+        "SELECT unique_key, id, status, NULL FROM tasks \
+         WHERE unique_key IN (SELECT value FROM json_each(?1)) AND status IN ('pending', 'running') \
+         UNION ALL SELECT unique_key, id, status, unique_window FROM tasks \
+         WHERE unique_key IN (SELECT value FROM json_each(?1)) AND unique_window IS NOT NULL \
+         AND status NOT IN ('pending', 'running')",
+    );
+    let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(&sql)
+        .bind(serde_json::to_string(&keys)?)
+        .fetch_all(s.conn())
+        .await
+        .map_err(sql_error)?;
+    for (key, id, status, window) in rows {
+        holders
+            .add_stored(key, &id, &status, window.as_deref())
+            .map_err(|reason| Error::backend("sqlite", reason))?;
     }
-
-    /// The live task holding `key`.
-    pub(super) fn live(&self, key: &str) -> Option<TaskId> {
-        self.live.get(key).copied()
-    }
+    Ok(holders)
 }
 
 /// Pauses or resumes a queue: `paused_queues` lists the paused ones.
@@ -393,7 +354,7 @@ pub(super) async fn retry(s: &mut Session<'_>, db: &Path, id: TaskId, now: Offse
     let mut task = load_one(s, db, id).await?;
     task.retry(now)?;
     if let Some(key) = task.unique_key.as_deref() {
-        if let Some(holder) = KeyHolders::read(s, std::iter::once(key)).await?.live(key) {
+        if let Some(holder) = key_holders(s, std::iter::once(key)).await?.live(key) {
             return Err(omniq_core::queue::key_held(id, key, holder));
         }
     }

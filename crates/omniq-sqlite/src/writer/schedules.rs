@@ -114,7 +114,7 @@ pub(super) async fn fire(
     if taken.is_some() {
         return Err(Error::conflict(task.id, "a task with this id already exists"));
     }
-    let holders = super::ops::KeyHolders::read(s, task.unique_key.as_deref().into_iter()).await?;
+    let holders = super::ops::key_holders(s, task.unique_key.as_deref().into_iter()).await?;
     let (tasks, mut answers) = split_duplicates(vec![task], |key, now| Ok(holders.at(key, now)))?;
     let answer = answers.pop();
     schedule.fired(due, next, answer.as_ref());
