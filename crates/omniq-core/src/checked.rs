@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::flow::{QueueFlow, QueueLimits};
 use crate::queue::{Enqueued, QueueStats};
 use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::storage::{
@@ -171,6 +172,16 @@ impl Storage for Checked {
 
     async fn paused(&self) -> Result<Vec<String>> {
         self.inner.paused().await
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        crate::queue::check_name(queue)?;
+        limits.check()?;
+        self.inner.set_queue_limits(queue, limits).await
+    }
+
+    async fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<QueueFlow>> {
+        self.inner.queue_flows(now).await
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {

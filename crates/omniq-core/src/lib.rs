@@ -22,6 +22,7 @@
 pub mod batch;
 pub mod checked;
 pub mod error;
+pub mod flow;
 pub mod limits;
 mod memory;
 pub mod payload;
@@ -40,6 +41,7 @@ pub mod conformance;
 pub use async_trait::async_trait;
 pub use checked::Checked;
 pub use error::{Error, Result};
+pub use flow::{QueueFlow, QueueLimits, Rate};
 pub use limits::{check_new_records, check_pending, earlier, later};
 pub use memory::MemoryStorage;
 pub use queue::{Enqueued, QueueStats, QueueTally, DEFAULT_QUEUE};

@@ -210,6 +210,9 @@ pub fn check_record(task: &Task) -> Result<()> {
     if let Some(key) = &task.unique_key {
         crate::queue::check_unique_key(key).map_err(named)?;
     }
+    if let Some(key) = &task.concurrency_key {
+        crate::flow::check_concurrency_key(key).map_err(named)?;
+    }
     if let Some(window) = &task.unique_window {
         check_duration("unique_for", window.period).map_err(named)?;
         check_time("unique_window.until", window.until).map_err(named)?;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::flow::{ahead_of, key_windows, FlowState, QueueFlow, QueueLimits};
 use crate::queue::{holds_key, split_duplicates, Enqueued, QueueStats};
 use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::storage::{
@@ -39,6 +40,10 @@ struct Inner {
     keys: HashMap<String, TaskId>,
     /// The paused queues.
     paused: BTreeSet<String>,
+    /// The flow-control settings, by queue.
+    limits: BTreeMap<String, QueueLimits>,
+    /// The rate buckets, by queue and concurrency key (`None`: the queue's).
+    buckets: HashMap<(String, Option<String>), OffsetDateTime>,
     /// The schedules, by name.
     schedules: BTreeMap<String, Schedule>,
     /// When each store-wide chore last had a turn taken.
@@ -129,6 +134,56 @@ impl Inner {
             .take(limit)
             .map(|(_, id)| *id)
             .collect()
+    }
+
+    /// The due tasks of a limited queue that `limits` lets `request` take,
+    /// with the rate buckets moved on.
+    fn admitted(&mut self, limits: &QueueLimits, request: &ClaimRequest) -> Vec<TaskId> {
+        let (queue, now) = (request.queue.as_str(), request.now);
+        let candidates = self.due(queue, now, usize::MAX);
+        let of_queue = || self.tasks.values().filter(|task| task.queue == queue);
+        let running = of_queue()
+            .filter(|task| task.status == TaskStatus::Running)
+            .filter(|task| task.lease.as_ref().is_some_and(|lease| lease.expires_at > now))
+            .count() as u32;
+        let statuses = limits.window_statuses();
+        let windows = key_windows(
+            of_queue()
+                .filter(|task| limits.needs_key_order() && statuses.contains(&task.status))
+                .filter_map(|task| Some((task.concurrency_key.as_deref()?, task.id))),
+        );
+        let bucket = |key: Option<&str>| {
+            self.buckets
+                .get(&(queue.to_owned(), key.map(str::to_owned)))
+                .copied()
+        };
+        let mut state = FlowState {
+            running,
+            queue_tat: bucket(None),
+            ..FlowState::default()
+        };
+        let facts: Vec<(Option<&str>, u32)> = candidates
+            .iter()
+            .map(|id| {
+                let key = self.tasks[id].concurrency_key.as_deref();
+                (key, key.map_or(0, |key| ahead_of(windows.get(key), *id)))
+            })
+            .collect();
+        for key in facts.iter().filter_map(|(key, _)| *key) {
+            if let Some(tat) = bucket(Some(key)) {
+                state.key_tats.insert(key.to_owned(), tat);
+            }
+        }
+        let admitted = limits.admit(request.limit, &state, facts, now);
+        // A bucket whose time has passed is full, as a missing one.
+        self.buckets.retain(|_, tat| *tat > now);
+        if let Some(tat) = admitted.queue_tat {
+            self.buckets.insert((queue.to_owned(), None), tat);
+        }
+        for (key, tat) in admitted.key_tats {
+            self.buckets.insert((queue.to_owned(), Some(key)), tat);
+        }
+        admitted.take.iter().map(|at| candidates[*at]).collect()
     }
 }
 
@@ -230,7 +285,10 @@ impl Storage for MemoryStorage {
         if inner.paused.contains(&request.queue) {
             return Ok(Vec::new());
         }
-        let due = inner.due(&request.queue, request.now, request.limit);
+        let due = match inner.limits.get(&request.queue).cloned() {
+            Some(limits) => inner.admitted(&limits, &request),
+            None => inner.due(&request.queue, request.now, request.limit),
+        };
         let mut claimed = Vec::with_capacity(due.len());
         for id in due {
             let mut task = inner.tasks[&id].clone();
@@ -404,6 +462,38 @@ impl Storage for MemoryStorage {
 
     async fn paused(&self) -> Result<Vec<String>> {
         Ok(self.lock().paused.iter().cloned().collect())
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        let mut inner = self.lock();
+        match limits.is_unlimited() {
+            true => inner.limits.remove(queue),
+            false => inner.limits.insert(queue.to_owned(), limits),
+        };
+        Ok(())
+    }
+
+    async fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<QueueFlow>> {
+        let inner = self.lock();
+        Ok(inner
+            .limits
+            .iter()
+            .map(|(queue, limits)| QueueFlow {
+                queue: queue.clone(),
+                limits: limits.clone(),
+                running: inner
+                    .tasks
+                    .values()
+                    .filter(|task| task.queue == *queue && task.status == TaskStatus::Running)
+                    .filter(|task| task.lease.as_ref().is_some_and(|lease| lease.expires_at > now))
+                    .count() as u32,
+                queue_tat: inner
+                    .buckets
+                    .get(&(queue.clone(), None))
+                    .copied()
+                    .filter(|tat| *tat > now),
+            })
+            .collect())
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::flow::{QueueFlow, QueueLimits};
 use crate::queue::{Enqueued, QueueStats};
 use crate::schedule::{PutAnswer, PutSchedule, Schedule};
 use crate::settings::Settings;
@@ -254,6 +255,14 @@ pub trait Storage: Send + Sync + Debug {
     ///
     /// Across every caller, in every process, a task is handed to one claimer
     /// only. Returns fewer tasks (or none) when fewer are due.
+    ///
+    /// A queue with flow-control settings ([`Storage::set_queue_limits`])
+    /// is claimed from as [`QueueLimits::admit`] decides, in the same atomic
+    /// step as the claim for every process sharing the store: the running
+    /// tasks it counts are those under a lease that has not run out at
+    /// `now`, a key's window holds the key's tasks in
+    /// [`QueueLimits::window_statuses`] of the queue in id order, and the
+    /// rate buckets it moves on are stored with the claim.
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Task>>;
 
     /// Extends each lease to `now + lease_for` if its claim is still current
@@ -319,6 +328,19 @@ pub trait Storage: Send + Sync + Debug {
 
     /// The names of the paused queues, sorted.
     async fn paused(&self) -> Result<Vec<String>>;
+
+    /// Stores the flow-control settings of `queue` for every process sharing
+    /// the store, replacing what it had; unlimited settings
+    /// ([`QueueLimits::is_unlimited`]) remove them. Claims made after this
+    /// returns follow them ([`Storage::claim`]). A name that breaks
+    /// [`crate::queue::check_name`], or settings [`QueueLimits::check`]
+    /// refuses, is an [`Error::InvalidConfig`].
+    async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()>;
+
+    /// Every queue with flow-control settings, sorted by name, with its
+    /// running tasks whose lease has not run out at `now` and its rate
+    /// bucket.
+    async fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<QueueFlow>>;
 
     /// Every queue that holds a task or is paused, sorted by name, with its
     /// counts per status, whether it is paused, and its earliest pending eta.

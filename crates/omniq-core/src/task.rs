@@ -191,6 +191,15 @@ pub struct Task {
     /// `tracestate`); see [`crate::limits::check_meta`] for the bounds.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub meta: std::collections::BTreeMap<String, String>,
+    /// The task's concurrency key ([`NewTask::concurrency_key`]): with a
+    /// per-key limit on its queue, only the earliest enqueued unfinished
+    /// tasks of a key may start (see [`crate::flow`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// How many times a handler answered "not now" ([`Outcome::Snooze`]);
+    /// snoozes are not attempts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snoozes: u32,
 }
 
 /// A unique key held over a period ([`NewTask::unique_for`]): from enqueue

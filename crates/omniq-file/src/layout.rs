@@ -30,6 +30,10 @@ pub struct Layout {
     pub paused: PathBuf,
     /// The schedules, a JSON array.
     pub schedules: PathBuf,
+    /// Each queue's flow-control settings, a JSON object by queue.
+    pub limits: PathBuf,
+    /// The rate buckets, a JSON object by queue and key.
+    pub buckets: PathBuf,
     /// The pools' heartbeats, a JSON object by worker id.
     pub workers: PathBuf,
     /// The last turn taken at each store-wide chore, a JSON object.
@@ -56,6 +60,8 @@ impl Layout {
             keys: base.join("keys"),
             paused: base.join("paused.json"),
             schedules: base.join("schedules.json"),
+            limits: base.join("limits.json"),
+            buckets: base.join("buckets.json"),
             workers: base.join("workers.json"),
             turns: base.join("turns.json"),
             format: base.join("format"),

@@ -284,6 +284,17 @@ impl Storage for FileStorage {
         self.run(|store| store.paused()).await
     }
 
+    async fn set_queue_limits(&self, queue: &str, limits: omniq_core::QueueLimits) -> Result<()> {
+        self.writable()?;
+        let queue = queue.to_owned();
+        self.run(move |store| store.set_queue_limits(&queue, limits))
+            .await
+    }
+
+    async fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<omniq_core::QueueFlow>> {
+        self.run(move |store| store.queue_flows(now)).await
+    }
+
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         self.run(|store| store.queue_stats()).await
     }

@@ -39,6 +39,7 @@ use crate::quarantine;
 use view::View;
 
 mod check;
+mod flow;
 mod journal;
 mod keys;
 mod ops;
@@ -99,6 +100,8 @@ struct State {
     view_read_at: Option<Instant>,
     /// When this process last looked for records without entries.
     entries_checked_at: Option<Instant>,
+    /// The queue and concurrency key of tasks a limited claim looked at.
+    facts: HashMap<TaskId, flow::Facts>,
 }
 
 impl State {
@@ -108,6 +111,7 @@ impl State {
             view: View::default(),
             view_read_at: None,
             entries_checked_at: None,
+            facts: HashMap::new(),
         }
     }
 }

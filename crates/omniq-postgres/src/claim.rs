@@ -8,12 +8,32 @@ use crate::rows::{self, to_ns, Fail};
 use crate::{PostgresStorage, ATTEMPTS};
 
 impl PostgresStorage {
-    /// [`Storage::claim`](omniq_core::Storage::claim): one statement.
+    /// [`Storage::claim`](omniq_core::Storage::claim): one statement for a
+    /// queue without flow-control settings, the limited claim
+    /// (`flow.rs`) for one with them. Which a queue has is remembered from
+    /// the last claim of it: the plain statement takes nothing from a
+    /// queue with settings, and an empty answer looks for them.
     pub(crate) async fn claim_rows(&self, request: ClaimRequest) -> Result<Vec<Task>> {
         self.writable()?;
         if request.limit == 0 {
             return Ok(Vec::new());
         }
+        if self.flow.is_limited(&request.queue) {
+            if let Some(claimed) = self.claim_limited(&request).await? {
+                return Ok(claimed);
+            }
+        }
+        let claimed = self.claim_plain(&request).await?;
+        if claimed.is_empty() && self.flow.check(self, &request.queue).await? {
+            if let Some(claimed) = self.claim_limited(&request).await? {
+                return Ok(claimed);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// The claim of a queue without flow-control settings: one statement.
+    async fn claim_plain(&self, request: &ClaimRequest) -> Result<Vec<Task>> {
         // One statement, so one round trip: it locks the due rows, marks them
         // running and records the claim beside each record, which reading
         // the row replays with `Task::claim` (see `rows::read`).
@@ -36,6 +56,7 @@ impl PostgresStorage {
                      FOR UPDATE SKIP LOCKED) d \
                  WHERE levels.p IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM {s}.queue_limits WHERE name = $1) \
                  ORDER BY levels.p DESC, d.eta, d.id LIMIT $3) \
              UPDATE {s}.tasks t SET status = 'running', lease_expires = $5, \
                  claim = json_build_object('worker', $4::text, 'token', gen_random_uuid(), \
@@ -93,22 +114,31 @@ impl PostgresStorage {
                 Err(Fail::Stop(error)) => return Err(error),
             }
         }
-        let mut claimed = claimed.ok_or_else(|| {
+        let claimed = claimed.ok_or_else(|| {
             Error::backend("postgres", format!("gave up after {ATTEMPTS} attempts: {last}"))
         })?;
+        Ok(self.took(claimed))
+    }
+
+    /// Claimed tasks in claim order, noted for the upkeep and the short way
+    /// of their finish.
+    pub(crate) fn took(&self, mut claimed: Vec<Task>) -> Vec<Task> {
         if !claimed.is_empty() {
             self.upkeep
                 .claimed(claimed.len(), &self.pool, &self.q("{s}.tasks"));
             self.claimed.keep(&claimed);
         }
         claimed.sort_by_key(omniq_core::queue::claim_order);
-        Ok(claimed)
+        claimed
     }
 
     /// The rows the claim named `batch` took, still running under it: how
     /// a claim whose connection was lost learns what it claimed. Read on a
     /// fresh connection of the main pool.
-    async fn claimed_by(&self, batch: &str) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    pub(crate) async fn claimed_by(
+        &self,
+        batch: &str,
+    ) -> std::result::Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         sqlx::query(
             &self.q("SELECT {COLUMNS} FROM {s}.tasks WHERE status = 'running' AND claim->>'batch' = $1"),
         )

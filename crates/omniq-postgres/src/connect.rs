@@ -209,6 +209,7 @@ impl PostgresStorage {
             listener,
             upkeep: Default::default(),
             claimed: Default::default(),
+            flow: Default::default(),
         })
     }
 }

@@ -96,6 +96,7 @@ macro_rules! in_transaction {
 mod claim;
 mod connect;
 mod finish;
+mod flow;
 mod schedules;
 mod upkeep;
 mod wake;
@@ -136,6 +137,8 @@ pub struct PostgresStorage {
     upkeep: Arc<upkeep::Upkeep>,
     /// The tasks this process claimed, for the short way of their finish.
     claimed: Arc<finish::Claimed>,
+    /// The queues this process last found with flow-control settings.
+    flow: Arc<flow::Known>,
 }
 
 impl PostgresStorage {
@@ -498,6 +501,14 @@ impl Storage for PostgresStorage {
             .fetch_all(&self.pool)
             .await
             .map_err(sql_error)
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: omniq_core::QueueLimits) -> Result<()> {
+        self.store_limits(queue, limits).await
+    }
+
+    async fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<omniq_core::QueueFlow>> {
+        self.flows(now).await
     }
 
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {

@@ -251,7 +251,9 @@ pub(crate) async fn save_announcing(
     let mut finished = Vec::with_capacity(tasks.len());
     let mut expires = Vec::with_capacity(tasks.len());
     let mut records = Vec::with_capacity(tasks.len());
+    let mut concurrency = Vec::with_capacity(tasks.len());
     for task in tasks {
+        concurrency.push(task.concurrency_key.clone());
         ids.push(task.id.to_string());
         statuses.push(task.status.as_str().to_owned());
         queues.push(task.queue.clone());
@@ -269,22 +271,23 @@ pub(crate) async fn save_announcing(
             " ON CONFLICT (id) DO UPDATE SET status = excluded.status, queue = excluded.queue, \
              priority = excluded.priority, eta = excluded.eta, unique_key = excluded.unique_key, \
              series = excluded.series, finished_at = excluded.finished_at, \
-             lease_expires = excluded.lease_expires, record = excluded.record, claim = NULL"
+             lease_expires = excluded.lease_expires, record = excluded.record, claim = NULL, \
+             concurrency_key = excluded.concurrency_key"
         }
     };
     let insert = format!(
         "INSERT INTO {s}.tasks (id, status, queue, priority, eta, unique_key, series, finished_at, \
-         lease_expires, record) \
-         SELECT i, st, q, p, e, k, se, f, x, r::json FROM UNNEST($1::text[], $2::text[], $3::text[], \
-         $4::int2[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::text[]) \
-         AS u(i, st, q, p, e, k, se, f, x, r){upsert}"
+         lease_expires, record, concurrency_key) \
+         SELECT i, st, q, p, e, k, se, f, x, r::json, ck FROM UNNEST($1::text[], $2::text[], $3::text[], \
+         $4::int2[], $5::int8[], $6::text[], $7::text[], $8::int8[], $9::int8[], $10::text[], $11::text[]) \
+         AS u(i, st, q, p, e, k, se, f, x, r, ck){upsert}"
     );
     let sql = match announce {
         None => insert,
         // A data-changing CTE runs to its end whether or not it is read.
         Some(_) => format!(
             "WITH saved AS ({insert} RETURNING 1) \
-             SELECT pg_notify($11, w) FROM UNNEST($12::text[]) AS n(w)"
+             SELECT pg_notify($12, w) FROM UNNEST($13::text[]) AS n(w)"
         ),
     };
     let query = sqlx::query(&sql)
@@ -297,7 +300,8 @@ pub(crate) async fn save_announcing(
         .bind(series)
         .bind(finished)
         .bind(expires)
-        .bind(records);
+        .bind(records)
+        .bind(concurrency);
     let query = match announce {
         Some((channel, queues)) => query.bind(channel).bind(queues),
         None => query,

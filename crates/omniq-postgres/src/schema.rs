@@ -85,6 +85,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX tasks_unique_window ON {s}.tasks (unique_key)
         WHERE unique_key IS NOT NULL AND (record -> 'unique_window') IS NOT NULL;
 "#,
+    // Version 6: flow control. Each task's concurrency key in a column of
+    // its own (read out of the record, a `\u0000` anywhere in a payload
+    // would stop PostgreSQL); the unfinished tasks of each key in id order, which a claim of a queue with a per-key limit counts
+    // (failed ones are in it for the queues that hold a key's window on
+    // failure); each queue's settings, whose row a limited claim locks; the
+    // rate buckets, by queue and key ('' for the queue's own).
+    r#"
+    ALTER TABLE {s}.tasks ADD COLUMN concurrency_key text;
+    CREATE INDEX tasks_key_order ON {s}.tasks (queue, concurrency_key, id)
+        WHERE concurrency_key IS NOT NULL AND status IN ('pending', 'running', 'failed');
+    CREATE TABLE {s}.queue_limits (name text PRIMARY KEY, limits json NOT NULL);
+    CREATE TABLE {s}.rate_buckets (
+        queue text NOT NULL,
+        key   text NOT NULL,
+        tat   bigint NOT NULL,
+        PRIMARY KEY (queue, key)
+    );
+"#,
 ];
 
 /// The refusal of `schema`, saying why.

@@ -560,6 +560,41 @@ impl Storage for SqliteStorage {
             .map_err(|e| locate(&self.path, sql_error(e)))
     }
 
+    async fn set_queue_limits(&self, queue: &str, limits: omniq_core::QueueLimits) -> Result<()> {
+        let queue = queue.to_owned();
+        self.write(|reply| Op::SetQueueLimits(queue, Box::new(limits), reply))
+            .await
+    }
+
+    async fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<omniq_core::QueueFlow>> {
+        let now = to_ns(now)?;
+        let rows: Vec<(String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT q.name, q.limits, \
+             (SELECT count(*) FROM running rn JOIN tasks t ON t.id = rn.id \
+              WHERE t.queue = q.name AND rn.expires_at > ?1), \
+             (SELECT tat FROM rate_buckets WHERE queue = q.name AND key = '' AND tat > ?1) \
+             FROM queue_limits q ORDER BY q.name",
+        )
+        .bind(now)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(|e| locate(&self.path, sql_error(e)))?;
+        rows.into_iter()
+            .map(|(queue, limits, running, tat)| {
+                let limits = serde_json::from_str(&limits).map_err(|e| Error::Corrupt {
+                    path: self.path.clone(),
+                    reason: format!("the limits of queue {queue:?} cannot be read: {e}"),
+                })?;
+                Ok(omniq_core::QueueFlow {
+                    queue,
+                    limits,
+                    running: u32::try_from(running).unwrap_or(u32::MAX),
+                    queue_tat: tat.map(rows::from_ns),
+                })
+            })
+            .collect()
+    }
+
     async fn queue_stats(&self) -> Result<Vec<QueueStats>> {
         // One pass over `tasks` for the counts, one over `pending` for the
         // earliest etas: a report, not a hot path.

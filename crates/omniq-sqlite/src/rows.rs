@@ -27,7 +27,7 @@ pub const TASK_JSON: &str =
     "json_array(t.id, t.func_path, t.args, t.kwargs, t.status, t.eta, t.interval_ns, \
      t.max_retries, t.timeout_ns, t.attempts, t.created_at, t.updated_at, t.started_at, t.finished_at, \
      t.series, r.value, r.error, rn.worker_id, rn.token, rn.expires_at, t.queue, t.priority, t.unique_key, \
-     rn.progress, t.attempt_errors, t.unique_window, t.meta)";
+     rn.progress, t.attempt_errors, t.unique_window, t.meta, t.concurrency_key, t.snoozes)";
 
 /// The joins that gather one task from its tables.
 pub const TASK_FROM: &str =
@@ -96,7 +96,7 @@ struct RowOut {
     id: String,
     status: TaskStatus,
     /// The `tasks` columns, in [`TASKS_COLUMNS`] order.
-    record: [Value; 21],
+    record: [Value; 23],
     eta: i64,
     queue: String,
     priority: i64,
@@ -111,7 +111,7 @@ struct RowOut {
 /// The columns of `tasks`, in the order [`RowOut::record`] holds them.
 const TASKS_COLUMNS: &str = "id, func_path, args, kwargs, status, eta, interval_ns, max_retries, \
      timeout_ns, attempts, created_at, updated_at, started_at, finished_at, series, queue, priority, \
-     unique_key, attempt_errors, unique_window, meta";
+     unique_key, attempt_errors, unique_window, meta, concurrency_key, snoozes";
 
 /// What an update of a stored task sets: every column but the id. An upsert,
 /// not a `REPLACE`: a `REPLACE` that broke the unique-key index would delete
@@ -124,7 +124,7 @@ const TASKS_UPDATE: &str = " ON CONFLICT (id) DO UPDATE SET func_path = excluded
      finished_at = excluded.finished_at, series = excluded.series, queue = excluded.queue, \
      priority = excluded.priority, unique_key = excluded.unique_key, \
      attempt_errors = excluded.attempt_errors, unique_window = excluded.unique_window, \
-     meta = excluded.meta";
+     meta = excluded.meta, concurrency_key = excluded.concurrency_key, snoozes = excluded.snoozes";
 
 impl RowOut {
     fn new(task: &Task) -> Result<Self> {
@@ -161,6 +161,8 @@ impl RowOut {
                     .then(|| serde_json::to_string(&task.meta))
                     .transpose()?
                     .into(),
+                task.concurrency_key.clone().into(),
+                i64::from(task.snoozes).into(),
             ],
             queue: task.queue.clone(),
             priority: i64::from(task.priority),
@@ -227,13 +229,13 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
     let mut rows = tasks.into_iter().map(RowOut::new).collect::<Result<Vec<_>>>()?;
     let mut command = Command::default();
     // The records move into the command; the rest of each row is still needed.
-    let records: Vec<[Value; 21]> = rows
+    let records: Vec<[Value; 23]> = rows
         .iter_mut()
         .map(|r| std::mem::replace(&mut r.record, std::array::from_fn(|_| Value::Null)))
         .collect();
     command.insert(
         &format!("INSERT INTO tasks ({TASKS_COLUMNS})"),
-        21,
+        23,
         records,
         |record, v| v.extend(record),
     );
@@ -344,6 +346,8 @@ struct RowIn {
     unique_window: Option<String>,
     /// The meta map, as JSON.
     meta: Option<String>,
+    concurrency_key: Option<String>,
+    snoozes: u32,
 }
 
 /// A task's failed attempts as the `attempt_errors` column holds them:
@@ -512,6 +516,8 @@ fn task_from_row(row: RowIn) -> std::result::Result<Task, String> {
             .transpose()
             .map_err(|e| bad("meta", &e))?
             .unwrap_or_default(),
+        concurrency_key: row.concurrency_key,
+        snoozes: row.snoozes,
     })
 }
 

@@ -177,6 +177,24 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN meta TEXT;
     CREATE INDEX tasks_unique_window ON tasks (unique_key) WHERE unique_window IS NOT NULL;
     "#,
+    // v10: flow control. A task's concurrency key and its snoozes; the
+    // unfinished tasks of each key in id order, which a claim of a queue with
+    // a per-key limit counts (`tasks_key_order`: failed tasks are in it for
+    // the queues that hold a key's window on failure); each queue's settings
+    // as JSON; the rate buckets, by queue and key ('' for the queue's own).
+    r#"
+    ALTER TABLE tasks ADD COLUMN concurrency_key TEXT;
+    ALTER TABLE tasks ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_key_order ON tasks (queue, concurrency_key, id)
+        WHERE concurrency_key IS NOT NULL AND status IN ('pending', 'running', 'failed');
+    CREATE TABLE queue_limits (name TEXT PRIMARY KEY NOT NULL, limits TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE rate_buckets (
+        queue TEXT NOT NULL,
+        key   TEXT NOT NULL,
+        tat   INTEGER NOT NULL,
+        PRIMARY KEY (queue, key)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// What a connection that only reads runs on a database of an older
@@ -187,7 +205,9 @@ pub const MIGRATIONS: &[&str] = &[
 /// empty table stands for the paused queues); before version 5, progress;
 /// before version 6, an empty table stands for the schedules; before
 /// version 7, for the heartbeats; before version 8, no task has failed
-/// attempts on record; before version 9, no task has a key window or meta.
+/// attempts on record; before version 9, no task has a key window or meta;
+/// before version 10, no task has a concurrency key or snoozes, and empty
+/// tables stand for the queue limits and rate buckets.
 pub fn older_as_current(version: i64) -> String {
     let mut sql = String::new();
     // One view stands for `tasks`, with every column added since.
@@ -200,6 +220,9 @@ pub fn older_as_current(version: i64) -> String {
     }
     if version < 9 {
         added.push("NULL AS unique_window, NULL AS meta");
+    }
+    if version < 10 {
+        added.push("NULL AS concurrency_key, 0 AS snoozes");
     }
     if !added.is_empty() {
         sql.push_str(&format!(
@@ -226,6 +249,13 @@ pub fn older_as_current(version: i64) -> String {
         sql.push_str(
             "CREATE TEMP TABLE IF NOT EXISTS workers \
              (id TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+        );
+    }
+    if version < 10 {
+        sql.push_str(
+            "CREATE TEMP TABLE IF NOT EXISTS queue_limits (name TEXT PRIMARY KEY NOT NULL, limits TEXT NOT NULL); \
+             CREATE TEMP TABLE IF NOT EXISTS rate_buckets \
+             (queue TEXT NOT NULL, key TEXT NOT NULL, tat INTEGER NOT NULL, PRIMARY KEY (queue, key));",
         );
     }
     sql

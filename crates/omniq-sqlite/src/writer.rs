@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::rows::{self, query_with, to_ns, Value, TASK_FROM, TASK_JSON};
 use crate::sql_error;
 
+mod flow;
 mod merge;
 mod ops;
 mod schedules;
@@ -65,6 +66,7 @@ pub enum Op {
     RemoveWorker(String, Reply<bool>),
     RequeueExpired(OffsetDateTime, Reply<Vec<TaskId>>),
     SetPaused(String, bool, Reply<()>),
+    SetQueueLimits(String, Box<omniq_core::QueueLimits>, Reply<()>),
     PutSchedule(
         Box<omniq_core::Schedule>,
         omniq_core::PutSchedule,
@@ -322,7 +324,9 @@ fn fail(op: Op, message: &str) -> Answer {
     let error = || Error::backend("sqlite", format!("cannot start the change: {message}"));
     match op {
         Op::Enqueue(_, r) => answer(r, Err(error())),
-        Op::Retry(_, _, r) | Op::SetPaused(_, _, r) | Op::Panic(r) => answer(r, Err(error())),
+        Op::Retry(_, _, r) | Op::SetPaused(_, _, r) | Op::SetQueueLimits(_, _, r) | Op::Panic(r) => {
+            answer(r, Err(error()))
+        }
         Op::Claim(_, r) => answer(r, Err(error())),
         Op::Renew(_, _, _, r) => answer(r, Err(error())),
         Op::Progress(_, _, r) => answer(r, Err(error())),
@@ -372,6 +376,9 @@ async fn apply(conn: &mut Session<'_>, db: &Path, op: Op) -> (Answer, std::resul
         Op::RemoveWorker(id, reply) => done(reply, upkeep::remove_worker(conn, &id).await),
         Op::RequeueExpired(now, reply) => done(reply, requeue_expired(conn, db, now).await),
         Op::SetPaused(queue, paused, reply) => done(reply, set_paused(conn, &queue, paused).await),
+        Op::SetQueueLimits(queue, limits, reply) => {
+            done(reply, flow::set_queue_limits(conn, &queue, &limits).await)
+        }
         Op::PutSchedule(schedule, mode, reply) => done(reply, schedules::put(conn, *schedule, mode).await),
         Op::RemoveSchedule(name, reply) => done(reply, schedules::remove(conn, &name).await),
         Op::PauseSchedule(name, paused, reply) => done(reply, schedules::pause(conn, &name, paused).await),

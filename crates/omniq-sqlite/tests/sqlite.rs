@@ -66,6 +66,8 @@ async fn layout_has_the_five_tables_the_paused_queues_the_schedules_and_the_upke
             "completed",
             "paused_queues",
             "pending",
+            "queue_limits",
+            "rate_buckets",
             "results",
             "running",
             "schedules",

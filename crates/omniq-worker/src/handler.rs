@@ -163,6 +163,9 @@ pub enum Retry {
     After(Duration),
     /// Do not retry: the task fails now.
     Never,
+    /// Not a failure: run the task again after this delay, without spending
+    /// an attempt ([`HandlerError::snooze`]).
+    Snooze(Duration),
 }
 
 /// A handler's error: a message, a short kind, and what to do next.
@@ -209,6 +212,19 @@ impl HandlerError {
         HandlerError {
             retry: Retry::After(delay),
             ..HandlerError::retry(message)
+        }
+    }
+
+    /// "Not now": the task goes back to pending, due after `delay`, and the
+    /// attempt is not counted (the task's `snoozes` is). For a handler that
+    /// finds its resource busy or a rate limit reached; nothing is added to
+    /// the task's error history.
+    pub fn snooze(delay: Duration) -> Self {
+        HandlerError {
+            kind: "snooze".into(),
+            message: format!("snoozed for {delay:?}"),
+            retry: Retry::Snooze(delay),
+            causes: Vec::new(),
         }
     }
 

@@ -57,6 +57,8 @@ pub struct PoolStats {
     pub lost: u64,
     /// Tasks handed back unrun at shutdown.
     pub handed_back: u64,
+    /// Attempts whose handler answered "not now" ([`crate::HandlerError::snooze`]).
+    pub snoozed: u64,
     /// Outcomes that could not be recorded (the store failed); those tasks run
     /// again once their lease expires.
     pub unrecorded: u64,
@@ -73,6 +75,7 @@ struct Counters {
     retried: AtomicU64,
     lost: AtomicU64,
     handed_back: AtomicU64,
+    snoozed: AtomicU64,
     unrecorded: AtomicU64,
 }
 
@@ -381,6 +384,7 @@ impl Pool {
             retried: load(&c.retried),
             lost: load(&c.lost),
             handed_back: load(&c.handed_back),
+            snoozed: load(&c.snoozed),
             unrecorded: load(&c.unrecorded),
             in_flight: self.shared.in_flight() as u64,
         }

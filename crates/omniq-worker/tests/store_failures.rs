@@ -131,6 +131,12 @@ impl Storage for PanicsOnce {
     async fn paused(&self) -> omniq_core::Result<Vec<String>> {
         self.inner.paused().await
     }
+    async fn set_queue_limits(&self, queue: &str, limits: omniq_core::QueueLimits) -> omniq_core::Result<()> {
+        self.inner.set_queue_limits(queue, limits).await
+    }
+    async fn queue_flows(&self, now: time::OffsetDateTime) -> omniq_core::Result<Vec<omniq_core::QueueFlow>> {
+        self.inner.queue_flows(now).await
+    }
     async fn queue_stats(&self) -> omniq_core::Result<Vec<omniq_core::QueueStats>> {
         self.inner.queue_stats().await
     }

@@ -39,6 +39,7 @@ macro_rules! scenarios {
 mod damaged;
 mod edges;
 mod finishing;
+mod flow;
 mod history;
 mod hostile;
 mod lifecycle;
@@ -134,6 +135,7 @@ pub fn scenarios() -> Vec<Scenario> {
     all.extend(upkeep::all());
     all.extend(history::all());
     all.extend(windows::all());
+    all.extend(flow::all());
     all
 }
 

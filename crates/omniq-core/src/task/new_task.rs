@@ -44,6 +44,8 @@ pub struct NewTask {
     pub unique_finished: Option<Vec<TaskStatus>>,
     /// Text values carried with the task ([`Task::meta`]).
     pub meta: BTreeMap<String, String>,
+    /// The concurrency key ([`Task::concurrency_key`]).
+    pub concurrency_key: Option<String>,
 }
 
 impl NewTask {
@@ -64,6 +66,7 @@ impl NewTask {
             unique_for: None,
             unique_finished: None,
             meta: BTreeMap::new(),
+            concurrency_key: None,
         }
     }
 
@@ -111,6 +114,14 @@ impl NewTask {
     /// Cancel an attempt that runs longer than `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Give the task a concurrency key (1 to 256 bytes): with a per-key
+    /// limit on its queue, at most that many of the key's tasks are in play
+    /// at once, the earliest enqueued first (see [`crate::flow`]).
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into());
         self
     }
 
@@ -241,6 +252,8 @@ impl NewTask {
             progress: None,
             unique_window,
             meta: self.meta,
+            concurrency_key: self.concurrency_key,
+            snoozes: 0,
         };
         limits::check_record(&task)?;
         Ok(task)

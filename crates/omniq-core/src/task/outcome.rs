@@ -27,6 +27,12 @@ pub enum Outcome {
         /// What went wrong.
         error: TaskError,
     },
+    /// The handler answered "not now": the task goes back to pending, due
+    /// at `at`, and the attempt is not counted (the task's `snoozes` is).
+    Snooze {
+        /// When the task may start again.
+        at: OffsetDateTime,
+    },
     /// The worker gives the task back unrun (graceful shutdown): it goes back to
     /// pending and the attempt is not counted.
     HandBack,

@@ -162,6 +162,14 @@ impl Task {
                 self.lease = None;
                 Ok(None)
             }
+            Outcome::Snooze { at } => {
+                self.set_status(TaskStatus::Pending, now)?;
+                self.attempts = self.attempts.saturating_sub(1);
+                self.snoozes = self.snoozes.saturating_add(1);
+                self.eta = at.clamp(limits::MIN_TIME, limits::MAX_TIME);
+                self.lease = None;
+                Ok(None)
+            }
             Outcome::HandBack => {
                 self.set_status(TaskStatus::Pending, now)?;
                 self.attempts = self.attempts.saturating_sub(1);
@@ -275,6 +283,8 @@ impl Task {
                 ..window.clone()
             }),
             meta: self.meta.clone(),
+            concurrency_key: self.concurrency_key.clone(),
+            snoozes: 0,
         })
     }
 }

@@ -35,6 +35,14 @@ impl Store {
             if self.read_paused()?.contains(&request.queue) {
                 return Ok(Vec::new());
             }
+            if let Some(limits) = self.read_limits()?.remove(&request.queue) {
+                let mut chosen = Vec::new();
+                for name in self.admitted(state, &limits, &request)? {
+                    state.view.remove(&name);
+                    chosen.extend(self.claimable(&name)?);
+                }
+                return self.take(state, chosen, &request);
+            }
             if state
                 .view_read_at
                 .is_none_or(|at| at.elapsed() > VIEW_STALE_AFTER)
@@ -73,17 +81,22 @@ impl Store {
                     break;
                 }
             }
-            let mut saves = Vec::with_capacity(chosen.len());
-            for task in chosen {
-                let old = task.clone();
-                let mut task = task;
-                task.claim(&request.worker_id, request.lease_for, request.now)?;
-                saves.push(Save { task, old: Some(old) });
-            }
-            let claimed = saves.iter().map(|s| s.task.clone()).collect();
-            self.apply(state, saves, Vec::new())?;
-            Ok(claimed)
+            self.take(state, chosen, &request)
         })
+    }
+
+    /// Claims the `chosen` pending tasks for `request`'s worker.
+    fn take(&self, state: &mut State, chosen: Vec<Task>, request: &ClaimRequest) -> Result<Vec<Task>> {
+        let mut saves = Vec::with_capacity(chosen.len());
+        for task in chosen {
+            let old = task.clone();
+            let mut task = task;
+            task.claim(&request.worker_id, request.lease_for, request.now)?;
+            saves.push(Save { task, old: Some(old) });
+        }
+        let claimed = saves.iter().map(|s| s.task.clone()).collect();
+        self.apply(state, saves, Vec::new())?;
+        Ok(claimed)
     }
 
     /// The task a pending entry stands for, if it can be claimed; repairs the

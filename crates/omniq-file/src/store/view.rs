@@ -74,6 +74,14 @@ impl View {
             .collect()
     }
 
+    /// Every name of `queue`, due or not.
+    pub(super) fn names(&self, queue: &str) -> impl Iterator<Item = &String> {
+        self.queues
+            .get(queue)
+            .into_iter()
+            .flat_map(|levels| levels.values().flatten())
+    }
+
     /// Whether `queue` has a name that is not in `skip`.
     pub(super) fn has_other(&self, queue: &str, skip: &BTreeSet<String>) -> bool {
         self.queues

@@ -135,9 +135,13 @@ pub(super) async fn apply_merged(
                     .collect();
                 answers.push((answer(reply, Ok(stored)), None))
             }
-            (Op::Claim(_, reply), Single::Claim(_), Some(row)) => {
-                answers.push((answer(reply, read_claim(row, db)), None))
-            }
+            (Op::Claim(request, reply), Single::Claim(_), Some(row)) => match read_claim(row, db) {
+                Ok(Some(tasks)) => answers.push((answer(reply, Ok(tasks)), None)),
+                // A queue with flow-control settings: its pick took nothing,
+                // and the claim goes the limited way afterwards, alone.
+                Ok(None) => blocked.push(Op::Claim(request, reply)),
+                Err(error) => answers.push((answer(reply, Err(error)), None)),
+            },
             (Op::Finish(finishes, now, reply), Single::Finish(_, ids), Some(row)) => {
                 match read_finish(row, ids) {
                     Ok(Some(outcomes)) => answers.push((answer(reply, Ok(outcomes)), None)),
@@ -207,7 +211,7 @@ impl Single {
 /// that uses only `?2`) from a running count, and stops binding once that count
 /// passes the values given, leaving later parameters NULL; plain `?`s are
 /// bound strictly in order.
-fn anonymize(sql: &str) -> (String, Vec<usize>) {
+pub(super) fn anonymize(sql: &str) -> (String, Vec<usize>) {
     let mut out = String::with_capacity(sql.len());
     let mut order = Vec::new();
     let mut rest = sql;

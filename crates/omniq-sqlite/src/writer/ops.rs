@@ -61,6 +61,24 @@ pub(super) async fn set_paused(s: &mut Session<'_>, queue: &str, paused: bool) -
     Ok(())
 }
 
+/// The second half of a claim: moves the tasks in `temp.claimed` from
+/// `pending` to `running` with their leases, and returns them, with whether
+/// the queue has flow-control settings (then the pick above took nothing,
+/// and the claim goes the way of [`super::flow::claim_limited`]).
+macro_rules! take_claimed {
+    () => {
+        "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1 \
+            WHERE id IN (SELECT id FROM temp.claimed); \
+        DELETE FROM pending WHERE id IN (SELECT id FROM temp.claimed); \
+        INSERT INTO running (id, worker_id, token, expires_at) \
+            SELECT id, ?3, ?5 ->> (n - 1), ?4 FROM temp.claimed; \
+        SELECT json_group_array(TASK_JSON), EXISTS (SELECT 1 FROM queue_limits WHERE name = ?6) \
+            FROM temp.claimed c JOIN tasks t ON t.id = c.id \
+            LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id"
+    };
+}
+pub(super) use take_claimed;
+
 /// The claim, as one command: SQLite picks the due tasks of queue `?6`
 /// (none while it is paused), moves them from `pending` to `running` with
 /// their leases, and returns them. It makes the same change as `Task::claim`
@@ -74,11 +92,13 @@ pub(super) async fn set_paused(s: &mut Session<'_>, queue: &str, paused: bool) -
 /// tasks, then takes each level's due tasks in (eta, id) order from the
 /// front of its range. Its cost thus grows with the number of priority
 /// levels visited, not with the number of tasks waiting for a later eta.
-pub(super) const CLAIM: &str = "DELETE FROM temp.claimed; \
+pub(super) const CLAIM: &str = concat!(
+    "DELETE FROM temp.claimed; \
     INSERT INTO temp.claimed (id) \
     WITH RECURSIVE levels(p, got) AS ( \
         SELECT max(priority), 0 FROM pending WHERE queue = ?6 \
             AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE name = ?6) \
+            AND NOT EXISTS (SELECT 1 FROM queue_limits WHERE name = ?6) \
         UNION ALL \
         SELECT (SELECT max(priority) FROM pending WHERE queue = ?6 AND priority < p), \
             got + (SELECT count(*) FROM (SELECT 1 FROM pending \
@@ -86,14 +106,9 @@ pub(super) const CLAIM: &str = "DELETE FROM temp.claimed; \
         FROM levels WHERE p IS NOT NULL AND got < ?2) \
     SELECT j.value FROM levels, json_each((SELECT json_group_array(id) FROM (SELECT id FROM pending \
         WHERE queue = ?6 AND priority = levels.p AND eta <= ?1 ORDER BY eta, id LIMIT ?2))) j \
-    WHERE levels.p IS NOT NULL AND levels.got < ?2 ORDER BY levels.p DESC, j.key LIMIT ?2; \
-    UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1 \
-        WHERE id IN (SELECT id FROM temp.claimed); \
-    DELETE FROM pending WHERE id IN (SELECT id FROM temp.claimed); \
-    INSERT INTO running (id, worker_id, token, expires_at) \
-        SELECT id, ?3, ?5 ->> (n - 1), ?4 FROM temp.claimed; \
-    SELECT json_group_array(TASK_JSON) FROM temp.claimed c JOIN tasks t ON t.id = c.id \
-        LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id";
+    WHERE levels.p IS NOT NULL AND levels.got < ?2 ORDER BY levels.p DESC, j.key LIMIT ?2; ",
+    take_claimed!()
+);
 
 /// Makes the write connection ready for [`claim`] and [`finish`]: the
 /// per-connection tables that hold the ids one claim picked and one finish
@@ -129,8 +144,18 @@ pub(super) fn prepare_claim(request: &ClaimRequest) -> Result<Option<Single>> {
     ])))
 }
 
-/// The claimed tasks in a claim's row, in claim order.
-pub(super) fn read_claim(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
+/// The claimed tasks in a claim's row, in claim order; `None` when the
+/// queue has flow-control settings, so the claim must go the limited way.
+pub(super) fn read_claim(row: &SqliteRow, db: &Path) -> Result<Option<Vec<Task>>> {
+    let limited: bool = row.try_get(1).map_err(sql_error)?;
+    if limited {
+        return Ok(None);
+    }
+    read_claimed(row, db).map(Some)
+}
+
+/// The tasks of a claim's row, in claim order.
+pub(super) fn read_claimed(row: &SqliteRow, db: &Path) -> Result<Vec<Task>> {
     let json: Option<String> = row.try_get(0).map_err(sql_error)?;
     // A row that cannot be read is claimed all the same; no worker runs it,
     // and the lease pass fails it once its lease runs out.
@@ -144,9 +169,16 @@ pub(super) async fn claim(s: &mut Session<'_>, db: &Path, request: ClaimRequest)
     let Some(mut single) = prepare_claim(&request)? else {
         return Ok(Vec::new());
     };
-    match run_single(s, &mut single).await?.as_ref() {
-        Some(row) => read_claim(row, db),
+    let row = run_single(s, &mut single).await?;
+    match row.as_ref().map(|row| read_claim(row, db)).transpose()? {
+        Some(Some(tasks)) => Ok(tasks),
         None => Ok(Vec::new()),
+        Some(None) => {
+            // The command may have carried the group's `COMMIT`; the limited
+            // claim goes on in a transaction of its own then.
+            s.reopen();
+            super::flow::claim_limited(s, db, request).await
+        }
     }
 }
 

@@ -67,6 +67,7 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
         Outcome::Fail { .. } => "failed",
         Outcome::Retry { .. } => "retry",
         Outcome::HandBack => "handed back",
+        Outcome::Snooze { .. } => "snoozed",
     };
     let error = match &outcome {
         Outcome::Fail { error } | Outcome::Retry { error, .. } => Some(error.message.clone()),
@@ -87,6 +88,7 @@ pub(super) async fn run_task(shared: &Shared, task: Task, mut slot: Slot<'_>) {
                 TaskStatus::Pending if asked == "handed back" => {
                     ("handed back", &shared.counters.handed_back)
                 }
+                TaskStatus::Pending if asked == "snoozed" => ("snoozed", &shared.counters.snoozed),
                 TaskStatus::Pending => ("retry", &shared.counters.retried),
                 _ => ("failed", &shared.counters.failed),
             };
@@ -290,6 +292,11 @@ async fn execute(shared: &Shared, task: &Task, lease: &Lease) -> Option<Outcome>
 }
 
 fn handler_outcome(config: &PoolConfig, error: HandlerError, attempt: u32, now: OffsetDateTime) -> Outcome {
+    if let Retry::Snooze(delay) = error.retry {
+        return Outcome::Snooze {
+            at: omniq_core::later(now, delay),
+        };
+    }
     let retryable = error.retry != Retry::Never;
     let record = TaskError::new(error.kind, error.message, attempt, retryable).with_causes(error.causes);
     match error.retry {
@@ -298,7 +305,7 @@ fn handler_outcome(config: &PoolConfig, error: HandlerError, attempt: u32, now: 
             error: record,
             at: omniq_core::later(now, delay),
         },
-        Retry::Backoff => retry(config, record, now),
+        Retry::Backoff | Retry::Snooze(_) => retry(config, record, now),
     }
 }
 

@@ -1,0 +1,219 @@
+//! Flow control in the file store: each queue's settings (`limits.json`),
+//! the rate buckets (`buckets.json`), and the claim of a queue with
+//! settings, which gathers under the store lock what `QueueLimits::admit`
+//! needs: the queue's running tasks under a live lease, its buckets, and the
+//! window of each candidate's key.
+//!
+//! A task's queue and concurrency key never change, so this process keeps
+//! them once read (`State::facts`); a limited claim with a per-key limit
+//! still reads the folder listings of `pending/`, `running/` (and
+//! `failed/` when failures hold a key), since another process may have
+//! enqueued or finished a task of the key since the last claim.
+
+use std::collections::BTreeMap;
+
+use crate::layout::entry_queue;
+use omniq_core::flow::{ahead_of, key_windows, FlowState};
+use omniq_core::{QueueFlow, QueueLimits};
+
+// The store's types and imports, which this part of it works with.
+use super::*;
+
+/// The rate buckets as stored: queue, then key ('' for the queue's own),
+/// then the bucket's time in nanoseconds since the epoch.
+type Buckets = BTreeMap<String, BTreeMap<String, i128>>;
+
+/// What a limited claim needs of a task, which never changes.
+#[derive(Clone, Debug)]
+pub(super) struct Facts {
+    queue: String,
+    key: Option<String>,
+}
+
+impl Store {
+    /// Every queue's settings.
+    pub(super) fn read_limits(&self) -> Result<BTreeMap<String, QueueLimits>> {
+        read_json(&self.layout().limits, "a JSON object of queue settings")
+    }
+
+    fn read_buckets(&self) -> Result<Buckets> {
+        read_json(&self.layout().buckets, "a JSON object of rate buckets")
+    }
+
+    pub fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        self.locked(|_| {
+            let mut all = self.read_limits()?;
+            match limits.is_unlimited() {
+                true => all.remove(queue),
+                false => all.insert(queue.to_owned(), limits),
+            };
+            self.disk
+                .write_atomic(&self.layout().limits, &serde_json::to_vec_pretty(&all)?)
+        })
+    }
+
+    pub fn queue_flows(&self, now: OffsetDateTime) -> Result<Vec<QueueFlow>> {
+        self.locked(|state| {
+            let buckets = self.read_buckets()?;
+            let mut flows = Vec::new();
+            for (queue, limits) in self.read_limits()? {
+                let running = self.running_of(state, &queue, now)?;
+                let queue_tat = bucket(&buckets, &queue, "").filter(|tat| *tat > now);
+                flows.push(QueueFlow {
+                    queue,
+                    limits,
+                    running,
+                    queue_tat,
+                });
+            }
+            Ok(flows)
+        })
+    }
+
+    /// The queue and key of task `id`, read once; `None` for a task whose
+    /// record is gone or cannot be read.
+    fn facts(&self, state: &mut State, id: TaskId) -> Result<Option<Facts>> {
+        if let Some(facts) = state.facts.get(&id) {
+            return Ok(Some(facts.clone()));
+        }
+        let Loaded::Found(task) = self.load(id)? else {
+            return Ok(None);
+        };
+        let facts = Facts {
+            queue: task.queue,
+            key: task.concurrency_key,
+        };
+        state.facts.insert(id, facts.clone());
+        Ok(Some(facts))
+    }
+
+    /// The ids of the running tasks of `queue`.
+    fn running_ids(&self, state: &mut State, queue: &str) -> Result<Vec<(TaskId, Option<String>)>> {
+        let mut ids = Vec::new();
+        for name in names(&self.layout().running)? {
+            let Ok(id) = TaskId::parse(&name) else { continue };
+            if let Some(facts) = self.facts(state, id)? {
+                if facts.queue == queue {
+                    ids.push((id, facts.key));
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// How many tasks of `queue` run under a lease that has not run out.
+    fn running_of(&self, state: &mut State, queue: &str, now: OffsetDateTime) -> Result<u32> {
+        let ids = self.running_ids(state, queue)?;
+        Ok(ids
+            .iter()
+            .filter(|(id, _)| self.read_lease(*id).is_some_and(|lease| lease.expires_at > now))
+            .count() as u32)
+    }
+
+    /// The names a claim of `queue` under `limits` may take, in claim order,
+    /// with the buckets stored; called under the store lock by the claim.
+    pub(super) fn admitted(
+        &self,
+        state: &mut State,
+        limits: &QueueLimits,
+        request: &ClaimRequest,
+    ) -> Result<Vec<String>> {
+        let (queue, now) = (request.queue.as_str(), request.now);
+        // Another process's enqueue of an earlier task of a key must count.
+        if limits.needs_key_order() {
+            self.refresh_view(state)?;
+        }
+        let due = time_key(now);
+        let candidates = state.view.due(queue, &due, usize::MAX, &BTreeSet::new());
+        let mut window: Vec<(String, TaskId)> = Vec::new();
+        let running = self.running_ids(state, queue)?;
+        let live = running
+            .iter()
+            .filter(|(id, _)| self.read_lease(*id).is_some_and(|lease| lease.expires_at > now))
+            .count() as u32;
+        if limits.needs_key_order() {
+            let pending: Vec<String> = state.view.names(queue).cloned().collect();
+            let mut ids: Vec<TaskId> = pending.iter().filter_map(|name| entry_id(name)).collect();
+            if limits.window_statuses().contains(&TaskStatus::Failed) {
+                for name in names(&self.layout().failed)? {
+                    if entry_queue(&name).is_some_and(|(q, _)| q == queue) {
+                        ids.extend(entry_id(&name));
+                    }
+                }
+            }
+            for id in ids {
+                if let Some(Facts { key: Some(key), .. }) = self.facts(state, id)? {
+                    window.push((key, id));
+                }
+            }
+            window.extend(running.iter().filter_map(|(id, key)| Some((key.clone()?, *id))));
+        }
+        let windows = key_windows(window.iter().map(|(key, id)| (key.as_str(), *id)));
+        let mut facts = Vec::with_capacity(candidates.len());
+        for name in &candidates {
+            let key = match entry_id(name) {
+                Some(id) => self.facts(state, id)?.and_then(|facts| facts.key),
+                None => None,
+            };
+            let ahead = match (&key, entry_id(name)) {
+                (Some(key), Some(id)) => ahead_of(windows.get(key.as_str()), id),
+                _ => 0,
+            };
+            facts.push((key, ahead));
+        }
+        let mut buckets = match limits.rate.is_some() || limits.key_rate.is_some() {
+            true => self.read_buckets()?,
+            false => Buckets::new(),
+        };
+        let mut flow = FlowState {
+            running: live,
+            queue_tat: bucket(&buckets, queue, ""),
+            ..FlowState::default()
+        };
+        for key in facts.iter().filter_map(|(key, _)| key.as_deref()) {
+            if let Some(tat) = bucket(&buckets, queue, key) {
+                flow.key_tats.insert(key.to_owned(), tat);
+            }
+        }
+        let admitted = limits.admit(
+            request.limit,
+            &flow,
+            facts.iter().map(|(key, ahead)| (key.as_deref(), *ahead)),
+            now,
+        );
+        if admitted.queue_tat.is_some() || !admitted.key_tats.is_empty() {
+            // A bucket whose time has passed is full, as a missing one.
+            let now_ns = now.unix_timestamp_nanos();
+            for keys in buckets.values_mut() {
+                keys.retain(|_, tat| *tat > now_ns);
+            }
+            let of_queue = buckets.entry(queue.to_owned()).or_default();
+            if let Some(tat) = admitted.queue_tat {
+                of_queue.insert(String::new(), tat.unix_timestamp_nanos());
+            }
+            for (key, tat) in &admitted.key_tats {
+                of_queue.insert(key.clone(), tat.unix_timestamp_nanos());
+            }
+            buckets.retain(|_, keys| !keys.is_empty());
+            self.disk
+                .write_atomic(&self.layout().buckets, &serde_json::to_vec(&buckets)?)?;
+        }
+        Ok(admitted.take.iter().map(|at| candidates[*at].clone()).collect())
+    }
+}
+
+/// The bucket of `key` in `queue`, if stored.
+fn bucket(buckets: &Buckets, queue: &str, key: &str) -> Option<OffsetDateTime> {
+    let ns = *buckets.get(queue)?.get(key)?;
+    OffsetDateTime::from_unix_timestamp_nanos(ns).ok()
+}
+
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path, what: &str) -> Result<T> {
+    let Some(bytes) = read_optional(path)? else {
+        return Ok(T::default());
+    };
+    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("not {what}: {e}"),
+    })
+}

@@ -1,0 +1,331 @@
+//! Flow control on PostgreSQL: the claim of a queue with limits, which
+//! every host serialises on the queue's settings row (not on a lock of the
+//! whole store), the storing of settings, and which queues this process
+//! knows to have them.
+//!
+//! The interleaving the row lock rules out: two hosts each count one task
+//! running under a limit of two and both claim one more. The claim locks
+//! the queue's `queue_limits` row first (`FOR UPDATE`), then, in later
+//! statements of the same transaction (under READ COMMITTED each sees every
+//! claim committed before it got the lock), counts the running tasks, reads
+//! the rate buckets and the windows of the candidates' keys, and claims
+//! what `QueueLimits::admit` takes, storing the buckets before the commit
+//! releases the lock. Finishes take no lock: they only lower the count.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use omniq_core::flow::FlowState;
+use omniq_core::{ClaimRequest, Error, QueueFlow, QueueLimits, Result, Task, TaskStatus};
+use sqlx::Row;
+use time::OffsetDateTime;
+
+use crate::rows::{self, from_ns, to_ns, Fail};
+use crate::{sql_error, PostgresStorage, ATTEMPTS};
+
+/// The queues this process last found with flow-control settings.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    limited: Mutex<HashSet<String>>,
+}
+
+impl Known {
+    /// Whether the last claim of `queue` found settings.
+    pub(crate) fn is_limited(&self, queue: &str) -> bool {
+        self.lock().contains(queue)
+    }
+
+    /// Looks whether `queue` has settings now, and remembers it.
+    pub(crate) async fn check(&self, store: &PostgresStorage, queue: &str) -> Result<bool> {
+        let sql = store.q("SELECT EXISTS (SELECT 1 FROM {s}.queue_limits WHERE name = $1)");
+        let limited: bool = sqlx::query_scalar(&sql)
+            .bind(queue)
+            .fetch_one(&store.pool)
+            .await
+            .map_err(sql_error)?;
+        self.note(queue, limited);
+        Ok(limited)
+    }
+
+    fn note(&self, queue: &str, limited: bool) {
+        let mut known = self.lock();
+        match limited {
+            true => known.insert(queue.to_owned()),
+            false => known.remove(queue),
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.limited
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl PostgresStorage {
+    /// The claim of a queue with settings; `None` when it has none (any
+    /// more), for the plain claim to take over.
+    ///
+    /// A connection lost before the commit rolls the claim back, and it is
+    /// tried again; one lost at the commit leaves it unknown, and the rows
+    /// this claim's batch took are read back instead.
+    pub(crate) async fn claim_limited(&self, request: &ClaimRequest) -> Result<Option<Vec<Task>>> {
+        let batch = omniq_core::LeaseToken::new().to_string();
+        let mut last = String::new();
+        for _ in 0..ATTEMPTS {
+            let rows = match self.claim_limited_once(request, &batch).await {
+                Ok(Some(rows)) => rows,
+                Ok(None) => {
+                    self.flow.note(&request.queue, false);
+                    return Ok(None);
+                }
+                Err(Fail::Retry(why)) => {
+                    last = why;
+                    continue;
+                }
+                Err(Fail::Unknown(why)) => self.claimed_by(&batch).await.map_err(|e| {
+                    Error::backend(
+                        "postgres",
+                        format!("{why}, and the claim could not be read back: {e}"),
+                    )
+                })?,
+                Err(Fail::Stop(error)) => return Err(error),
+            };
+            let (tasks, unreadable) = rows::split(&rows);
+            if !unreadable.is_empty() {
+                tracing::error!(
+                    tasks = ?unreadable,
+                    schema = %self.schema,
+                    "claimed tasks whose stored records cannot be read; the lease pass will fail them"
+                );
+            }
+            return Ok(Some(self.took(tasks)));
+        }
+        Err(Error::backend(
+            "postgres",
+            format!("gave up after {ATTEMPTS} attempts: {last}"),
+        ))
+    }
+
+    async fn claim_limited_once(
+        &self,
+        request: &ClaimRequest,
+        batch: &str,
+    ) -> std::result::Result<Option<Vec<sqlx::postgres::PgRow>>, Fail> {
+        let mut tx = self.claims.begin().await.map_err(Fail::before_write)?;
+        let body = self.limited_in(&mut tx, request, batch).await;
+        match body {
+            Ok(rows) => {
+                tx.commit().await.map_err(Fail::at_commit)?;
+                Ok(rows)
+            }
+            // Lost before the commit: the server rolls it back.
+            Err(Fail::Unknown(why)) => Err(Fail::Retry(why)),
+            Err(fail) => {
+                let _ = tx.rollback().await;
+                Err(fail)
+            }
+        }
+    }
+
+    async fn limited_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        request: &ClaimRequest,
+        batch: &str,
+    ) -> std::result::Result<Option<Vec<sqlx::postgres::PgRow>>, Fail> {
+        let queue = request.queue.as_str();
+        let now = to_ns(request.now).map_err(Fail::Stop)?;
+        // The lock every limited claim of this queue waits for.
+        let sql = self.q("SELECT limits::text FROM {s}.queue_limits WHERE name = $1 FOR UPDATE");
+        let limits: Option<String> = sqlx::query_scalar(&sql)
+            .bind(queue)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(Fail::from)?;
+        let Some(limits) = limits else {
+            return Ok(None);
+        };
+        let limits: QueueLimits = serde_json::from_str(&limits).map_err(|e| {
+            Fail::Stop(Error::backend(
+                "postgres",
+                format!("the limits of queue {queue:?} cannot be read: {e}"),
+            ))
+        })?;
+        let sql = self.q(
+            "SELECT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1), \
+             (SELECT count(*) FROM {s}.tasks WHERE queue = $1 AND status = 'running' AND lease_expires > $2), \
+             (SELECT tat FROM {s}.rate_buckets WHERE queue = $1 AND key = '' AND tat > $2)",
+        );
+        let (paused, running, queue_tat): (bool, i64, Option<i64>) = sqlx::query_as(&sql)
+            .bind(queue)
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(Fail::from)?;
+        if paused {
+            return Ok(Some(Vec::new()));
+        }
+        let mut state = FlowState {
+            running: u32::try_from(running).unwrap_or(u32::MAX),
+            queue_tat: queue_tat.map(from_ns),
+            ..FlowState::default()
+        };
+        // The due tasks in claim order, without those whose key's window is
+        // full (so such a key never hides the tasks behind it), locked.
+        let scan = match limits.key_rate {
+            Some(_) => request.limit.saturating_mul(8).saturating_add(64),
+            None => request.limit,
+        };
+        let held = limits.window_statuses().contains(&TaskStatus::Failed);
+        let sql = self.q("SELECT t.id, t.concurrency_key, a.ahead FROM {s}.tasks t \
+             CROSS JOIN LATERAL (SELECT CASE \
+                 WHEN $3::int4 IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
+                 ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
+                       AND u.concurrency_key = t.concurrency_key \
+                       AND u.status IN ('pending', 'running', 'failed') AND (u.status <> 'failed' OR $4) \
+                       AND u.id < t.id LIMIT $3) x) END AS ahead) a \
+             WHERE t.status = 'pending' AND t.queue = $1 AND t.eta <= $2 AND a.ahead < coalesce($3, 1) \
+             ORDER BY t.priority DESC, t.eta, t.id LIMIT $5 FOR UPDATE OF t SKIP LOCKED");
+        let candidates: Vec<(String, Option<String>, i64)> = sqlx::query_as(&sql)
+            .bind(queue)
+            .bind(now)
+            .bind(limits.per_key.map(|n| n as i32))
+            .bind(held)
+            .bind(i64::try_from(scan).unwrap_or(i64::MAX))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(Fail::from)?;
+        if limits.key_rate.is_some() {
+            let keys: Vec<&str> = candidates
+                .iter()
+                .filter_map(|(_, key, _)| key.as_deref())
+                .collect();
+            let sql = self
+                .q("SELECT key, tat FROM {s}.rate_buckets WHERE queue = $1 AND tat > $2 AND key = ANY($3)");
+            let buckets: Vec<(String, i64)> = sqlx::query_as(&sql)
+                .bind(queue)
+                .bind(now)
+                .bind(&keys)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(Fail::from)?;
+            state.key_tats = buckets
+                .into_iter()
+                .map(|(key, tat)| (key, from_ns(tat)))
+                .collect();
+        }
+        let facts = candidates
+            .iter()
+            .map(|(_, key, ahead)| (key.as_deref(), u32::try_from(*ahead).unwrap_or(u32::MAX)));
+        let admitted = limits.admit(request.limit, &state, facts, request.now);
+        let ids: Vec<&str> = admitted
+            .take
+            .iter()
+            .map(|at| candidates[*at].0.as_str())
+            .collect();
+        let mut keys = Vec::new();
+        let mut tats = Vec::new();
+        if let Some(tat) = admitted.queue_tat {
+            keys.push(String::new());
+            tats.push(to_ns(tat).map_err(Fail::Stop)?);
+        }
+        for (key, tat) in admitted.key_tats {
+            keys.push(key);
+            tats.push(to_ns(tat).map_err(Fail::Stop)?);
+        }
+        let expires = to_ns(omniq_core::later(request.now, request.lease_for)).map_err(Fail::Stop)?;
+        let lease_ns = i64::try_from(request.lease_for.as_nanos()).unwrap_or(i64::MAX);
+        // The claim as the plain statement records it, and the buckets; a
+        // bucket whose time has passed is full again, and goes.
+        let sql = self.q(
+            "WITH gone AS (DELETE FROM {s}.rate_buckets WHERE queue = $1 AND tat <= $2 \
+                 AND NOT (key = ANY($8))), \
+             kept AS (INSERT INTO {s}.rate_buckets (queue, key, tat) \
+                 SELECT $1, k, t FROM unnest($8::text[], $9::int8[]) AS b(k, t) \
+                 ON CONFLICT (queue, key) DO UPDATE SET tat = excluded.tat) \
+             UPDATE {s}.tasks t SET status = 'running', lease_expires = $4, \
+                 claim = json_build_object('worker', $3::text, 'token', gen_random_uuid(), \
+                 'at', $2::int8, 'lease_ns', $5::int8, 'batch', $6::text) \
+             WHERE t.id = ANY($7) \
+             RETURNING t.id, t.record::text, t.claim::text",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(queue)
+            .bind(now)
+            .bind(&request.worker_id)
+            .bind(expires)
+            .bind(lease_ns)
+            .bind(batch)
+            .bind(&ids)
+            .bind(&keys)
+            .bind(&tats)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(Fail::from)?;
+        Ok(Some(rows))
+    }
+
+    /// [`Storage::set_queue_limits`](omniq_core::Storage::set_queue_limits).
+    pub(crate) async fn store_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        self.writable()?;
+        let result = match limits.is_unlimited() {
+            true => {
+                sqlx::query(&self.q("DELETE FROM {s}.queue_limits WHERE name = $1"))
+                    .bind(queue)
+                    .execute(&self.pool)
+                    .await
+            }
+            false => {
+                sqlx::query(&self.q(
+                    "INSERT INTO {s}.queue_limits (name, limits) VALUES ($1, $2::json) \
+                     ON CONFLICT (name) DO UPDATE SET limits = excluded.limits",
+                ))
+                .bind(queue)
+                .bind(serde_json::to_string(&limits)?)
+                .execute(&self.pool)
+                .await
+            }
+        };
+        // Setting the same value twice is harmless, so a lost answer is
+        // safe to leave to the caller to repeat.
+        result.map_err(sql_error)?;
+        self.flow.note(queue, !limits.is_unlimited());
+        Ok(())
+    }
+
+    /// [`Storage::queue_flows`](omniq_core::Storage::queue_flows).
+    pub(crate) async fn flows(&self, now: OffsetDateTime) -> Result<Vec<QueueFlow>> {
+        let sql = self.q(
+            "SELECT q.name, q.limits::text, \
+             (SELECT count(*) FROM {s}.tasks WHERE queue = q.name AND status = 'running' AND lease_expires > $1), \
+             (SELECT tat FROM {s}.rate_buckets WHERE queue = q.name AND key = '' AND tat > $1) \
+             FROM {s}.queue_limits q ORDER BY q.name",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(to_ns(now)?)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(sql_error)?;
+        rows.iter()
+            .map(|row| {
+                let queue: String = row.try_get(0).map_err(sql_error)?;
+                let limits: String = row.try_get(1).map_err(sql_error)?;
+                let running: i64 = row.try_get(2).map_err(sql_error)?;
+                let tat: Option<i64> = row.try_get(3).map_err(sql_error)?;
+                let limits = serde_json::from_str(&limits).map_err(|e| {
+                    Error::backend(
+                        "postgres",
+                        format!("the limits of queue {queue:?} cannot be read: {e}"),
+                    )
+                })?;
+                Ok(QueueFlow {
+                    queue,
+                    limits,
+                    running: u32::try_from(running).unwrap_or(u32::MAX),
+                    queue_tat: tat.map(from_ns),
+                })
+            })
+            .collect()
+    }
+}
