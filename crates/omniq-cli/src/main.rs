@@ -6,13 +6,14 @@
 
 mod check;
 mod output;
+mod queues;
 mod read;
 mod schedules;
 mod workers;
 
 use check::check;
 use output::{out, printable};
-use read::{list, queues, result, show, stats};
+use read::{list, result, show, stats};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,8 +72,10 @@ enum Command {
     Migrate(MigrateArgs),
     /// Checks a store: file records and entries, or SQLite's integrity and schema.
     Check(CheckArgs),
-    /// Each queue: counts per status, paused or not, oldest pending age.
-    Queues(JsonFlag),
+    /// Each queue: counts per status, paused or not, oldest pending age, and
+    /// its flow-control settings; `queues set QUEUE --limit 5 --per-key 1
+    /// --rate 100/s` changes them.
+    Queues(queues::QueuesArgs),
     /// The worker pools that report in: host, pid, version, queues, running
     /// tasks, last seen; pools that stopped beating are shown as missing.
     Workers(JsonFlag),
@@ -415,7 +418,8 @@ async fn run(cli: Cli) -> Outcome {
             | Command::Purge(_)
             | Command::Pause { .. }
             | Command::Resume { .. }
-    ) || matches!(&cli.command, Command::Schedules(args) if args.writes());
+    ) || matches!(&cli.command, Command::Schedules(args) if args.writes())
+        || matches!(&cli.command, Command::Queues(args) if args.writes());
     let store = match writes {
         true => open_existing(&url, &settings).await?,
         false => open_to_read(&url, &settings).await?,
@@ -425,7 +429,7 @@ async fn run(cli: Cli) -> Outcome {
     let colour = output::colour();
     match &cli.command {
         Command::Stats(args) => stats(&*store, &url, args, now).await,
-        Command::Queues(flag) => queues(&*store, flag.json, now).await,
+        Command::Queues(args) => queues::queues(&*store, args, now).await,
         Command::Workers(flag) => workers::workers(&*store, flag.json, now).await,
         Command::Schedules(args) => schedules::schedules(&*store, args, now).await,
         Command::Pause { queue } => {

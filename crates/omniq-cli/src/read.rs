@@ -4,11 +4,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use omniq::{Error, ListOrder, ListQuery, QueueStats, Storage, StoreUrl, TaskStatus};
+use omniq::{ListOrder, ListQuery, QueueStats, Storage, StoreUrl, TaskStatus};
 use time::OffsetDateTime;
 
 use crate::output::{self, out, printable};
-use crate::{parse_id, print_json, Failure, IdArgs, ListArgs, Outcome, StatsArgs};
+use crate::{parse_id, print_json, IdArgs, ListArgs, Outcome, StatsArgs};
 
 pub(crate) async fn stats(
     store: &dyn Storage,
@@ -91,67 +91,6 @@ pub(crate) async fn stats(
 
 /// How many running tasks `stats` lists with their leases.
 const RUNNING_SHOWN: usize = 20;
-
-pub(crate) async fn queues(store: &dyn Storage, json: bool, now: OffsetDateTime) -> Outcome {
-    let queues = store.queue_stats().await?;
-    // How long the oldest due task has waited; none for a queue whose
-    // earliest task is not due yet.
-    let age = |stats: &QueueStats| stats.oldest_eta.filter(|eta| *eta <= now).map(|eta| now - eta);
-    if json {
-        let rows: Vec<serde_json::Value> = queues
-            .iter()
-            .map(|stats| {
-                let mut row = serde_json::to_value(stats).map_err(Error::from)?;
-                row["oldest_pending_age_s"] = age(stats).map(|a| a.as_seconds_f64()).into();
-                Ok(row)
-            })
-            .collect::<Result<_, Failure>>()?;
-        print_json(&rows)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if queues.is_empty() {
-        out!("no queues");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = queues
-        .iter()
-        .map(|stats| {
-            let c = &stats.counts;
-            let oldest = match (age(stats), stats.oldest_eta) {
-                (Some(age), _) => {
-                    humantime::format_duration(Duration::from_secs(age.whole_seconds().max(0) as u64))
-                        .to_string()
-                }
-                (None, Some(eta)) => format!("next {}", output::relative(eta, now)),
-                (None, None) => "-".into(),
-            };
-            vec![
-                printable(&stats.queue).into_owned(),
-                c.pending.to_string(),
-                c.running.to_string(),
-                c.completed.to_string(),
-                c.failed.to_string(),
-                c.cancelled.to_string(),
-                if stats.paused { "paused" } else { "" }.into(),
-                oldest,
-            ]
-        })
-        .collect();
-    output::table(
-        &[
-            "QUEUE",
-            "PENDING",
-            "RUNNING",
-            "COMPLETED",
-            "FAILED",
-            "CANCELLED",
-            "PAUSED",
-            "OLDEST PENDING",
-        ],
-        &rows,
-    );
-    Ok(ExitCode::SUCCESS)
-}
 
 pub(crate) async fn list(store: &dyn Storage, args: &ListArgs, now: OffsetDateTime, colour: bool) -> Outcome {
     if let Some(queue) = &args.queue {
@@ -252,6 +191,9 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
             },
         );
     }
+    if let Some(key) = &task.concurrency_key {
+        out!("concurrency  {}", printable(key));
+    }
     for (name, value) in &task.meta {
         out!("meta         {}={}", printable(name), printable(value));
     }
@@ -264,6 +206,9 @@ pub(crate) async fn show(store: &dyn Storage, args: &IdArgs, now: OffsetDateTime
         printable(&serde_json::Value::Object(task.kwargs.clone()).to_string())
     );
     out!("attempts     {} of {}", task.attempts, task.max_retries + 1);
+    if task.snoozes > 0 {
+        out!("snoozes      {}", task.snoozes);
+    }
     out!("eta          {}", time(Some(task.eta)));
     out!("interval     {}", seconds(task.interval));
     out!("timeout      {}", seconds(task.timeout));

@@ -236,3 +236,67 @@ fn show_lists_the_failed_attempts() {
         assert!(!s.run(&["show", &s.done.to_string()]).contains("failed attempts"));
     }
 }
+
+#[test]
+fn queues_set_changes_the_flow_control_settings_and_queues_shows_them() {
+    for s in both() {
+        add_emails(&s);
+        let said = s.run(&[
+            "queues",
+            "set",
+            "emails",
+            "--limit",
+            "5",
+            "--per-key",
+            "1",
+            "--rate",
+            "100/s",
+        ]);
+        assert!(said.contains("at most 5 running"), "{said}");
+        assert!(said.contains("1 per concurrency key"), "{said}");
+        let table = s.run(&["queues"]);
+        let emails = table.lines().find(|l| l.starts_with("emails")).unwrap();
+        assert!(emails.contains("0/5"), "{table}");
+        assert!(emails.contains("100/s"), "{table}");
+        // Settings not named stay; `none` clears one.
+        s.run(&[
+            "queues",
+            "set",
+            "emails",
+            "--limit",
+            "none",
+            "--key-rate",
+            "6/m",
+            "--hold-failed",
+            "true",
+        ]);
+        let json: Vec<serde_json::Value> = serde_json::from_str(&s.run(&["queues", "--json"])).unwrap();
+        let emails = json.iter().find(|q| q["queue"] == "emails").unwrap();
+        assert_eq!(
+            emails["limits"],
+            serde_json::json!({"per_key": 1, "hold_failed": true,
+                "rate": {"count": 100, "per": {"secs": 1, "nanos": 0}},
+                "key_rate": {"count": 6, "per": {"secs": 60, "nanos": 0}}})
+        );
+        assert_eq!(emails["running_under_lease"], 0);
+        // A queue with settings and no task is listed.
+        s.run(&["queues", "set", "api", "--limit", "1"]);
+        assert!(s.run(&["queues"]).lines().any(|l| l.starts_with("api")));
+        // Values out of range get a clear error and change nothing.
+        for (flag, value, says) in [
+            ("--limit", "0", "1 to 100000"),
+            ("--limit", "x", "not a whole number"),
+            ("--rate", "0/s", "1 to 1000000"),
+            ("--rate", "5/d", "period unit"),
+        ] {
+            let error = s.fail(&["queues", "set", "emails", flag, value]);
+            assert!(error.contains(says), "{flag} {value}: {error}");
+        }
+        let error = s.fail(&["queues", "set", "fresh", "--hold-failed", "true"]);
+        assert!(error.contains("per-key limit"), "{error}");
+        s.run(&["queues", "clear", "emails"]);
+        let json: Vec<serde_json::Value> = serde_json::from_str(&s.run(&["queues", "--json"])).unwrap();
+        let emails = json.iter().find(|q| q["queue"] == "emails").unwrap();
+        assert_eq!(emails["limits"], serde_json::json!({}));
+    }
+}

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State as Extract};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use omniq_core::{Error, QueueStats, StatusCounts, Task, TaskId, TaskStatus};
+use omniq_core::{Error, QueueFlow, QueueStats, StatusCounts, Task, TaskId, TaskStatus};
 use time::OffsetDateTime;
 
 use crate::data::{self, encode, Filter};
@@ -149,18 +149,42 @@ fn chart(minutes: &[u64; 60]) -> Markup {
     }
 }
 
-fn queue_table(app: &App, queues: &[QueueStats], now: OffsetDateTime) -> Markup {
+/// A queue's flow-control settings in a few words, with its running count.
+fn limits_text(flow: Option<&QueueFlow>) -> String {
+    let Some(flow) = flow else { return "-".into() };
+    let l = &flow.limits;
+    let mut parts = Vec::new();
+    if let Some(limit) = l.limit {
+        parts.push(format!("{}/{limit} running", flow.running));
+    }
+    if let Some(n) = l.per_key {
+        parts.push(format!(
+            "{n} per key{}",
+            if l.hold_failed { ", failed hold" } else { "" }
+        ));
+    }
+    if let Some(rate) = l.rate {
+        parts.push(rate.to_string());
+    }
+    if let Some(rate) = l.key_rate {
+        parts.push(format!("{rate} per key"));
+    }
+    parts.join(" · ")
+}
+
+fn queue_table(app: &App, queues: &[QueueStats], flows: &[QueueFlow], now: OffsetDateTime) -> Markup {
     let p = &app.options.prefix;
     html! {
         table #queues {
             tr { th { "Queue" } th { "Pending" } th { "Running" } th { "Completed" } th { "Failed" }
-                 th { "Cancelled" } th { "Oldest pending" } th { "State" } }
+                 th { "Cancelled" } th { "Oldest pending" } th { "Limits" } th { "State" } }
             @for q in queues {
                 tr {
                     td { a href={ (p) "/tasks?queue=" (encode(&q.queue)) } { (q.queue) } }
                     td.n { (q.counts.pending) } td.n { (q.counts.running) } td.n { (q.counts.completed) }
                     td.n { (q.counts.failed) } td.n { (q.counts.cancelled) }
                     td { (q.oldest_eta.map_or("-".to_string(), |eta| ago(eta, now))) }
+                    td { (limits_text(flows.iter().find(|f| f.queue == q.queue))) }
                     td {
                         @if q.paused { "paused " } @else { "running " }
                         @if !app.options.read_only {
@@ -205,6 +229,7 @@ async fn overview_body(app: &App) -> omniq_core::Result<Markup> {
     let now = OffsetDateTime::now_utc();
     let counts = app.storage.counts().await?;
     let queues = app.storage.queue_stats().await?;
+    let flows = app.storage.queue_flows(now).await?;
     let minutes = data::per_minute(&*app.storage, now).await?;
     let running = data::running(&*app.storage, data::PAGE).await?;
     let paused: Vec<&str> = queues
@@ -220,7 +245,7 @@ async fn overview_body(app: &App) -> omniq_core::Result<Markup> {
             @if !paused.is_empty() { " · paused queues: " (paused.join(", ")) } }
         (chart(&minutes))
         h2 { "Queues" }
-        (queue_table(app, &queues, now))
+        (queue_table(app, &queues, &flows, now))
         h2 { "Running" }
         @if running.is_empty() { p.muted { "Nothing is running." } } @else {
             table #running {
@@ -364,7 +389,11 @@ pub(crate) async fn task(Extract(app): Extract<State>, Path(id): Path<String>) -
             @for (name, value) in &t.meta {
                 dt { "Meta " code { (name) } } dd { code { (value) } }
             }
-            dt { "Attempts" } dd { (t.attempts) " of " (t.max_retries.saturating_add(1)) }
+            @if let Some(key) = &t.concurrency_key {
+                dt { "Concurrency key" } dd { code { (key) } }
+            }
+            dt { "Attempts" } dd { (t.attempts) " of " (t.max_retries.saturating_add(1))
+                @if t.snoozes > 0 { " (snoozed " (t.snoozes) " times)" } }
             dt { "Eta" } dd { (when(Some(t.eta), now)) }
             dt { "Interval" } dd { (t.interval.map_or("-".to_string(), |d| format!("{}s", d.as_secs_f64()))) }
             dt { "Timeout" } dd { (t.timeout.map_or("-".to_string(), |d| format!("{}s", d.as_secs_f64()))) }
@@ -427,14 +456,20 @@ pub(crate) async fn task(Extract(app): Extract<State>, Path(id): Path<String>) -
 
 pub(crate) async fn queues(Extract(app): Extract<State>) -> Response {
     let now = OffsetDateTime::now_utc();
-    match app.storage.queue_stats().await {
-        Ok(queues) => layout(
+    let read = async {
+        Ok::<_, omniq_core::Error>((
+            app.storage.queue_stats().await?,
+            app.storage.queue_flows(now).await?,
+        ))
+    };
+    match read.await {
+        Ok((queues, flows)) => layout(
             &app,
             "Queues",
             html! {
                 h1 { "Queues" }
                 @if queues.is_empty() { p.muted { "No queues yet: they appear with their first task." } }
-                @else { (queue_table(&app, &queues, now)) }
+                @else { (queue_table(&app, &queues, &flows, now)) }
             },
         )
         .into_response(),

@@ -104,6 +104,13 @@ async fn seed(store: &dyn Storage) -> Seeded {
     };
     assert!(store.set_progress(lease, report).await.unwrap());
     store.set_paused("reports", true).await.unwrap();
+    let limits = omniq_core::QueueLimits {
+        limit: Some(3),
+        per_key: Some(1),
+        rate: Some("20/s".parse().unwrap()),
+        ..Default::default()
+    };
+    store.set_queue_limits("reports", limits).await.unwrap();
     let beat = |id: &str, host: &str, last_seen: OffsetDateTime| omniq_core::WorkerBeat {
         worker_id: id.into(),
         host: host.into(),
@@ -313,6 +320,10 @@ async fn every_page_and_api_route_answers_on_every_backend() {
         assert!(
             queues.body.contains("Resume") && queues.body.contains("Pause"),
             "{backend}"
+        );
+        assert!(
+            queues.body.contains("0/3 running · 1 per key · 20/s"),
+            "{backend}: the flow-control settings"
         );
         assert_eq!(
             send(&app, get("/fragments/overview")).await.status,

@@ -60,6 +60,13 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// `anyhow::Error`, or `Box<dyn Error + Send + Sync>`, each working with `?`.
     type Error: IntoHandlerError;
 
+    /// The concurrency key of this job, from its fields (a customer's id,
+    /// say): with a per-key limit on its queue, jobs with one key start in
+    /// enqueue order, at most that many at once. `None` (the default): no key.
+    fn concurrency_key(&self) -> Option<String> {
+        None
+    }
+
     /// Runs one attempt.
     fn run(self, ctx: TaskContext) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
 
@@ -73,6 +80,9 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
         }
         if let Some(timeout) = Self::TIMEOUT {
             task = task.timeout(timeout);
+        }
+        if let Some(key) = self.concurrency_key() {
+            task = task.concurrency_key(key);
         }
         Ok(task)
     }

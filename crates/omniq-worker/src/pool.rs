@@ -6,6 +6,7 @@
 mod config;
 mod executor;
 mod panic_site;
+mod rates;
 mod recorder;
 pub mod scheduler;
 mod supervisor;

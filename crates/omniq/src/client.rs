@@ -344,6 +344,14 @@ impl<'a> TaskBuilder<'a> {
         self
     }
 
+    /// Gives the task a concurrency key: with a per-key limit on its queue
+    /// ([`crate::QueueConfig::per_key`]), the key's tasks start in enqueue
+    /// order, at most that many at once.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.task = self.task.concurrency_key(key);
+        self
+    }
+
     /// Carries `value` under `name` with the task ([`omniq_core::Task::meta`]).
     pub fn meta(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.task = self.task.meta(name, value);

@@ -140,6 +140,12 @@ impl<'a, J: Job> JobBuilder<'a, J> {
         self.map(|t| t.unique_finished(statuses))
     }
 
+    /// With concurrency key `key` instead of [`Job::concurrency_key`]'s
+    /// ([`TaskBuilder::concurrency_key`]).
+    pub fn concurrency_key(self, key: impl Into<String>) -> Self {
+        self.map(|t| t.concurrency_key(key))
+    }
+
     /// Carries `value` under `name` with the task ([`TaskBuilder::meta`]).
     pub fn meta(self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.map(|t| t.meta(name, value))

@@ -43,6 +43,7 @@ pub mod blocking;
 mod client;
 mod jobs;
 mod migrate;
+mod queue_config;
 mod schedules;
 pub mod testing;
 #[cfg(feature = "web")]
@@ -58,15 +59,16 @@ pub use migrate::{
 pub use omniq_core as core;
 pub use omniq_core::schedule::{PutAnswer, PutSchedule, Schedule, ScheduledTask};
 pub use omniq_core::{
-    earlier, later, limits, payload, queue, upkeep, BackendKind, Durability, Enqueued, Error, ListOrder,
-    ListQuery, MemoryStorage, NewTask, QueueStats, Result, Retention, Serializer, Settings, SettingsBuilder,
-    StatusCounts, Storage, StorageExt, Task, TaskError, TaskId, TaskResult, TaskStatus, WorkerBeat,
-    DEFAULT_QUEUE,
+    earlier, flow, later, limits, payload, queue, upkeep, BackendKind, Durability, Enqueued, Error,
+    ListOrder, ListQuery, MemoryStorage, NewTask, QueueFlow, QueueLimits, QueueStats, Rate, Result,
+    Retention, Serializer, Settings, SettingsBuilder, StatusCounts, Storage, StorageExt, Task, TaskError,
+    TaskId, TaskResult, TaskStatus, WorkerBeat, DEFAULT_QUEUE,
 };
 #[cfg(feature = "file")]
 pub use omniq_file::{CheckReport, FileStorage};
 #[cfg(feature = "postgres")]
 pub use omniq_postgres::PostgresStorage;
+pub use queue_config::QueueConfig;
 pub use schedules::ScheduleBuilder;
 
 /// The PostgreSQL backend's own API: connection options, enqueueing inside

@@ -14,6 +14,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
     let mut next_schedules = Instant::now();
     // Other processes' enqueues, where the store tells of them.
     let mut wake_ups = shared.storage.wake_ups();
+    let mut rated = super::rates::Rated::default();
     loop {
         if shared.stop_claiming.is_cancelled() {
             return;
@@ -108,6 +109,8 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
             // Nothing more is due in these queues: sleep until their next
             // task is, if that comes before the next poll.
             wait = wait.min(until_next_due(&shared, &hungry).await);
+            // A queue over its rate: look again when the rate allows a start.
+            wait = wait.min(rated.wait(&shared, &hungry).await);
         }
         if !free {
             // Every slot is busy: only a free slot (or stopping) matters.
