@@ -2,8 +2,14 @@
 //! SIGKILL at random moments while they run tasks, restarted, and at the end the
 //! store is checked: nothing lost, nothing stuck, nothing unreadable.
 //!
-//! `chaos [--backend file|sqlite|postgres] [--tasks N] [--seconds S]` drives the test;
-//! `chaos worker BACKEND DIR LOG` is one worker process.
+//! `chaos [--backend file|sqlite|postgres] [--tasks N] [--seconds S] [--limits]`
+//! drives the test; `chaos worker BACKEND DIR LOG` is one worker process.
+//!
+//! With `--limits` the queue carries flow control (at most 6 running across
+//! the 12 slots of the three workers, one task at a time per concurrency
+//! key, 50 keys): besides nothing lost or stuck (no slot leaked by a killed
+//! worker), no task of a key may start before every earlier task of its key
+//! was done, by the side log.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,13 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omniq_benches::{open_at, scratch};
-use omniq_core::{Error, NewTask, Settings, Storage, TaskId, TaskStatus};
+use omniq_core::{Error, NewTask, QueueLimits, Settings, Storage, TaskId, TaskStatus};
 use omniq_worker::{Backoff, HandlerError, Registry, TaskContext, WorkerPool};
 use serde_json::json;
 use time::OffsetDateTime;
 
 const WORKERS: usize = 3;
 const LEASE: Duration = Duration::from_secs(3);
+/// The concurrency keys of `--limits`.
+const KEYS: usize = 50;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,9 +46,10 @@ fn main() -> ExitCode {
     };
     let tasks: usize = value("--tasks").map_or(2_000, |n| n.parse().expect("--tasks takes a number"));
     let seconds: u64 = value("--seconds").map_or(30, |s| s.parse().expect("--seconds takes a number"));
+    let limits = args.iter().any(|a| a == "--limits");
     let mut ok = true;
     for backend in backends {
-        ok &= drive(&backend, tasks, Duration::from_secs(seconds));
+        ok &= drive(&backend, tasks, Duration::from_secs(seconds), limits);
     }
     if ok {
         ExitCode::SUCCESS
@@ -112,7 +121,7 @@ fn spawn_worker(backend: &str, dir: &Path, log: &Path) -> Child {
 }
 
 /// Runs the whole test on one backend; prints the summary line last.
-fn drive(backend: &str, n: usize, chaos_for: Duration) -> bool {
+fn drive(backend: &str, n: usize, chaos_for: Duration, limits: bool) -> bool {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,10 +132,21 @@ fn drive(backend: &str, n: usize, chaos_for: Duration) -> bool {
     let store = runtime
         .block_on(open_at(backend, &store_dir))
         .expect("open the store");
-    let ids = runtime.block_on(enqueue(&*store, n));
+    if limits {
+        let limits = QueueLimits {
+            limit: Some(6),
+            per_key: Some(1),
+            ..QueueLimits::default()
+        };
+        runtime
+            .block_on(store.set_queue_limits(omniq_core::DEFAULT_QUEUE, limits))
+            .expect("set the queue's limits");
+    }
+    let ids = runtime.block_on(enqueue(&*store, n, limits));
     eprintln!(
-        "{backend}: {n} tasks enqueued in {}; {WORKERS} workers, SIGKILL for {chaos_for:?}",
-        store_dir.display()
+        "{backend}: {n} tasks enqueued in {}; {WORKERS} workers, SIGKILL for {chaos_for:?}{}",
+        store_dir.display(),
+        if limits { ", limit 6, one per key" } else { "" }
     );
 
     let mut workers: Vec<Child> = (0..WORKERS)
@@ -166,7 +186,10 @@ fn drive(backend: &str, n: usize, chaos_for: Duration) -> bool {
     let store = runtime
         .block_on(open_at(backend, &store_dir))
         .expect("reopen the store");
-    let report = runtime.block_on(check(&*store, &ids, &log));
+    let mut report = runtime.block_on(check(&*store, &ids, &log));
+    if limits {
+        report.out_of_order = out_of_order(&ids, &log);
+    }
     let structure = runtime.block_on(structural_problems(backend, &store_dir));
     let corrupt = report.corrupt + structure;
     eprintln!(
@@ -174,18 +197,57 @@ fn drive(backend: &str, n: usize, chaos_for: Duration) -> bool {
          (a handler that succeeded runs again only when its worker was killed before recording it: at-least-once)",
         report.failed, report.executions, report.ran_twice
     );
+    let order = match limits {
+        true => format!(" out_of_order={}", report.out_of_order),
+        false => String::new(),
+    };
     println!(
-        "{backend}: tasks={n} completed={} lost={} stuck={} corrupt={corrupt}",
+        "{backend}: tasks={n} completed={} lost={} stuck={} corrupt={corrupt}{order}",
         report.completed, report.lost, report.stuck
     );
     if backend == "postgres" {
         drop(store);
         runtime.block_on(omniq_benches::drop_postgres_schema(&store_dir));
     }
-    report.lost == 0 && report.stuck == 0 && corrupt == 0 && report.completed == n
+    report.lost == 0 && report.stuck == 0 && corrupt == 0 && report.completed == n && report.out_of_order == 0
 }
 
-async fn enqueue(store: &dyn Storage, n: usize) -> Vec<TaskId> {
+/// The concurrency key of task number `i`, with `--limits`.
+fn key_of(i: usize) -> String {
+    format!("key-{}", i % KEYS)
+}
+
+/// How many starts in the side log came before every earlier task of their
+/// key was done (`ids` in enqueue order, which is each key's order).
+fn out_of_order(ids: &[TaskId], log: &Path) -> usize {
+    let place: HashMap<String, (String, usize)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.to_string(), (key_of(i), i / KEYS)))
+        .collect();
+    let mut done: HashMap<String, std::collections::BTreeSet<usize>> = HashMap::new();
+    let mut wrong = 0;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let (Some(kind), Some(id)) = (words.next(), words.next()) else { continue };
+        let Some((key, k)) = place.get(id) else { continue };
+        let finished = done.entry(key.clone()).or_default();
+        match kind {
+            "start" if (0..*k).any(|j| !finished.contains(&j)) => {
+                eprintln!("task {k} of {key} started before the earlier ones were done");
+                wrong += 1;
+            }
+            "done" => {
+                finished.insert(*k);
+            }
+            _ => {}
+        }
+    }
+    wrong
+}
+
+async fn enqueue(store: &dyn Storage, n: usize, keyed: bool) -> Vec<TaskId> {
     let settings = Settings::default();
     let now = OffsetDateTime::now_utc();
     let mut ids = Vec::with_capacity(n);
@@ -194,11 +256,14 @@ async fn enqueue(store: &dyn Storage, n: usize) -> Vec<TaskId> {
             .iter()
             .map(|&i| {
                 let job = json!({"n": i, "sleep_ms": 10 + fastrand::u64(0..140)});
-                NewTask::with_payload("chaos.job", &job)
+                let task = NewTask::with_payload("chaos.job", &job)
                     .expect("payload")
-                    .max_retries(25)
-                    .into_task(&settings, now)
-                    .expect("task")
+                    .max_retries(25);
+                let task = match keyed {
+                    true => task.concurrency_key(key_of(i)),
+                    false => task,
+                };
+                task.into_task(&settings, now).expect("task")
             })
             .collect();
         ids.extend(tasks.iter().map(|t| t.id));
@@ -216,6 +281,7 @@ struct Report {
     corrupt: usize,
     ran_twice: usize,
     executions: usize,
+    out_of_order: usize,
 }
 
 async fn check(store: &dyn Storage, ids: &[TaskId], log: &PathBuf) -> Report {
