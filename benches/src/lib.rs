@@ -3,6 +3,7 @@
 //! loops the benchmarks time.
 
 pub mod floor;
+pub mod flow;
 pub mod processes;
 pub mod upkeep;
 

@@ -77,17 +77,22 @@ fn worker(backend: &str, dir: &Path, log: &Path) {
         registry.register_with_context("chaos.job", move |job: serde_json::Value, ctx: TaskContext| {
             let log = log.clone();
             async move {
-                // One short append per execution; O_APPEND keeps lines whole
-                // across processes.
-                writeln!(log.lock().expect("log"), "start {} {}", ctx.id, ctx.attempt)
-                    .expect("write the side log");
+                // One short append per line, in one write: O_APPEND keeps it
+                // whole across processes (`writeln!` would write it in pieces,
+                // which another process's line could come between).
+                let append = |line: String| {
+                    log.lock()
+                        .expect("log")
+                        .write_all(line.as_bytes())
+                        .expect("write the side log")
+                };
+                append(format!("start {} {}\n", ctx.id, ctx.attempt));
                 let millis = job["sleep_ms"].as_u64().unwrap_or(10);
                 tokio::time::sleep(Duration::from_millis(millis)).await;
                 if fastrand::f64() < 0.1 {
                     return Err(HandlerError::retry("a random failure"));
                 }
-                writeln!(log.lock().expect("log"), "done {} {}", ctx.id, ctx.attempt)
-                    .expect("write the side log");
+                append(format!("done {} {}\n", ctx.id, ctx.attempt));
                 Ok(job["n"].clone())
             }
         });
@@ -230,12 +235,24 @@ fn out_of_order(ids: &[TaskId], log: &Path) -> usize {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let (Some(kind), Some(id)) = (words.next(), words.next()) else { continue };
+        let (Some(kind), Some(id)) = (words.next(), words.next()) else {
+            continue;
+        };
         let Some((key, k)) = place.get(id) else { continue };
         let finished = done.entry(key.clone()).or_default();
         match kind {
             "start" if (0..*k).any(|j| !finished.contains(&j)) => {
-                eprintln!("task {k} of {key} started before the earlier ones were done");
+                let missing: Vec<usize> = (0..*k).filter(|j| !finished.contains(j)).collect();
+                eprintln!("task {k} of {key} ({id}) started before {missing:?} were done");
+                if wrong == 0 {
+                    // The whole story of the first key out of order.
+                    for line in text.lines() {
+                        let id = line.split_whitespace().nth(1).unwrap_or_default();
+                        if let Some((other, j)) = place.get(id).filter(|(other, _)| other == key) {
+                            eprintln!("  {other} #{j}: {line}");
+                        }
+                    }
+                }
                 wrong += 1;
             }
             "done" => {

@@ -15,6 +15,10 @@
 //! With `--upkeep [--backlog N]` it instead measures what retention and
 //! heartbeats cost the 10,000-task processing row (`benches/src/upkeep.rs`).
 //!
+//! With `--flow [--tasks N]` it instead measures what flow control costs the
+//! processing row (`benches/src/flow.rs`): no limits, a queue limit above
+//! the pool's concurrency, and 100 concurrency keys one at a time each.
+//!
 //! With `--floor [--tasks N]` it instead runs, per backend, the one-call-each
 //! and batch rows for N tasks (default 10,000) and the backend's floor script
 //! (`benches/floor/`) for N tasks, and prints the ratio of each row to the
@@ -91,6 +95,20 @@ fn main() {
             None => 100_000,
         };
         runtime.block_on(upkeep_cost(&backends, concurrency, backlog));
+        return;
+    }
+    if args.iter().any(|a| a == "--flow") {
+        let n = match args.iter().position(|a| a == "--tasks") {
+            Some(i) => match args.get(i + 1).and_then(|n| n.parse().ok()).filter(|n| *n > 0) {
+                Some(n) => n,
+                None => {
+                    eprintln!("--tasks takes a number above 0");
+                    std::process::exit(2);
+                }
+            },
+            None => 10_000,
+        };
+        runtime.block_on(flow_cost(&backends, n, concurrency));
         return;
     }
     if args.iter().any(|a| a == "--floor") {
@@ -426,6 +444,43 @@ async fn upkeep_cost(backends: &[&'static str], concurrency: usize, backlog: usi
             "| {backend} | {off:.3} | {on:.3} | {:.2}x | {pruning:.3} | {:.2}x | {left} |",
             on / off,
             pruning / off
+        );
+    }
+}
+
+/// `--flow`: per backend, the `n`-task processing row without limits, with
+/// a queue limit above the pool's concurrency, and over 100 keys one at a
+/// time each, five runs of each in turns; the median of each and its ratio
+/// to the row without limits.
+async fn flow_cost(backends: &[&'static str], n: usize, concurrency: usize) {
+    use omniq_benches::flow::{process_row, Flow};
+    const RUNS: usize = 5;
+    println!(
+        "| Backend | Process {n}, no limits (s) | limit {} (s) | ratio | {} keys, 1 per key (s) | ratio |",
+        2 * concurrency,
+        omniq_benches::flow::KEYS
+    );
+    println!("|---------|------:|------:|------:|------:|------:|");
+    for &backend in backends {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); 3];
+        for run in 0..RUNS {
+            let mut order = [(0, Flow::Off), (1, Flow::Limit), (2, Flow::Keys)];
+            order.rotate_left(run % 3);
+            for (i, flow) in order {
+                let took = process_row(backend, n, concurrency, flow).await;
+                eprintln!("  {backend:6} {flow:?}: {took:.3} s");
+                times[i].push(took);
+            }
+        }
+        let median = |t: &mut Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        };
+        let [off, limit, keys] = [0, 1, 2].map(|i| median(&mut times[i]));
+        println!(
+            "| {backend} | {off:.3} | {limit:.3} | {:.2}x | {keys:.3} | {:.2}x |",
+            limit / off,
+            keys / off
         );
     }
 }
