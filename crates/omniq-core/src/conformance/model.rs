@@ -1,7 +1,8 @@
 //! The model-based property test: random sequences of operations run against a
 //! backend and against a small in-memory model must give the same answers.
-//! Tasks spread over two queues with three priorities and a few unique keys,
-//! and the queues are paused and resumed along the way.
+//! Tasks spread over two queues with three priorities, a few unique keys and
+//! a few concurrency keys, and the queues are paused and resumed, and given
+//! flow-control settings (a limit, a key window, a rate), along the way.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -34,6 +35,15 @@ enum Op {
         queue: usize,
         priority: i16,
         key: Option<u8>,
+        ckey: Option<u8>,
+    },
+    Limit {
+        queue: usize,
+        limit: Option<u32>,
+        per_key: Option<u32>,
+        hold_failed: bool,
+        /// Starts, and the period in milliseconds.
+        rate: Option<(u32, u64)>,
     },
     Claim {
         limit: usize,
@@ -79,14 +89,30 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (
             (0u64..3_000, 0u32..3, proptest::bool::weighted(0.2)),
             (0..QUEUES.len(), -1i16..=1, proptest::option::weighted(0.3, 0u8..3)),
+            proptest::option::weighted(0.4, 0u8..3),
         )
-            .prop_map(|((delay_ms, max_retries, interval), (queue, priority, key))| Op::Enqueue {
+            .prop_map(|((delay_ms, max_retries, interval), (queue, priority, key), ckey)| Op::Enqueue {
                 delay_ms,
                 max_retries,
                 interval,
                 queue,
                 priority,
                 key,
+                ckey,
+            }),
+        1 => (
+            0..QUEUES.len(),
+            proptest::option::weighted(0.5, 1u32..4),
+            proptest::option::weighted(0.5, 1u32..3),
+            any::<bool>(),
+            proptest::option::weighted(0.3, (1u32..4, 500u64..5_000)),
+        )
+            .prop_map(|(queue, limit, per_key, hold, rate)| Op::Limit {
+                queue,
+                limit,
+                per_key,
+                hold_failed: hold && per_key.is_some(),
+                rate,
             }),
         3 => (0usize..4, 0..QUEUES.len()).prop_map(|(limit, queue)| Op::Claim { limit, queue }),
         1 => (0..QUEUES.len(), any::<bool>()).prop_map(|(queue, paused)| Op::Pause { queue, paused }),
@@ -114,12 +140,26 @@ struct ModelTask {
     queue: usize,
     priority: i16,
     key: Option<String>,
+    ckey: Option<String>,
+}
+
+/// A queue's flow-control settings as the model keeps them.
+#[derive(Clone, Copy, Debug, Default)]
+struct ModelLimits {
+    limit: Option<u32>,
+    per_key: Option<u32>,
+    hold_failed: bool,
+    rate: Option<(u32, u64)>,
 }
 
 #[derive(Default)]
 struct Model {
     tasks: Vec<ModelTask>,
     paused: HashSet<usize>,
+    limits: std::collections::HashMap<usize, ModelLimits>,
+    /// Each queue's rate bucket: the time its next start is owed, in
+    /// nanoseconds since `T0`.
+    buckets: std::collections::HashMap<usize, i128>,
     /// Claims handed out so far, valid or not: finishing a stale one must be refused.
     claims: Vec<(TaskId, LeaseToken)>,
 }
@@ -177,7 +217,74 @@ impl Model {
             queue: task.queue,
             priority: task.priority,
             key: task.key.clone(),
+            ckey: task.ckey.clone(),
         })
+    }
+
+    /// The ids a claim of `limit` from `queue` takes at `now`, in claim
+    /// order, restated from the flow-control rules: tasks due, not paused;
+    /// under a limit, no more than it minus the tasks running under a live
+    /// lease; under a key window of N, only tasks with fewer than N
+    /// unfinished tasks of their key (and queue) enqueued before them; under
+    /// a rate of C per P, a token bucket of C refilled one every P / C.
+    /// Moves the queue's bucket on.
+    fn claim(&mut self, queue: usize, limit: usize, now: OffsetDateTime) -> Vec<TaskId> {
+        if self.paused.contains(&queue) {
+            return Vec::new();
+        }
+        let mut due: Vec<&ModelTask> = self
+            .tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::Pending && t.eta <= now && t.queue == queue)
+            .collect();
+        due.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.eta, t.id));
+        let Some(limits) = self.limits.get(&queue).copied() else {
+            return due.iter().take(limit).map(|t| t.id).collect();
+        };
+        let mut budget = limit;
+        if let Some(cap) = limits.limit {
+            let running = self
+                .tasks
+                .iter()
+                .filter(|t| t.queue == queue && t.status == TaskStatus::Running)
+                .filter(|t| t.lease.is_some_and(|(_, expires)| expires > now))
+                .count();
+            budget = budget.min((cap as usize).saturating_sub(running));
+        }
+        let at = (now - T0).whole_nanoseconds();
+        let step = |(count, per_ms): (u32, u64)| i128::from(per_ms) * 1_000_000 / i128::from(count);
+        if let Some(rate) = limits.rate {
+            let owed = self.buckets.get(&queue).copied().unwrap_or(at).max(at);
+            let room = at + i128::from(rate.1) * 1_000_000 - owed;
+            budget = budget.min((room.max(0) / step(rate)).min(i128::from(rate.0)) as usize);
+        }
+        let in_window = |t: &ModelTask| {
+            let (Some(key), Some(n)) = (&t.ckey, limits.per_key) else {
+                return true;
+            };
+            let ahead = self
+                .tasks
+                .iter()
+                .filter(|u| u.queue == queue && u.ckey.as_ref() == Some(key) && u.id < t.id)
+                .filter(|u| {
+                    matches!(u.status, TaskStatus::Pending | TaskStatus::Running)
+                        || (limits.hold_failed && u.status == TaskStatus::Failed)
+                })
+                .count();
+            ahead < n as usize
+        };
+        let taken: Vec<TaskId> = due
+            .into_iter()
+            .filter(|t| in_window(t))
+            .take(budget)
+            .map(|t| t.id)
+            .collect();
+        if let (Some(rate), false) = (limits.rate, taken.is_empty()) {
+            let owed = self.buckets.get(&queue).copied().unwrap_or(at).max(at);
+            self.buckets
+                .insert(queue, owed + step(rate) * taken.len() as i128);
+        }
+        taken
     }
 }
 
@@ -207,8 +314,10 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 queue,
                 priority,
                 key,
+                ckey,
             } => {
                 let key = key.map(|k| format!("key-{k}"));
+                let ckey = ckey.map(|k| format!("customer-{k}"));
                 let mut new = NewTask::new("model")
                     .args(vec![json!(step)])
                     .max_retries(max_retries)
@@ -220,6 +329,9 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 if let Some(key) = &key {
                     new = new.unique_key(key.clone());
+                }
+                if let Some(ckey) = &ckey {
+                    new = new.concurrency_key(ckey.clone());
                 }
                 let task = new.into_task(&settings, now).unwrap();
                 let holder = key.as_deref().and_then(|key| model.holder(key));
@@ -249,8 +361,41 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         queue,
                         priority,
                         key,
+                        ckey,
                     });
                 }
+            }
+            Op::Limit {
+                queue,
+                limit,
+                per_key,
+                hold_failed,
+                rate,
+            } => {
+                let limits = crate::flow::QueueLimits {
+                    limit,
+                    per_key,
+                    hold_failed,
+                    rate: rate.map(|(count, ms)| crate::flow::Rate {
+                        count,
+                        per: Duration::from_millis(ms),
+                    }),
+                    key_rate: None,
+                };
+                store
+                    .set_queue_limits(QUEUES[queue], limits)
+                    .await
+                    .map_err(|e| fail(format!("{ctx}: {e}")))?;
+                let limits = ModelLimits {
+                    limit,
+                    per_key,
+                    hold_failed,
+                    rate,
+                };
+                match limit.is_none() && per_key.is_none() && rate.is_none() {
+                    true => model.limits.remove(&queue),
+                    false => model.limits.insert(queue, limits),
+                };
             }
             Op::Pause { queue, paused } => {
                 store
@@ -263,14 +408,7 @@ async fn run(store: &dyn Storage, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
             }
             Op::Claim { limit, queue } => {
-                let mut due: Vec<&ModelTask> = model
-                    .tasks
-                    .iter()
-                    .filter(|t| t.status == TaskStatus::Pending && t.eta <= now && t.queue == queue)
-                    .filter(|_| !model.paused.contains(&queue))
-                    .collect();
-                due.sort_by_key(|t| (std::cmp::Reverse(t.priority), t.eta, t.id));
-                let expected: Vec<TaskId> = due.iter().take(limit).map(|t| t.id).collect();
+                let expected = model.claim(queue, limit, now);
                 let request = ClaimRequest {
                     queue: QUEUES[queue].into(),
                     worker_id: "model".into(),
@@ -543,6 +681,7 @@ fn regressions() -> Vec<Vec<Op>> {
         queue,
         priority,
         key,
+        ckey: None,
     };
     let mut first = vec![
         Op::Pause {
