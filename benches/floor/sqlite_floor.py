@@ -38,6 +38,19 @@ def rust_const(text, name):
     return re.sub(r"\\\n\s*", "", match.group(1))
 
 
+def rust_concat(text, name):
+    """The value of a `const NAME: &str = concat!("...", macro!());`: its string
+    literals and the literal of each `macro_rules!` it calls, joined."""
+    body = re.search(r"const " + name + r": &str = concat!\((.*?)\n\);", text, re.S).group(1)
+    parts = []
+    for literal, macro in re.findall(r'"((?:[^"\\]|\\.)*)"|(\w+)!\(\)', body, re.S):
+        if macro:
+            rule = re.search(r"macro_rules! " + macro + r' \{\s*\(\) => \{\s*"(.*?)"\s*\};', text, re.S)
+            literal = rule.group(1)
+        parts.append(re.sub(r"\\\n\s*", "", literal))
+    return "".join(parts)
+
+
 def source(name):
     with open(os.path.join(SRC, name)) as f:
         return f.read()
@@ -45,8 +58,11 @@ def source(name):
 
 SCHEMA = re.findall(r'r#"(.*?)"#', source("schema.rs"), re.S)
 TASK_JSON = rust_const(source("rows.rs"), "TASK_JSON")
-CLAIM = rust_const(source("writer/ops.rs"), "CLAIM").replace("TASK_JSON", TASK_JSON)
-FINISH = rust_const(source("writer/ops.rs"), "FINISH_COMPLETED")
+OPS = source("writer/ops.rs")
+CLAIM = (rust_concat(OPS, "CLAIM")
+         .replace("IN_WINDOW", rust_const(OPS, "IN_WINDOW"))
+         .replace("TASK_JSON", TASK_JSON))
+FINISH = rust_const(OPS, "FINISH_COMPLETED")
 QUEUE = "default"
 # Where the lease token sits in a claimed row: TASK_JSON's `rn.token`.
 TOKEN = [c.strip() for c in re.search(r"json_array\((.*)\)", TASK_JSON, re.S).group(1).split(",")].index("rn.token")

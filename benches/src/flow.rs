@@ -30,8 +30,8 @@ pub enum Flow {
 }
 
 /// Seconds to process `n` batch-enqueued no-op tasks with a pool of
-/// `concurrency` under `flow`.
-pub async fn process_row(backend: &str, n: usize, concurrency: usize, flow: Flow) -> f64 {
+/// `concurrency` under `flow`, and the tasks per claim the pool reached.
+pub async fn process_row(backend: &str, n: usize, concurrency: usize, flow: Flow) -> (f64, f64) {
     let store = open(backend).await;
     let storage: Arc<dyn Storage> = store.store.clone();
     let limits = match flow {
@@ -78,8 +78,9 @@ pub async fn process_row(backend: &str, n: usize, concurrency: usize, flow: Flow
         let _ = tokio::time::timeout(Duration::from_millis(100), finished).await;
     }
     let took = start.elapsed().as_secs_f64();
+    let stats = pool.stats();
     pool.shutdown(Duration::from_secs(10)).await;
     let completed = storage.counts().await.expect("counts").completed as usize;
     assert_eq!(completed, n, "every result is stored");
-    took
+    (took, stats.claimed as f64 / stats.claims.max(1) as f64)
 }

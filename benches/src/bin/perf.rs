@@ -467,8 +467,8 @@ async fn flow_cost(backends: &[&'static str], n: usize, concurrency: usize) {
             let mut order = [(0, Flow::Off), (1, Flow::Limit), (2, Flow::Keys)];
             order.rotate_left(run % 3);
             for (i, flow) in order {
-                let took = process_row(backend, n, concurrency, flow).await;
-                eprintln!("  {backend:6} {flow:?}: {took:.3} s");
+                let (took, grouping) = process_row(backend, n, concurrency, flow).await;
+                eprintln!("  {backend:6} {flow:?}: {took:.3} s, {grouping:.2} tasks a claim");
                 times[i].push(took);
             }
         }

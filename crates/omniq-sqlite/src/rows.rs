@@ -100,6 +100,9 @@ struct RowOut {
     eta: i64,
     queue: String,
     priority: i64,
+    /// Kept in `pending` too, so a claim under a per-key limit reads it
+    /// from the row it walks.
+    concurrency_key: Option<String>,
     finished_at: Option<i64>,
     lease: Option<(String, String, i64)>,
     /// The running attempt's progress, as JSON, kept in `running`.
@@ -166,6 +169,7 @@ impl RowOut {
             ],
             queue: task.queue.clone(),
             priority: i64::from(task.priority),
+            concurrency_key: task.concurrency_key.clone(),
             id,
             status: task.status,
             eta,
@@ -255,8 +259,8 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
     }
     let pending: Vec<&RowOut> = rows.iter().filter(|r| r.status == TaskStatus::Pending).collect();
     command.insert(
-        "INSERT INTO pending (id, eta, queue, priority)",
-        4,
+        "INSERT INTO pending (id, eta, queue, priority, concurrency_key)",
+        5,
         pending,
         |r, v| {
             v.extend([
@@ -264,6 +268,7 @@ fn save_command<'t>(tasks: impl IntoIterator<Item = &'t Task>, is_new: bool) -> 
                 r.eta.into(),
                 r.queue.clone().into(),
                 r.priority.into(),
+                r.concurrency_key.clone().into(),
             ])
         },
     );

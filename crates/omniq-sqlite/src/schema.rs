@@ -177,7 +177,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN meta TEXT;
     CREATE INDEX tasks_unique_window ON tasks (unique_key) WHERE unique_window IS NOT NULL;
     "#,
-    // v10: flow control. A task's concurrency key and its snoozes; the
+    // v10: flow control. A task's concurrency key (in `pending` too, for the
+    // claim) and its snoozes; the
     // unfinished tasks of each key in id order, which a claim of a queue with
     // a per-key limit counts (`tasks_key_order`: failed tasks are in it for
     // the queues that hold a key's window on failure); each queue's settings
@@ -185,6 +186,7 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN concurrency_key TEXT;
     ALTER TABLE tasks ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE pending ADD COLUMN concurrency_key TEXT;
     CREATE INDEX tasks_key_order ON tasks (queue, concurrency_key, id)
         WHERE concurrency_key IS NOT NULL AND status IN ('pending', 'running', 'failed');
     CREATE TABLE queue_limits (name TEXT PRIMARY KEY NOT NULL, limits TEXT NOT NULL) WITHOUT ROWID;

@@ -31,9 +31,16 @@ pub(super) async fn claim_limited(
          EXISTS (SELECT 1 FROM paused_queues WHERE name = ?1), \
          (SELECT count(*) FROM running rn JOIN tasks t ON t.id = rn.id \
           WHERE t.queue = ?1 AND rn.expires_at > ?2), \
-         (SELECT tat FROM rate_buckets WHERE queue = ?1 AND key = '' AND tat > ?2)",
+         (SELECT tat FROM rate_buckets WHERE queue = ?1 AND key = '' AND tat > ?2), \
+         (SELECT max(priority) FROM pending WHERE queue = ?1)",
     );
-    let (limits, paused, running, queue_tat): (Option<String>, bool, i64, Option<i64>) = sqlx::query_as(&sql)
+    let (limits, paused, running, queue_tat, mut level): (
+        Option<String>,
+        bool,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    ) = sqlx::query_as(&sql)
         .bind(&request.queue)
         .bind(now)
         .fetch_one(s.conn())
@@ -62,26 +69,44 @@ pub(super) async fn claim_limited(
         None => request.limit,
     };
     let held = limits.window_statuses().contains(&omniq_core::TaskStatus::Failed);
-    let sql = s.sql(
-        "SELECT p.id, t.concurrency_key, \
-         CASE WHEN t.concurrency_key IS NULL OR ?3 IS NULL THEN 0 ELSE \
-           (SELECT count(*) FROM (SELECT 1 FROM tasks u WHERE u.queue = ?1 \
-            AND u.concurrency_key = t.concurrency_key \
-            AND u.status IN ('pending', 'running', 'failed') AND (u.status <> 'failed' OR ?4) \
-            AND u.id < p.id LIMIT ?3)) END AS ahead \
-         FROM pending p JOIN tasks t ON t.id = p.id \
-         WHERE p.queue = ?1 AND p.eta <= ?2 AND ahead < coalesce(?3, 1) \
-         ORDER BY p.priority DESC, p.eta, p.id LIMIT ?5",
-    );
-    let candidates: Vec<(String, Option<String>, i64)> = sqlx::query_as(&sql)
-        .bind(&request.queue)
-        .bind(now)
-        .bind(limits.per_key.map(i64::from))
-        .bind(held)
-        .bind(i64::try_from(scan).unwrap_or(i64::MAX))
-        .fetch_all(s.conn())
-        .await
-        .map_err(sql_error)?;
+    // The due tasks in claim order, one priority level at a time from the
+    // highest (each level one range of `pending_claim` in (eta, id) order,
+    // read only as far as needed), without those whose key's window is full.
+    let mut candidates: Vec<(String, Option<String>, i64)> = Vec::new();
+    while let Some(priority) = level.filter(|_| candidates.len() < scan) {
+        let sql = s.sql(
+            "SELECT p.id, t.concurrency_key, \
+             CASE WHEN t.concurrency_key IS NULL OR ?3 IS NULL THEN 0 ELSE \
+               (SELECT count(*) FROM (SELECT 1 FROM tasks u WHERE u.queue = ?1 \
+                AND u.concurrency_key = t.concurrency_key \
+                AND u.status IN ('pending', 'running', 'failed') AND (u.status <> 'failed' OR ?4) \
+                AND u.id < p.id LIMIT ?3)) END AS ahead \
+             FROM pending p JOIN tasks t ON t.id = p.id \
+             WHERE p.queue = ?1 AND p.priority = ?6 AND p.eta <= ?2 AND ahead < coalesce(?3, 1) \
+             ORDER BY p.eta, p.id LIMIT ?5",
+        );
+        let found: Vec<(String, Option<String>, i64)> = sqlx::query_as(&sql)
+            .bind(&request.queue)
+            .bind(now)
+            .bind(limits.per_key.map(i64::from))
+            .bind(held)
+            .bind(i64::try_from(scan - candidates.len()).unwrap_or(i64::MAX))
+            .bind(priority)
+            .fetch_all(s.conn())
+            .await
+            .map_err(sql_error)?;
+        candidates.extend(found);
+        if candidates.len() >= scan {
+            break;
+        }
+        let sql = s.sql("SELECT max(priority) FROM pending WHERE queue = ?1 AND priority < ?2");
+        level = sqlx::query_scalar(&sql)
+            .bind(&request.queue)
+            .bind(priority)
+            .fetch_one(s.conn())
+            .await
+            .map_err(sql_error)?;
+    }
     if limits.key_rate.is_some() {
         let keys: Vec<&str> = candidates
             .iter()

@@ -4,7 +4,7 @@
 //! new text anew.
 
 // The writer's types, helpers and imports, which this part works with.
-use super::ops::{prepare_claim, prepare_finish, read_claim, read_finish, CLAIM, FINISH_COMPLETED};
+use super::ops::{prepare_claim, prepare_finish, read_claim, read_finish, FINISH_COMPLETED};
 use super::*;
 
 /// The plan of a group whose changes can share commands: two or more
@@ -184,7 +184,7 @@ impl Single {
         static FINISH_COMMAND: OnceLock<(String, Vec<usize>)> = OnceLock::new();
         let ((sql, order), binds) = match self {
             Single::Claim(binds) => (
-                CLAIM_COMMAND.get_or_init(|| anonymize(&CLAIM.replace("TASK_JSON", TASK_JSON))),
+                CLAIM_COMMAND.get_or_init(|| anonymize(&super::ops::claim_sql())),
                 binds,
             ),
             Single::Finish(binds, _) => (FINISH_COMMAND.get_or_init(|| anonymize(FINISH_COMPLETED)), binds),

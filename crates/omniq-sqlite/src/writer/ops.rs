@@ -63,8 +63,8 @@ pub(super) async fn set_paused(s: &mut Session<'_>, queue: &str, paused: bool) -
 
 /// The second half of a claim: moves the tasks in `temp.claimed` from
 /// `pending` to `running` with their leases, and returns them, with whether
-/// the queue has flow-control settings (then the pick above took nothing,
-/// and the claim goes the way of [`super::flow::claim_limited`]).
+/// the queue has a rate per key (then the pick above took nothing, and the
+/// claim goes the way of [`super::flow::claim_limited`]).
 macro_rules! take_claimed {
     () => {
         "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?1, updated_at = ?1 \
@@ -72,7 +72,8 @@ macro_rules! take_claimed {
         DELETE FROM pending WHERE id IN (SELECT id FROM temp.claimed); \
         INSERT INTO running (id, worker_id, token, expires_at) \
             SELECT id, ?3, ?5 ->> (n - 1), ?4 FROM temp.claimed; \
-        SELECT json_group_array(TASK_JSON), EXISTS (SELECT 1 FROM queue_limits WHERE name = ?6) \
+        SELECT json_group_array(TASK_JSON), \
+            EXISTS (SELECT 1 FROM queue_limits WHERE name = ?6 AND limits ->> '$.key_rate' IS NOT NULL) \
             FROM temp.claimed c JOIN tasks t ON t.id = c.id \
             LEFT JOIN results r ON r.id = t.id LEFT JOIN running rn ON rn.id = t.id"
     };
@@ -92,23 +93,69 @@ pub(super) use take_claimed;
 /// tasks, then takes each level's due tasks in (eta, id) order from the
 /// front of its range. Its cost thus grows with the number of priority
 /// levels visited, not with the number of tasks waiting for a later eta.
+///
+/// A queue's flow-control settings (`cfg`, read once) are applied here as
+/// `QueueLimits::admit` states them, so a limited claim is one command too:
+/// the limit less the tasks running under a live lease and the tokens of
+/// the queue's rate bucket cut the number taken (`budget`), a task whose key
+/// has `per_key` unfinished tasks of the queue with a lower id ahead of it
+/// is passed over (`tasks_key_order`), and the bucket moves on by one step
+/// per task taken. The conformance suite and the model-based test check it
+/// against the rule. A queue with a rate per key takes nothing here and
+/// says so in the last row: that claim is made in Rust.
 pub(super) const CLAIM: &str = concat!(
     "DELETE FROM temp.claimed; \
     INSERT INTO temp.claimed (id) \
-    WITH RECURSIVE levels(p, got) AS ( \
+    WITH RECURSIVE lim(l) AS (SELECT (SELECT limits FROM queue_limits WHERE name = ?6)), \
+    cfg(per_key, hold, budget) AS MATERIALIZED ( \
+        SELECT l ->> '$.per_key', coalesce(l ->> '$.hold_failed', 0), min(?2, \
+            CASE WHEN l ->> '$.limit' IS NULL THEN ?2 ELSE max(0, (l ->> '$.limit') - \
+                (SELECT count(*) FROM running rn CROSS JOIN tasks t ON t.id = rn.id \
+                 WHERE t.queue = ?6 AND rn.expires_at > ?1)) END, \
+            CASE WHEN l ->> '$.rate' IS NULL THEN ?2 ELSE min(l ->> '$.rate.count', max(0, \
+                (?1 + (l ->> '$.rate.per.secs') * 1000000000 + (l ->> '$.rate.per.nanos') \
+                 - max(coalesce((SELECT tat FROM rate_buckets WHERE queue = ?6 AND key = ''), ?1), ?1)) \
+                / max(1, ((l ->> '$.rate.per.secs') * 1000000000 + (l ->> '$.rate.per.nanos')) \
+                         / (l ->> '$.rate.count')))) END) \
+        FROM lim WHERE l IS NULL OR l ->> '$.key_rate' IS NULL), \
+    levels(p, got) AS ( \
         SELECT max(priority), 0 FROM pending WHERE queue = ?6 \
             AND NOT EXISTS (SELECT 1 FROM paused_queues WHERE name = ?6) \
-            AND NOT EXISTS (SELECT 1 FROM queue_limits WHERE name = ?6) \
+            AND EXISTS (SELECT 1 FROM cfg) \
         UNION ALL \
         SELECT (SELECT max(priority) FROM pending WHERE queue = ?6 AND priority < p), \
-            got + (SELECT count(*) FROM (SELECT 1 FROM pending \
-                   WHERE queue = ?6 AND priority = p AND eta <= ?1 LIMIT ?2)) \
-        FROM levels WHERE p IS NOT NULL AND got < ?2) \
-    SELECT j.value FROM levels, json_each((SELECT json_group_array(id) FROM (SELECT id FROM pending \
-        WHERE queue = ?6 AND priority = levels.p AND eta <= ?1 ORDER BY eta, id LIMIT ?2))) j \
-    WHERE levels.p IS NOT NULL AND levels.got < ?2 ORDER BY levels.p DESC, j.key LIMIT ?2; ",
+            got + (SELECT count(*) FROM (SELECT 1 FROM pending q \
+                   WHERE queue = ?6 AND priority = p AND eta <= ?1 AND IN_WINDOW \
+                   LIMIT coalesce((SELECT budget FROM cfg), 0))) \
+        FROM levels WHERE p IS NOT NULL AND got < (SELECT budget FROM cfg)) \
+    SELECT j.value FROM levels, json_each((SELECT json_group_array(id) FROM (SELECT id FROM pending q \
+        WHERE queue = ?6 AND priority = levels.p AND eta <= ?1 AND IN_WINDOW \
+        ORDER BY eta, id LIMIT coalesce((SELECT budget FROM cfg), 0)))) j \
+    WHERE levels.p IS NOT NULL AND levels.got < (SELECT budget FROM cfg) \
+    ORDER BY levels.p DESC, j.key LIMIT coalesce((SELECT budget FROM cfg), 0); \
+    INSERT OR REPLACE INTO rate_buckets (queue, key, tat) \
+        SELECT ?6, '', max(coalesce((SELECT tat FROM rate_buckets WHERE queue = ?6 AND key = ''), ?1), ?1) \
+            + max(1, ((l ->> '$.rate.per.secs') * 1000000000 + (l ->> '$.rate.per.nanos')) \
+                     / (l ->> '$.rate.count')) * (SELECT count(*) FROM temp.claimed) \
+        FROM (SELECT limits AS l FROM queue_limits WHERE name = ?6) \
+        WHERE l ->> '$.rate' IS NOT NULL AND EXISTS (SELECT 1 FROM temp.claimed); ",
     take_claimed!()
 );
+
+/// Whether pending task `q` is in its key's window (`cfg`'s `per_key`
+/// earliest unfinished tasks of its key in the queue), as [`CLAIM`] asks.
+const IN_WINDOW: &str = "((SELECT per_key FROM cfg) IS NULL OR q.concurrency_key IS NULL \
+    OR (SELECT count(*) FROM (SELECT 1 FROM tasks u WHERE u.queue = ?6 \
+        AND u.concurrency_key = q.concurrency_key \
+        AND u.status IN ('pending', 'running', 'failed') AND (u.status <> 'failed' OR (SELECT hold FROM cfg)) \
+        AND u.id < q.id LIMIT (SELECT per_key FROM cfg))) < (SELECT per_key FROM cfg))";
+
+/// [`CLAIM`] as run: its placeholders filled in.
+pub(super) fn claim_sql() -> String {
+    CLAIM
+        .replace("IN_WINDOW", IN_WINDOW)
+        .replace("TASK_JSON", TASK_JSON)
+}
 
 /// Makes the write connection ready for [`claim`] and [`finish`]: the
 /// per-connection tables that hold the ids one claim picked and one finish
