@@ -34,6 +34,8 @@ pub struct Layout {
     pub limits: PathBuf,
     /// The rate buckets, a JSON object by queue and key.
     pub buckets: PathBuf,
+    /// How many times a task with a concurrency key became pending.
+    pub keyed_gen: PathBuf,
     /// The pools' heartbeats, a JSON object by worker id.
     pub workers: PathBuf,
     /// The last turn taken at each store-wide chore, a JSON object.
@@ -62,6 +64,7 @@ impl Layout {
             schedules: base.join("schedules.json"),
             limits: base.join("limits.json"),
             buckets: base.join("buckets.json"),
+            keyed_gen: base.join("keyed.gen"),
             workers: base.join("workers.json"),
             turns: base.join("turns.json"),
             format: base.join("format"),

@@ -102,6 +102,12 @@ struct State {
     entries_checked_at: Option<Instant>,
     /// The queue and concurrency key of tasks a limited claim looked at.
     facts: HashMap<TaskId, flow::Facts>,
+    /// The keyed generation (`keyed.gen`) the view holds every change of.
+    keyed_seen: Option<u64>,
+    /// The view's pending tasks by queue and concurrency key, and the
+    /// reading of the view it was built from.
+    pending_keys: HashMap<String, HashMap<String, BTreeSet<TaskId>>>,
+    pending_keys_of: Option<Instant>,
 }
 
 impl State {
@@ -112,6 +118,9 @@ impl State {
             view_read_at: None,
             entries_checked_at: None,
             facts: HashMap::new(),
+            keyed_seen: None,
+            pending_keys: HashMap::new(),
+            pending_keys_of: None,
         }
     }
 }

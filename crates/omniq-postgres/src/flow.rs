@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use omniq_core::flow::FlowState;
-use omniq_core::{ClaimRequest, Error, QueueFlow, QueueLimits, Result, Task, TaskStatus};
+use omniq_core::{ClaimRequest, Error, QueueFlow, QueueLimits, Result, Task};
 use sqlx::Row;
 use time::OffsetDateTime;
 
@@ -112,7 +112,21 @@ impl PostgresStorage {
         request: &ClaimRequest,
         batch: &str,
     ) -> std::result::Result<Option<Vec<sqlx::postgres::PgRow>>, Fail> {
-        let mut tx = self.claims.begin().await.map_err(Fail::before_write)?;
+        // The lock every limited claim of this queue waits for rides with
+        // the `BEGIN`, in one round trip: a simple query, which takes no
+        // parameters, so the queue's name is written into it, after the
+        // check that it holds only the letters a queue name may.
+        if !omniq_core::queue::is_name(&request.queue) {
+            return Err(Fail::Stop(Error::invalid_config(
+                "queue",
+                format!("{:?} is not a queue name", request.queue),
+            )));
+        }
+        let begin = self.q(&format!(
+            "BEGIN; SELECT 1 FROM {{s}}.queue_limits WHERE name = '{}' FOR UPDATE",
+            request.queue
+        ));
+        let mut tx = self.claims.begin_with(begin).await.map_err(Fail::before_write)?;
         let body = self.limited_in(&mut tx, request, batch).await;
         match body {
             Ok(rows) => {
@@ -136,13 +150,58 @@ impl PostgresStorage {
     ) -> std::result::Result<Option<Vec<sqlx::postgres::PgRow>>, Fail> {
         let queue = request.queue.as_str();
         let now = to_ns(request.now).map_err(Fail::Stop)?;
-        // The lock every limited claim of this queue waits for.
-        let sql = self.q("SELECT limits::text FROM {s}.queue_limits WHERE name = $1 FOR UPDATE");
-        let limits: Option<String> = sqlx::query_scalar(&sql)
+        // After the lock, one statement (so one snapshot, taken once every
+        // claim that held the lock before committed) reads the settings, the
+        // running count, the bucket and the candidates: the due tasks in
+        // claim order without those whose key's window is full (so such a
+        // key never hides the tasks behind it), locked. With a rate per key
+        // some candidates may be passed over; a few more are read for them.
+        let want = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let sql = self.q(
+            "WITH lim AS (SELECT (SELECT limits FROM {s}.queue_limits WHERE name = $1) AS l), \
+             st AS (SELECT l, (l ->> 'per_key')::int4 AS per_key, \
+                 coalesce((l ->> 'hold_failed')::bool, false) AS hold, \
+                 CASE WHEN l -> 'key_rate' IS NULL THEN $3 ELSE $3 * 8 + 64 END AS scan, \
+                 EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) AS paused, \
+                 (SELECT count(*) FROM {s}.tasks WHERE queue = $1 AND status = 'running' \
+                  AND lease_expires > $2) AS running, \
+                 (SELECT tat FROM {s}.rate_buckets WHERE queue = $1 AND key = '' AND tat > $2) AS tat \
+                 FROM lim), \
+             c AS (SELECT t.id, t.concurrency_key, a.ahead, t.priority, t.eta FROM {s}.tasks t \
+                 CROSS JOIN st \
+                 CROSS JOIN LATERAL (SELECT CASE \
+                     WHEN st.per_key IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
+                     ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
+                           AND u.concurrency_key = t.concurrency_key \
+                           AND u.status IN ('pending', 'running', 'failed') \
+                           AND (u.status <> 'failed' OR st.hold) \
+                           AND u.id < t.id LIMIT st.per_key) x) END AS ahead) a \
+                 WHERE t.status = 'pending' AND t.queue = $1 AND t.eta <= $2 \
+                 AND st.l IS NOT NULL AND NOT st.paused AND a.ahead < coalesce(st.per_key, 1) \
+                 ORDER BY t.priority DESC, t.eta, t.id LIMIT (SELECT scan FROM st) \
+                 FOR UPDATE OF t SKIP LOCKED) \
+             SELECT st.l::text, st.paused, st.running, st.tat, c.id, c.concurrency_key, c.ahead \
+             FROM st LEFT JOIN c ON true ORDER BY c.priority DESC, c.eta, c.id",
+        );
+        type Row = (
+            Option<String>,
+            bool,
+            i64,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(&sql)
             .bind(queue)
-            .fetch_optional(&mut **tx)
+            .bind(now)
+            .bind(want)
+            .fetch_all(&mut **tx)
             .await
             .map_err(Fail::from)?;
+        let Some((limits, paused, running, queue_tat, ..)) = rows.first().cloned() else {
+            return Ok(None);
+        };
         let Some(limits) = limits else {
             return Ok(None);
         };
@@ -152,17 +211,6 @@ impl PostgresStorage {
                 format!("the limits of queue {queue:?} cannot be read: {e}"),
             ))
         })?;
-        let sql = self.q(
-            "SELECT EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1), \
-             (SELECT count(*) FROM {s}.tasks WHERE queue = $1 AND status = 'running' AND lease_expires > $2), \
-             (SELECT tat FROM {s}.rate_buckets WHERE queue = $1 AND key = '' AND tat > $2)",
-        );
-        let (paused, running, queue_tat): (bool, i64, Option<i64>) = sqlx::query_as(&sql)
-            .bind(queue)
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await
-            .map_err(Fail::from)?;
         if paused {
             return Ok(Some(Vec::new()));
         }
@@ -171,31 +219,10 @@ impl PostgresStorage {
             queue_tat: queue_tat.map(from_ns),
             ..FlowState::default()
         };
-        // The due tasks in claim order, without those whose key's window is
-        // full (so such a key never hides the tasks behind it), locked.
-        let scan = match limits.key_rate {
-            Some(_) => request.limit.saturating_mul(8).saturating_add(64),
-            None => request.limit,
-        };
-        let held = limits.window_statuses().contains(&TaskStatus::Failed);
-        let sql = self.q("SELECT t.id, t.concurrency_key, a.ahead FROM {s}.tasks t \
-             CROSS JOIN LATERAL (SELECT CASE \
-                 WHEN $3::int4 IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
-                 ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
-                       AND u.concurrency_key = t.concurrency_key \
-                       AND u.status IN ('pending', 'running', 'failed') AND (u.status <> 'failed' OR $4) \
-                       AND u.id < t.id LIMIT $3) x) END AS ahead) a \
-             WHERE t.status = 'pending' AND t.queue = $1 AND t.eta <= $2 AND a.ahead < coalesce($3, 1) \
-             ORDER BY t.priority DESC, t.eta, t.id LIMIT $5 FOR UPDATE OF t SKIP LOCKED");
-        let candidates: Vec<(String, Option<String>, i64)> = sqlx::query_as(&sql)
-            .bind(queue)
-            .bind(now)
-            .bind(limits.per_key.map(|n| n as i32))
-            .bind(held)
-            .bind(i64::try_from(scan).unwrap_or(i64::MAX))
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(Fail::from)?;
+        let candidates: Vec<(String, Option<String>, i64)> = rows
+            .into_iter()
+            .filter_map(|(.., id, key, ahead)| Some((id?, key, ahead.unwrap_or(0))))
+            .collect();
         if limits.key_rate.is_some() {
             let keys: Vec<&str> = candidates
                 .iter()

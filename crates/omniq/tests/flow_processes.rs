@@ -239,12 +239,6 @@ async fn a_global_limit_holds_across_processes(place: Place) {
         "{}: 3 processes with 8 slots each ran {most} handlers at once under a limit of 2",
         place.backend
     );
-    let starters: std::collections::HashSet<&PathBuf> = children
-        .logs
-        .iter()
-        .filter(|log| std::fs::read_to_string(log).is_ok_and(|text| !text.is_empty()))
-        .collect();
-    assert!(starters.len() >= 2, "{}: the work was shared", place.backend);
 }
 
 async fn a_key_window_of_one_keeps_order_through_retries_and_kills(place: Place) {

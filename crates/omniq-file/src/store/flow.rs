@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use crate::layout::entry_queue;
 use omniq_core::flow::{ahead_of, key_windows, FlowState};
 use omniq_core::{QueueFlow, QueueLimits};
+use std::collections::HashMap;
 
 // The store's types and imports, which this part of it works with.
 use super::*;
@@ -30,7 +31,54 @@ pub(super) struct Facts {
     key: Option<String>,
 }
 
+/// Keeps the index of pending tasks by key in step with a change this
+/// process made: `task` left pending (`pending` false) or became pending.
+pub(super) fn note_pending(state: &mut State, task: &Task, pending: bool) {
+    let (Some(key), true) = (&task.concurrency_key, state.pending_keys_of.is_some()) else {
+        return;
+    };
+    let ids = state
+        .pending_keys
+        .entry(task.queue.clone())
+        .or_default()
+        .entry(key.clone())
+        .or_default();
+    match pending {
+        true => ids.insert(task.id),
+        false => ids.remove(&task.id),
+    };
+}
+
 impl Store {
+    /// How many times a task with a concurrency key became pending in this
+    /// store (`keyed.gen`), which tells a process whose view of `pending/`
+    /// may be missing such a task.
+    fn keyed_generation(&self) -> Result<u64> {
+        let Some(bytes) = read_optional(&self.layout().keyed_gen)? else {
+            return Ok(0);
+        };
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .ok_or_else(|| Error::Corrupt {
+                path: self.layout().keyed_gen.clone(),
+                reason: "not a number".into(),
+            })
+    }
+
+    /// Moves the keyed generation on as this process makes tasks with a
+    /// concurrency key pending; a view that was current stays current, since
+    /// the change goes into it too.
+    pub(super) fn keyed_pending(&self, state: &mut State) -> Result<()> {
+        let generation = self.keyed_generation()?;
+        self.disk
+            .write_atomic(&self.layout().keyed_gen, (generation + 1).to_string().as_bytes())?;
+        if state.keyed_seen == Some(generation) {
+            state.keyed_seen = Some(generation + 1);
+        }
+        Ok(())
+    }
+
     /// Every queue's settings.
     pub(super) fn read_limits(&self) -> Result<BTreeMap<String, QueueLimits>> {
         read_json(&self.layout().limits, "a JSON object of queue settings")
@@ -87,6 +135,30 @@ impl Store {
         Ok(Some(facts))
     }
 
+    /// Builds the index of the view's pending tasks by queue and concurrency
+    /// key, once per reading of the view; the changes this process makes
+    /// keep it current after that (`note_pending`).
+    fn index_pending_keys(&self, state: &mut State) -> Result<()> {
+        if state.pending_keys_of.is_some() && state.pending_keys_of == state.view_read_at {
+            return Ok(());
+        }
+        let names: Vec<String> = state.view.all().cloned().collect();
+        let mut index: HashMap<String, HashMap<String, BTreeSet<TaskId>>> = HashMap::new();
+        for name in names {
+            let Some(id) = entry_id(&name) else { continue };
+            if let Some(Facts {
+                queue,
+                key: Some(key),
+            }) = self.facts(state, id)?
+            {
+                index.entry(queue).or_default().entry(key).or_default().insert(id);
+            }
+        }
+        state.pending_keys = index;
+        state.pending_keys_of = state.view_read_at;
+        Ok(())
+    }
+
     /// The ids of the running tasks of `queue`.
     fn running_ids(&self, state: &mut State, queue: &str) -> Result<Vec<(TaskId, Option<String>)>> {
         let mut ids = Vec::new();
@@ -119,46 +191,75 @@ impl Store {
         request: &ClaimRequest,
     ) -> Result<Vec<String>> {
         let (queue, now) = (request.queue.as_str(), request.now);
-        // Another process's enqueue of an earlier task of a key must count.
+        // A task of a key that another process made pending (an enqueue, a
+        // retry, a lease handed back) must count in its key's window: the
+        // view is read again whenever the keyed generation moved since.
         if limits.needs_key_order() {
-            self.refresh_view(state)?;
+            let generation = self.keyed_generation()?;
+            let stale = state
+                .view_read_at
+                .is_none_or(|at| at.elapsed() > super::VIEW_STALE_AFTER);
+            if stale || state.keyed_seen != Some(generation) {
+                self.refresh_view(state)?;
+                state.keyed_seen = Some(generation);
+            }
         }
-        let due = time_key(now);
-        let candidates = state.view.due(queue, &due, usize::MAX, &BTreeSet::new());
-        let mut window: Vec<(String, TaskId)> = Vec::new();
         let running = self.running_ids(state, queue)?;
         let live = running
             .iter()
             .filter(|(id, _)| self.read_lease(*id).is_some_and(|lease| lease.expires_at > now))
             .count() as u32;
+        // Each key's unfinished tasks other than pending ones: running, and
+        // failed when failures hold the window. Pending ones come from the
+        // view's index of keys.
+        let mut others: Vec<(String, TaskId)> = Vec::new();
         if limits.needs_key_order() {
-            let pending: Vec<String> = state.view.names(queue).cloned().collect();
-            let mut ids: Vec<TaskId> = pending.iter().filter_map(|name| entry_id(name)).collect();
+            self.index_pending_keys(state)?;
+            others.extend(running.iter().filter_map(|(id, key)| Some((key.clone()?, *id))));
             if limits.window_statuses().contains(&TaskStatus::Failed) {
                 for name in names(&self.layout().failed)? {
-                    if entry_queue(&name).is_some_and(|(q, _)| q == queue) {
-                        ids.extend(entry_id(&name));
+                    if !entry_queue(&name).is_some_and(|(q, _)| q == queue) {
+                        continue;
+                    }
+                    let Some(id) = entry_id(&name) else { continue };
+                    if let Some(Facts { key: Some(key), .. }) = self.facts(state, id)? {
+                        others.push((key, id));
                     }
                 }
             }
-            for id in ids {
-                if let Some(Facts { key: Some(key), .. }) = self.facts(state, id)? {
-                    window.push((key, id));
-                }
-            }
-            window.extend(running.iter().filter_map(|(id, key)| Some((key.clone()?, *id))));
         }
-        let windows = key_windows(window.iter().map(|(key, id)| (key.as_str(), *id)));
-        let mut facts = Vec::with_capacity(candidates.len());
-        for name in &candidates {
-            let key = match entry_id(name) {
-                Some(id) => self.facts(state, id)?.and_then(|facts| facts.key),
-                None => None,
-            };
-            let ahead = match (&key, entry_id(name)) {
-                (Some(key), Some(id)) => ahead_of(windows.get(key.as_str()), id),
-                _ => 0,
-            };
+        let others = key_windows(others.iter().map(|(key, id)| (key.as_str(), *id)));
+        let ahead_in = |state: &State, key: &str, id: TaskId| {
+            let pending = state
+                .pending_keys
+                .get(queue)
+                .and_then(|keys| keys.get(key))
+                .map_or(0, |ids| ids.range(..id).count() as u32);
+            pending + ahead_of(others.get(key), id)
+        };
+        // The due tasks in claim order, read only as far as needed, without
+        // those whose key's window is full (as the SQL stores do).
+        let scan = match limits.key_rate {
+            Some(_) => request.limit.saturating_mul(8).saturating_add(64),
+            None => request.limit,
+        };
+        let due: Vec<String> = {
+            let due = time_key(now);
+            state.view.due(queue, &due, usize::MAX, &BTreeSet::new())
+        };
+        let mut candidates = Vec::new();
+        let mut facts = Vec::new();
+        for name in due {
+            if candidates.len() >= scan {
+                break;
+            }
+            let Some(id) = entry_id(&name) else { continue };
+            let key = self.facts(state, id)?.and_then(|facts| facts.key);
+            let ahead = key.as_deref().map_or(0, |key| ahead_in(state, key, id));
+            if limits.per_key.is_some_and(|n| key.is_some() && ahead >= n) {
+                continue;
+            }
+            candidates.push(name);
             facts.push((key, ahead));
         }
         let mut buckets = match limits.rate.is_some() || limits.key_rate.is_some() {

@@ -10,6 +10,21 @@ impl Store {
     /// task (whose entry is written before its record: a crash in between leaves
     /// an entry without a record, which claims discard).
     pub(super) fn apply(&self, state: &mut State, saves: Vec<Save>, deletes: Vec<Task>) -> Result<()> {
+        // A task of a key about to become pending: other processes' claims
+        // must see it in its key's window (`store/flow.rs`). Told before the
+        // change, so a crash in between costs a needless read of the view,
+        // never a task missed.
+        let keyed = saves.iter().any(|save| {
+            save.task.status == TaskStatus::Pending
+                && save.task.concurrency_key.is_some()
+                && save
+                    .old
+                    .as_ref()
+                    .is_none_or(|old| old.status != TaskStatus::Pending)
+        });
+        if keyed {
+            self.keyed_pending(state)?;
+        }
         let journal =
             saves.len() + deletes.len() > 1 || saves.iter().any(|s| s.old.is_some()) || !deletes.is_empty();
         if journal {
@@ -59,13 +74,16 @@ impl Store {
         for save in &saves {
             if let Some(old) = save.old.as_ref().filter(|t| t.status == TaskStatus::Pending) {
                 state.view.remove(&entry_name(old));
+                flow::note_pending(state, old, false);
             }
             if save.task.status == TaskStatus::Pending {
                 state.view.insert(entry_name(&save.task));
+                flow::note_pending(state, &save.task, true);
             }
         }
         for task in deletes.iter().filter(|t| t.status == TaskStatus::Pending) {
             state.view.remove(&entry_name(task));
+            flow::note_pending(state, task, false);
         }
         Ok(())
     }

@@ -74,12 +74,9 @@ impl View {
             .collect()
     }
 
-    /// Every name of `queue`, due or not.
-    pub(super) fn names(&self, queue: &str) -> impl Iterator<Item = &String> {
-        self.queues
-            .get(queue)
-            .into_iter()
-            .flat_map(|levels| levels.values().flatten())
+    /// Every name, of every queue.
+    pub(super) fn all(&self) -> impl Iterator<Item = &String> {
+        self.queues.values().flat_map(|levels| levels.values().flatten())
     }
 
     /// Whether `queue` has a name that is not in `skip`.
