@@ -218,7 +218,7 @@ impl Store {
             others.extend(running.iter().filter_map(|(id, key)| Some((key.clone()?, *id))));
             if limits.window_statuses().contains(&TaskStatus::Failed) {
                 for name in names(&self.layout().failed)? {
-                    if !entry_queue(&name).is_some_and(|(q, _)| q == queue) {
+                    if entry_queue(&name).is_none_or(|(q, _)| q != queue) {
                         continue;
                     }
                     let Some(id) = entry_id(&name) else { continue };
