@@ -530,6 +530,15 @@ async fn migrate(args: &MigrateArgs, settings: &Settings) -> Outcome {
             printable(name)
         );
     }
+    for queue in &report.queue_limits {
+        out!("queue {}: copied its flow-control settings", printable(queue));
+    }
+    for queue in &report.queue_limits_kept {
+        out!(
+            "queue {}: kept the destination's flow-control settings",
+            printable(queue)
+        );
+    }
     if report.is_complete() {
         return Ok(ExitCode::SUCCESS);
     }

@@ -44,6 +44,12 @@ pub struct MigrationReport {
     /// Names of the destination's schedules kept as they were, the source's
     /// of the same name not copied ([`SchedulesOnConflict::Keep`]).
     pub schedules_kept: Vec<String>,
+    /// Queues whose flow-control settings were copied (the destination had
+    /// none for them).
+    pub queue_limits: Vec<String>,
+    /// Queues whose flow-control settings the destination had already,
+    /// kept as they were.
+    pub queue_limits_kept: Vec<String>,
 }
 
 /// What a migration does with a source schedule whose name the destination
@@ -185,6 +191,19 @@ pub async fn migrate_with(
             }
             (false, _) => report.schedules += 1,
         }
+    }
+    // Flow-control settings go to the queues that have none there yet; a
+    // destination's own settings are its operators' choice, and stay.
+    let theirs: Vec<String> = to.queue_flows(now).await?.into_iter().map(|f| f.queue).collect();
+    for flow in from.queue_flows(now).await? {
+        if theirs.contains(&flow.queue) {
+            report.queue_limits_kept.push(flow.queue);
+            continue;
+        }
+        // The layer's rule, whether or not `to` is behind it.
+        flow.limits.check()?;
+        to.set_queue_limits(&flow.queue, flow.limits).await?;
+        report.queue_limits.push(flow.queue);
     }
     report
         .not_copied

@@ -86,6 +86,13 @@ async fn fill(store: &dyn Storage) {
         )
         .await
         .unwrap();
+    let limits = omniq::QueueLimits {
+        limit: Some(3),
+        per_key: Some(1),
+        rate: Some("10/s".parse().unwrap()),
+        ..Default::default()
+    };
+    store.set_queue_limits("reports", limits).await.unwrap();
 }
 
 async fn all(store: &dyn Storage) -> Vec<Task> {
@@ -105,6 +112,15 @@ async fn check(from: Arc<dyn Storage>, to: Arc<dyn Storage>) {
     assert_eq!(report.running_reset, 1);
     assert_eq!(report.schedules, 1);
     assert_eq!(to.schedules().await.unwrap(), from.schedules().await.unwrap());
+    // Flow-control settings come along, where the destination has none.
+    assert_eq!(report.queue_limits, ["reports"]);
+    let limits =
+        |flows: Vec<omniq::QueueFlow>| flows.into_iter().map(|f| (f.queue, f.limits)).collect::<Vec<_>>();
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(
+        limits(to.queue_flows(now).await.unwrap()),
+        limits(from.queue_flows(now).await.unwrap())
+    );
     assert_eq!(seen.last().unwrap().done, before.len() as u64);
     assert_eq!(all(&*from).await, before, "the source is unchanged");
 
@@ -139,6 +155,7 @@ async fn check(from: Arc<dyn Storage>, to: Arc<dyn Storage>) {
     // Running it again copies nothing twice.
     let again = omniq::migrate(&*from, &*to, |_| {}).await.unwrap();
     assert_eq!((again.copied, again.skipped), (0, before.len() as u64));
+    assert_eq!(again.queue_limits_kept, ["reports"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
