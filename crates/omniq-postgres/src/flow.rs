@@ -142,6 +142,95 @@ impl PostgresStorage {
         }
     }
 
+    /// The limited claim as one statement after the lock, with the rule of
+    /// `QueueLimits::admit` stated in SQL for a queue's limit, key window and
+    /// rate (held to `admit` by the conformance suite and the model-based
+    /// test): `Some` with the claimed rows (or `Some(None)` for a queue that
+    /// has no settings any more); `None` for a queue with a rate per key,
+    /// whose claim is decided in Rust.
+    async fn limited_in_sql(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        request: &ClaimRequest,
+        batch: &str,
+    ) -> std::result::Result<Option<Option<Vec<sqlx::postgres::PgRow>>>, Fail> {
+        let now = to_ns(request.now).map_err(Fail::Stop)?;
+        let expires = to_ns(omniq_core::later(request.now, request.lease_for)).map_err(Fail::Stop)?;
+        let lease_ns = i64::try_from(request.lease_for.as_nanos()).unwrap_or(i64::MAX);
+        let sql = self.q(
+            "WITH lim AS (SELECT (SELECT limits FROM {s}.queue_limits WHERE name = $1) AS l), \
+             cfg AS (SELECT l, (l ->> 'limit')::int8 AS cap, (l ->> 'per_key')::int4 AS per_key, \
+                 coalesce((l ->> 'hold_failed')::bool, false) AS hold, \
+                 (l #>> '{rate,count}')::int8 AS rcount, \
+                 (l #>> '{rate,per,secs}')::int8 * 1000000000 + (l #>> '{rate,per,nanos}')::int8 AS per_ns, \
+                 l -> 'key_rate' IS NOT NULL AS by_rust, \
+                 EXISTS (SELECT 1 FROM {s}.paused_queues WHERE name = $1) AS paused, \
+                 (SELECT count(*) FROM {s}.tasks WHERE queue = $1 AND status = 'running' \
+                  AND lease_expires > $2) AS running, \
+                 greatest(coalesce((SELECT tat FROM {s}.rate_buckets WHERE queue = $1 AND key = ''), $2), $2) \
+                     AS owed \
+                 FROM lim), \
+             st AS (SELECT *, greatest(1, per_ns / rcount) AS step, least($3, \
+                 CASE WHEN cap IS NULL THEN $3 ELSE greatest(0, cap - running) END, \
+                 CASE WHEN rcount IS NULL THEN $3 \
+                      ELSE least(rcount, greatest(0, ($2 + per_ns - owed) / greatest(1, per_ns / rcount))) END) \
+                 AS budget FROM cfg), \
+             c AS (SELECT t.id FROM {s}.tasks t CROSS JOIN st \
+                 CROSS JOIN LATERAL (SELECT CASE \
+                     WHEN st.per_key IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
+                     ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
+                           AND u.concurrency_key = t.concurrency_key \
+                           AND u.status IN ('pending', 'running', 'failed') \
+                           AND (u.status <> 'failed' OR st.hold) \
+                           AND u.id < t.id LIMIT st.per_key) x) END AS ahead) a \
+                 WHERE t.status = 'pending' AND t.queue = $1 AND t.eta <= $2 \
+                 AND st.l IS NOT NULL AND NOT st.by_rust AND NOT st.paused \
+                 AND a.ahead < coalesce(st.per_key, 1) \
+                 ORDER BY t.priority DESC, t.eta, t.id LIMIT (SELECT budget FROM st) \
+                 FOR UPDATE OF t SKIP LOCKED), \
+             b AS (INSERT INTO {s}.rate_buckets (queue, key, tat) \
+                 SELECT $1, '', st.owed + st.step * (SELECT count(*) FROM c) FROM st \
+                 WHERE st.rcount IS NOT NULL AND EXISTS (SELECT 1 FROM c) \
+                 ON CONFLICT (queue, key) DO UPDATE SET tat = excluded.tat), \
+             took AS (UPDATE {s}.tasks t SET status = 'running', lease_expires = $4, \
+                 claim = json_build_object('worker', $5::text, 'token', gen_random_uuid(), \
+                 'at', $2::int8, 'lease_ns', $6::int8, 'batch', $7::text) \
+                 FROM c WHERE t.id = c.id \
+                 RETURNING t.id, t.record::text AS record, t.claim::text AS claim) \
+             SELECT took.id, took.record, took.claim, \
+                 (SELECT l IS NOT NULL FROM st) AS limited, (SELECT by_rust FROM st) AS by_rust \
+             FROM (SELECT 1) one LEFT JOIN took ON true",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&request.queue)
+            .bind(now)
+            .bind(i64::try_from(request.limit).unwrap_or(i64::MAX))
+            .bind(expires)
+            .bind(&request.worker_id)
+            .bind(lease_ns)
+            .bind(batch)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(Fail::from)?;
+        let Some(first) = rows.first() else {
+            return Ok(Some(None));
+        };
+        let limited: Option<bool> = first.try_get(3).map_err(|e| Fail::Stop(sql_error(e)))?;
+        let by_rust: Option<bool> = first.try_get(4).map_err(|e| Fail::Stop(sql_error(e)))?;
+        match (limited, by_rust) {
+            (Some(true), Some(true)) => Ok(None),
+            (Some(true), _) => {
+                // The claimed rows, with the columns `rows::split` reads.
+                let claimed: Vec<_> = rows
+                    .into_iter()
+                    .filter(|row| row.try_get::<Option<String>, _>(0).ok().flatten().is_some())
+                    .collect();
+                Ok(Some(Some(claimed)))
+            }
+            _ => Ok(Some(None)),
+        }
+    }
+
     async fn limited_in(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
@@ -150,6 +239,9 @@ impl PostgresStorage {
     ) -> std::result::Result<Option<Vec<sqlx::postgres::PgRow>>, Fail> {
         let queue = request.queue.as_str();
         let now = to_ns(request.now).map_err(Fail::Stop)?;
+        if let Some(rows) = self.limited_in_sql(tx, request, batch).await? {
+            return Ok(rows);
+        }
         // After the lock, one statement (so one snapshot, taken once every
         // claim that held the lock before committed) reads the settings, the
         // running count, the bucket and the candidates: the due tasks in

@@ -243,24 +243,34 @@ impl Store {
             Some(_) => request.limit.saturating_mul(8).saturating_add(64),
             None => request.limit,
         };
-        let due: Vec<String> = {
-            let due = time_key(now);
-            state.view.due(queue, &due, usize::MAX, &BTreeSet::new())
-        };
+        // Names are read from the view a few at a time (each read takes
+        // twice as many as the one before), not all at once, so a claim
+        // costs what it takes, not what waits.
+        let due = time_key(now);
         let mut candidates = Vec::new();
         let mut facts = Vec::new();
-        for name in due {
-            if candidates.len() >= scan {
+        let (mut read, mut chunk) = (0, scan.max(8));
+        'reading: loop {
+            let names = state.view.due(queue, &due, read + chunk, &BTreeSet::new());
+            let more = names.len() == read + chunk;
+            for name in names.into_iter().skip(read) {
+                read += 1;
+                let Some(id) = entry_id(&name) else { continue };
+                let key = self.facts(state, id)?.and_then(|facts| facts.key);
+                let ahead = key.as_deref().map_or(0, |key| ahead_in(state, key, id));
+                if limits.per_key.is_some_and(|n| key.is_some() && ahead >= n) {
+                    continue;
+                }
+                candidates.push(name);
+                facts.push((key, ahead));
+                if candidates.len() >= scan {
+                    break 'reading;
+                }
+            }
+            if !more {
                 break;
             }
-            let Some(id) = entry_id(&name) else { continue };
-            let key = self.facts(state, id)?.and_then(|facts| facts.key);
-            let ahead = key.as_deref().map_or(0, |key| ahead_in(state, key, id));
-            if limits.per_key.is_some_and(|n| key.is_some() && ahead >= n) {
-                continue;
-            }
-            candidates.push(name);
-            facts.push((key, ahead));
+            chunk = chunk.saturating_mul(2);
         }
         let mut buckets = match limits.rate.is_some() || limits.key_rate.is_some() {
             true => self.read_buckets()?,
