@@ -88,8 +88,9 @@ pub(super) use take_claimed;
 /// other backends.
 ///
 /// The pick walks the queue's priority levels from the highest (`levels`:
-/// each step one seek in `pending_claim` for the next lower priority, and a
-/// count of that level's due tasks, at most the limit) until it has enough
+/// each step one seek in `pending_claim` for the next lower priority, and,
+/// when there is one, a count of that level's due tasks, at most the limit)
+/// until it has enough
 /// tasks, then takes each level's due tasks in (eta, id) order from the
 /// front of its range. Its cost thus grows with the number of priority
 /// levels visited, not with the number of tasks waiting for a later eta.
@@ -124,9 +125,10 @@ pub(super) const CLAIM: &str = concat!(
             AND EXISTS (SELECT 1 FROM cfg) \
         UNION ALL \
         SELECT (SELECT max(priority) FROM pending WHERE queue = ?6 AND priority < p), \
-            got + (SELECT count(*) FROM (SELECT 1 FROM pending q \
+            got + CASE WHEN (SELECT max(priority) FROM pending WHERE queue = ?6 AND priority < p) IS NULL \
+                THEN 0 ELSE (SELECT count(*) FROM (SELECT 1 FROM pending q \
                    WHERE queue = ?6 AND priority = p AND eta <= ?1 AND IN_WINDOW \
-                   LIMIT coalesce((SELECT budget FROM cfg), 0))) \
+                   LIMIT coalesce((SELECT budget FROM cfg), 0))) END \
         FROM levels WHERE p IS NOT NULL AND got < (SELECT budget FROM cfg)) \
     SELECT j.value FROM levels, json_each((SELECT json_group_array(id) FROM (SELECT id FROM pending q \
         WHERE queue = ?6 AND priority = levels.p AND eta <= ?1 AND IN_WINDOW \
