@@ -321,6 +321,26 @@ impl QueueLimits {
     }
 }
 
+impl QueueLimits {
+    /// [`QueueLimits::admit`] over candidates as the SQL stores read them,
+    /// `(id, concurrency key, tasks of the key ahead)` in claim order: the
+    /// ids to claim, in claim order, and the decision with its buckets.
+    pub fn admit_rows<'r>(
+        &self,
+        want: usize,
+        state: &FlowState,
+        rows: &'r [(String, Option<String>, i64)],
+        now: OffsetDateTime,
+    ) -> (Vec<&'r str>, Admitted) {
+        let facts = rows
+            .iter()
+            .map(|(_, key, ahead)| (key.as_deref(), u32::try_from(*ahead).unwrap_or(u32::MAX)));
+        let admitted = self.admit(want, state, facts, now);
+        let ids = admitted.take.iter().map(|at| rows[*at].0.as_str()).collect();
+        (ids, admitted)
+    }
+}
+
 /// What a claim of a limited queue reads in its atomic step besides the
 /// candidates.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -62,6 +62,16 @@ impl Known {
     }
 }
 
+/// For each candidate `t` of a limited claim, how many unfinished tasks of
+/// its key and queue with a lower id are ahead of it (at most `st.per_key`;
+/// failed ones only when `st.hold`), as `a.ahead`, through `tasks_key_order`.
+const AHEAD: &str = "CROSS JOIN LATERAL (SELECT CASE \
+    WHEN st.per_key IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
+    ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
+          AND u.concurrency_key = t.concurrency_key \
+          AND u.status IN ('pending', 'running', 'failed') AND (u.status <> 'failed' OR st.hold) \
+          AND u.id < t.id LIMIT st.per_key) x) END AS ahead) a";
+
 impl PostgresStorage {
     /// The claim of a queue with settings; `None` when it has none (any
     /// more), for the plain claim to take over.
@@ -158,7 +168,7 @@ impl PostgresStorage {
         let expires = to_ns(omniq_core::later(request.now, request.lease_for)).map_err(Fail::Stop)?;
         let lease_ns = i64::try_from(request.lease_for.as_nanos()).unwrap_or(i64::MAX);
         let sql = self.q(
-            "WITH lim AS (SELECT (SELECT limits FROM {s}.queue_limits WHERE name = $1) AS l), \
+            &"WITH lim AS (SELECT (SELECT limits FROM {s}.queue_limits WHERE name = $1) AS l), \
              cfg AS (SELECT l, (l ->> 'limit')::int8 AS cap, (l ->> 'per_key')::int4 AS per_key, \
                  coalesce((l ->> 'hold_failed')::bool, false) AS hold, \
                  (l #>> '{rate,count}')::int8 AS rcount, \
@@ -176,13 +186,7 @@ impl PostgresStorage {
                       ELSE least(rcount, greatest(0, ($2 + per_ns - owed) / greatest(1, per_ns / rcount))) END) \
                  AS budget FROM cfg), \
              c AS (SELECT t.id FROM {s}.tasks t CROSS JOIN st \
-                 CROSS JOIN LATERAL (SELECT CASE \
-                     WHEN st.per_key IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
-                     ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
-                           AND u.concurrency_key = t.concurrency_key \
-                           AND u.status IN ('pending', 'running', 'failed') \
-                           AND (u.status <> 'failed' OR st.hold) \
-                           AND u.id < t.id LIMIT st.per_key) x) END AS ahead) a \
+                 AHEAD \
                  WHERE t.status = 'pending' AND t.queue = $1 AND t.eta <= $2 \
                  AND st.l IS NOT NULL AND NOT st.by_rust AND NOT st.paused \
                  AND a.ahead < coalesce(st.per_key, 1) \
@@ -199,7 +203,8 @@ impl PostgresStorage {
                  RETURNING t.id, t.record::text AS record, t.claim::text AS claim) \
              SELECT took.id, took.record, took.claim, \
                  (SELECT l IS NOT NULL FROM st) AS limited, (SELECT by_rust FROM st) AS by_rust \
-             FROM (SELECT 1) one LEFT JOIN took ON true",
+             FROM (SELECT 1) one LEFT JOIN took ON true"
+            .replace("AHEAD", AHEAD),
         );
         let rows = sqlx::query(&sql)
             .bind(&request.queue)
@@ -250,7 +255,7 @@ impl PostgresStorage {
         // some candidates may be passed over; a few more are read for them.
         let want = i64::try_from(request.limit).unwrap_or(i64::MAX);
         let sql = self.q(
-            "WITH lim AS (SELECT (SELECT limits FROM {s}.queue_limits WHERE name = $1) AS l), \
+            &"WITH lim AS (SELECT (SELECT limits FROM {s}.queue_limits WHERE name = $1) AS l), \
              st AS (SELECT l, (l ->> 'per_key')::int4 AS per_key, \
                  coalesce((l ->> 'hold_failed')::bool, false) AS hold, \
                  CASE WHEN l -> 'key_rate' IS NULL THEN $3 ELSE $3 * 8 + 64 END AS scan, \
@@ -261,19 +266,14 @@ impl PostgresStorage {
                  FROM lim), \
              c AS (SELECT t.id, t.concurrency_key, a.ahead, t.priority, t.eta FROM {s}.tasks t \
                  CROSS JOIN st \
-                 CROSS JOIN LATERAL (SELECT CASE \
-                     WHEN st.per_key IS NULL OR t.concurrency_key IS NULL THEN 0::int8 \
-                     ELSE (SELECT count(*) FROM (SELECT 1 FROM {s}.tasks u WHERE u.queue = $1 \
-                           AND u.concurrency_key = t.concurrency_key \
-                           AND u.status IN ('pending', 'running', 'failed') \
-                           AND (u.status <> 'failed' OR st.hold) \
-                           AND u.id < t.id LIMIT st.per_key) x) END AS ahead) a \
+                 AHEAD \
                  WHERE t.status = 'pending' AND t.queue = $1 AND t.eta <= $2 \
                  AND st.l IS NOT NULL AND NOT st.paused AND a.ahead < coalesce(st.per_key, 1) \
                  ORDER BY t.priority DESC, t.eta, t.id LIMIT (SELECT scan FROM st) \
                  FOR UPDATE OF t SKIP LOCKED) \
              SELECT st.l::text, st.paused, st.running, st.tat, c.id, c.concurrency_key, c.ahead \
-             FROM st LEFT JOIN c ON true ORDER BY c.priority DESC, c.eta, c.id",
+             FROM st LEFT JOIN c ON true ORDER BY c.priority DESC, c.eta, c.id"
+                .replace("AHEAD", AHEAD),
         );
         type Row = (
             Option<String>,
@@ -334,15 +334,7 @@ impl PostgresStorage {
                 .map(|(key, tat)| (key, from_ns(tat)))
                 .collect();
         }
-        let facts = candidates
-            .iter()
-            .map(|(_, key, ahead)| (key.as_deref(), u32::try_from(*ahead).unwrap_or(u32::MAX)));
-        let admitted = limits.admit(request.limit, &state, facts, request.now);
-        let ids: Vec<&str> = admitted
-            .take
-            .iter()
-            .map(|at| candidates[*at].0.as_str())
-            .collect();
+        let (ids, admitted) = limits.admit_rows(request.limit, &state, &candidates, request.now);
         let mut keys = Vec::new();
         let mut tats = Vec::new();
         if let Some(tat) = admitted.queue_tat {

@@ -128,15 +128,7 @@ pub(super) async fn claim_limited(
             .map(|(key, tat)| (key, rows::from_ns(tat)))
             .collect();
     }
-    let facts = candidates
-        .iter()
-        .map(|(_, key, ahead)| (key.as_deref(), u32::try_from(*ahead).unwrap_or(u32::MAX)));
-    let admitted = limits.admit(request.limit, &state, facts, request.now);
-    let ids: Vec<&str> = admitted
-        .take
-        .iter()
-        .map(|at| candidates[*at].0.as_str())
-        .collect();
+    let (ids, admitted) = limits.admit_rows(request.limit, &state, &candidates, request.now);
     let mut buckets: Vec<(&str, i64)> = Vec::new();
     if let Some(tat) = admitted.queue_tat {
         buckets.push(("", to_ns(tat)?));
