@@ -26,11 +26,13 @@ async fn a_version_1_schema_is_migrated_and_keeps_its_tasks() {
     drop(store);
     // Back to what version 1 wrote: no claim column, no views, no schedules,
     // no heartbeats or turns, the finished index on the time alone, no index
-    // of key windows.
+    // of key windows, no flow control.
     let mut conn = sqlx::PgConnection::connect(&url()).await.unwrap();
     sqlx::raw_sql(&format!(
         "SET search_path TO \"{schema}\"; DROP VIEW pending, running, completed, results; DROP TABLE schedules; \
          DROP TABLE workers, turns; DROP INDEX tasks_finished; DROP INDEX tasks_unique_window; \
+         DROP TABLE queue_limits, rate_buckets; DROP INDEX tasks_key_order; \
+         ALTER TABLE \"{schema}\".tasks DROP COLUMN concurrency_key; \
          CREATE INDEX tasks_finished ON \"{schema}\".tasks (finished_at) WHERE finished_at IS NOT NULL; \
          ALTER TABLE \"{schema}\".tasks DROP COLUMN claim; \
          UPDATE \"{schema}\".omniq_meta SET value = '1' WHERE key = 'schema_version'"
