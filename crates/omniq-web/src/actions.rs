@@ -1,6 +1,7 @@
 //! The changes the dashboard makes: retry a failed task, cancel a task or
 //! its series, pause or resume a queue, retry every failed task of a queue,
-//! purge finished tasks older than an age. Each is asked for by a link, shown
+//! set a queue's flow-control settings, purge finished tasks older than an
+//! age. Each is asked for by a link, shown
 //! on a confirmation page, done by that page's POST, and answered with what
 //! it changed; the JSON API does the same in one call.
 
@@ -11,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use maud::html;
-use omniq_core::{Error, Result, StorageExt, TaskId};
+use omniq_core::{Error, QueueLimits, Rate, Result, StorageExt, TaskId};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -30,6 +31,18 @@ pub(crate) struct Request {
     /// For `purge`: an age such as `7d`, `12h`, `30m` or `45s`.
     #[serde(default)]
     pub age: Option<String>,
+    /// For `limits`: the queue's limit, per-key limit and rates (`100/s`);
+    /// empty or missing clears one.
+    #[serde(default)]
+    pub limit: Option<String>,
+    #[serde(default)]
+    pub per_key: Option<String>,
+    #[serde(default)]
+    pub hold_failed: Option<String>,
+    #[serde(default)]
+    pub rate: Option<String>,
+    #[serde(default)]
+    pub key_rate: Option<String>,
     #[serde(default)]
     pub csrf: Option<String>,
 }
@@ -41,7 +54,35 @@ pub(crate) enum Action {
     Pause(String),
     Resume(String),
     RetryFailed(String),
+    Limits(String, QueueLimits),
     Purge(Duration),
+}
+
+/// A setting of a `limits` form: empty or missing is unset.
+fn field(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// The flow-control settings a `limits` request names, checked.
+fn limits_of(request: &Request) -> Result<QueueLimits> {
+    let count = |name: &str, value: &Option<String>| -> Result<Option<u32>> {
+        field(value)
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| Error::invalid_config(name, format!("{v:?} is not a whole number")))
+            })
+            .transpose()
+    };
+    let rate = |value: &Option<String>| field(value).map(str::parse::<Rate>).transpose();
+    let limits = QueueLimits {
+        limit: count("limit", &request.limit)?,
+        per_key: count("per_key", &request.per_key)?,
+        hold_failed: matches!(field(&request.hold_failed), Some("on" | "true" | "1")),
+        rate: rate(&request.rate)?,
+        key_rate: rate(&request.key_rate)?,
+    };
+    limits.check()?;
+    Ok(limits)
 }
 
 impl Action {
@@ -57,17 +98,24 @@ impl Action {
             "pause" => Action::Pause(queue()?),
             "resume" => Action::Resume(queue()?),
             "retry-failed" => Action::RetryFailed(queue()?),
+            "limits" => Action::Limits(queue()?, limits_of(request)?),
             "purge" => {
                 let age = request.age.as_deref().unwrap_or_default().trim();
                 let age = humantime::parse_duration(age).map_err(|e| {
-                    Error::invalid_config("age", format!("{age:?} is not an age such as 7d, 12h or 30m: {e}"))
+                    Error::invalid_config(
+                        "age",
+                        format!("{age:?} is not an age such as 7d, 12h or 30m: {e}"),
+                    )
                 })?;
                 Action::Purge(age)
             }
             other => {
                 return Err(Error::invalid_config(
                     "action",
-                    format!("{other:?} is not an action; expected retry, cancel, pause, resume, retry-failed or purge"),
+                    format!(
+                        "{other:?} is not an action; expected retry, cancel, pause, resume, retry-failed, \
+                         limits or purge"
+                    ),
                 ))
             }
         })
@@ -83,6 +131,14 @@ impl Action {
             ),
             Action::Resume(queue) => format!("Resume queue {queue}?"),
             Action::RetryFailed(queue) => format!("Put every failed task of queue {queue} back to pending?"),
+            Action::Limits(queue, limits) if limits.is_unlimited() => {
+                format!("Remove every flow-control setting of queue {queue}?")
+            }
+            Action::Limits(queue, limits) => format!(
+                "Set the flow-control settings of queue {queue}, for every process, to: {}? \
+                 Settings left empty are cleared.",
+                crate::pages::limits_words(limits)
+            ),
             Action::Purge(age) => format!(
                 "Delete every finished task (completed, failed, cancelled) that finished more than {} ago?",
                 humantime::format_duration(*age)
@@ -133,6 +189,15 @@ impl Action {
                     report.retried, report.refused
                 )
             }
+            Action::Limits(queue, limits) => {
+                storage.set_queue_limits(queue, limits.clone()).await?;
+                // A raised limit may let this process's pools claim at once.
+                app.signals.task_enqueued();
+                match limits.is_unlimited() {
+                    true => format!("Queue {queue} has no limits."),
+                    false => format!("Queue {queue}: {}.", crate::pages::limits_words(limits)),
+                }
+            }
             Action::Purge(age) => {
                 let removed = storage.purge(omniq_core::earlier(now, *age)).await?;
                 format!("Deleted {removed} finished task(s).")
@@ -163,6 +228,10 @@ pub(crate) async fn confirm(Extract(app): Extract<State>, Query(request): Query<
             @if let Some(id) = &request.id { input type="hidden" name="id" value=(id); }
             @if let Some(queue) = &request.queue { input type="hidden" name="queue" value=(queue); }
             @if let Some(age) = &request.age { input type="hidden" name="age" value=(age); }
+            @for (name, value) in [("limit", &request.limit), ("per_key", &request.per_key),
+                ("hold_failed", &request.hold_failed), ("rate", &request.rate), ("key_rate", &request.key_rate)] {
+                @if let Some(value) = value { input type="hidden" name=(name) value=(value); }
+            }
             input type="hidden" name="csrf" value=(app.csrf);
             button #confirm type="submit" { "Confirm" }
             " " a href=(app.home()) { "Back" }

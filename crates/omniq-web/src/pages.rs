@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State as Extract};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use omniq_core::{Error, QueueFlow, QueueStats, StatusCounts, Task, TaskId, TaskStatus};
+use omniq_core::{Error, QueueFlow, QueueLimits, QueueStats, StatusCounts, Task, TaskId, TaskStatus};
 use time::OffsetDateTime;
 
 use crate::data::{self, encode, Filter};
@@ -152,16 +152,23 @@ fn chart(minutes: &[u64; 60]) -> Markup {
 /// A queue's flow-control settings in a few words, with its running count.
 fn limits_text(flow: Option<&QueueFlow>) -> String {
     let Some(flow) = flow else { return "-".into() };
-    let l = &flow.limits;
     let mut parts = Vec::new();
-    if let Some(limit) = l.limit {
+    if let Some(limit) = flow.limits.limit {
         parts.push(format!("{}/{limit} running", flow.running));
     }
+    parts.extend(limit_parts(&flow.limits, false));
+    parts.join(" · ")
+}
+
+/// The settings in words; the limit only when `with_limit`.
+fn limit_parts(l: &QueueLimits, with_limit: bool) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let (Some(limit), true) = (l.limit, with_limit) {
+        parts.push(format!("at most {limit} running"));
+    }
     if let Some(n) = l.per_key {
-        parts.push(format!(
-            "{n} per key{}",
-            if l.hold_failed { ", failed hold" } else { "" }
-        ));
+        let hold = if l.hold_failed { ", failed hold" } else { "" };
+        parts.push(format!("{n} per key{hold}"));
     }
     if let Some(rate) = l.rate {
         parts.push(rate.to_string());
@@ -169,22 +176,64 @@ fn limits_text(flow: Option<&QueueFlow>) -> String {
     if let Some(rate) = l.key_rate {
         parts.push(format!("{rate} per key"));
     }
-    parts.join(" · ")
+    parts
+}
+
+/// Flow-control settings in words, as a confirmation states them.
+pub(crate) fn limits_words(l: &QueueLimits) -> String {
+    limit_parts(l, true).join(", ")
+}
+
+/// The form that changes a queue's flow-control settings, filled with the
+/// current ones; it asks for a confirmation first, as every change does.
+fn limits_form(app: &App, queue: &str, flow: Option<&QueueFlow>) -> Markup {
+    let p = &app.options.prefix;
+    let l = flow.map(|f| f.limits.clone()).unwrap_or_default();
+    let count = |n: Option<u32>| n.map(|n| n.to_string()).unwrap_or_default();
+    let rate = |r: Option<omniq_core::Rate>| r.map(|r| r.to_string()).unwrap_or_default();
+    html! {
+        details.limits {
+            summary { "Edit limits" }
+            form method="get" action={ (p) "/confirm" } {
+                input type="hidden" name="action" value="limits";
+                input type="hidden" name="queue" value=(queue);
+                label { "Limit " input type="number" min="1" name="limit" value=(count(l.limit)); }
+                label { " Per key " input type="number" min="1" name="per_key" value=(count(l.per_key)); }
+                label { " Failed hold " input type="checkbox" name="hold_failed" checked[l.hold_failed]; }
+                label { " Rate " input type="text" name="rate" placeholder="100/s" value=(rate(l.rate)); }
+                label { " Key rate " input type="text" name="key_rate" placeholder="6/m" value=(rate(l.key_rate)); }
+                " " button type="submit" { "Change" }
+            }
+        }
+    }
 }
 
 fn queue_table(app: &App, queues: &[QueueStats], flows: &[QueueFlow], now: OffsetDateTime) -> Markup {
     let p = &app.options.prefix;
+    // A queue with settings and no task yet is listed too.
+    let mut queues = queues.to_vec();
+    for flow in flows {
+        if !queues.iter().any(|q| q.queue == flow.queue) {
+            queues.push(QueueStats::empty(flow.queue.clone()));
+        }
+    }
+    queues.sort_by(|a, b| a.queue.cmp(&b.queue));
     html! {
         table #queues {
             tr { th { "Queue" } th { "Pending" } th { "Running" } th { "Completed" } th { "Failed" }
                  th { "Cancelled" } th { "Oldest pending" } th { "Limits" } th { "State" } }
-            @for q in queues {
+            @for q in &queues {
                 tr {
                     td { a href={ (p) "/tasks?queue=" (encode(&q.queue)) } { (q.queue) } }
                     td.n { (q.counts.pending) } td.n { (q.counts.running) } td.n { (q.counts.completed) }
                     td.n { (q.counts.failed) } td.n { (q.counts.cancelled) }
                     td { (q.oldest_eta.map_or("-".to_string(), |eta| ago(eta, now))) }
-                    td { (limits_text(flows.iter().find(|f| f.queue == q.queue))) }
+                    td {
+                        (limits_text(flows.iter().find(|f| f.queue == q.queue)))
+                        @if !app.options.read_only {
+                            (limits_form(app, &q.queue, flows.iter().find(|f| f.queue == q.queue)))
+                        }
+                    }
                     td {
                         @if q.paused { "paused " } @else { "running " }
                         @if !app.options.read_only {
@@ -468,7 +517,7 @@ pub(crate) async fn queues(Extract(app): Extract<State>) -> Response {
             "Queues",
             html! {
                 h1 { "Queues" }
-                @if queues.is_empty() { p.muted { "No queues yet: they appear with their first task." } }
+                @if queues.is_empty() && flows.is_empty() { p.muted { "No queues yet: they appear with their first task." } }
                 @else { (queue_table(&app, &queues, &flows, now)) }
             },
         )

@@ -492,6 +492,71 @@ async fn actions_ask_confirmation_need_the_csrf_token_and_say_what_changed() {
         .await;
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
+        // A queue's flow-control settings: the queues page's form asks for
+        // a confirmation that states them, whose POST stores exactly them.
+        let queues = send(&app, get("/queues")).await;
+        assert!(queues.body.contains("Edit limits") && queues.body.contains("value=\"20/s\""));
+        let confirm = send(
+            &app,
+            get("/confirm?action=limits&queue=reports&limit=4&per_key=&rate=10%2Fs"),
+        )
+        .await;
+        assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.body);
+        assert!(
+            confirm
+                .body
+                .contains("queue reports, for every process, to: at most 4 running, 10/s"),
+            "{}",
+            confirm.body
+        );
+        let set = send(
+            &app,
+            post_form(
+                "/act",
+                &format!("action=limits&queue=reports&limit=4&per_key=&rate=10%2Fs&csrf={csrf}"),
+            ),
+        )
+        .await;
+        assert!(
+            set.body.contains("Queue reports: at most 4 running, 10/s."),
+            "{}",
+            set.body
+        );
+        let flows = store.queue_flows(OffsetDateTime::now_utc()).await.unwrap();
+        let expected = omniq_core::QueueLimits {
+            limit: Some(4),
+            rate: Some("10/s".parse().unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(flows[0].limits, expected, "{backend}");
+        for bad in ["limit=0", "limit=x", "rate=5%2Fd", "hold_failed=on"] {
+            let refused = send(
+                &app,
+                post_form("/act", &format!("action=limits&queue=reports&{bad}&csrf={csrf}")),
+            )
+            .await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{backend}: {bad}");
+        }
+        assert_eq!(
+            store.queue_flows(OffsetDateTime::now_utc()).await.unwrap()[0].limits,
+            expected
+        );
+        let cleared = send(
+            &app,
+            post_form("/act", &format!("action=limits&queue=reports&csrf={csrf}")),
+        )
+        .await;
+        assert!(
+            cleared.body.contains("Queue reports has no limits."),
+            "{}",
+            cleared.body
+        );
+        assert!(store
+            .queue_flows(OffsetDateTime::now_utc())
+            .await
+            .unwrap()
+            .is_empty());
+
         // The JSON API: the same rules.
         let api = |body: Value, csrf: Option<&str>| {
             let mut request = Request::post("/api/actions").header(header::CONTENT_TYPE, "application/json");
