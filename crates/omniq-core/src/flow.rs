@@ -388,10 +388,10 @@ impl QueueFlow {
     }
 }
 
-/// How many candidates of each key are ahead of each other ones: the
-/// `ahead` of [`QueueLimits::admit`], worked out from every task of the
-/// queue in the key's window. For stores that hold their tasks in memory
-/// or read them whole; `window` gives each task's key and id.
+/// The tasks of each key's window in id order, from `window`, the key and
+/// id of every task of the queue in [`QueueLimits::window_statuses`]; with
+/// [`ahead_of`] it gives a candidate's `ahead` for [`QueueLimits::admit`],
+/// for stores that hold their tasks in memory or read them whole.
 pub fn key_windows<'t>(
     window: impl IntoIterator<Item = (&'t str, crate::TaskId)>,
 ) -> BTreeMap<&'t str, Vec<crate::TaskId>> {
