@@ -95,18 +95,7 @@ impl PostgresStorage {
             };
             match rows {
                 Ok(rows) => {
-                    // A row that cannot be read is claimed all the same; no
-                    // worker runs it, and the lease pass takes it out of
-                    // `running` once its lease runs out.
-                    let (tasks, unreadable) = rows::split(&rows);
-                    if !unreadable.is_empty() {
-                        tracing::error!(
-                            tasks = ?unreadable,
-                            schema = %self.schema,
-                            "claimed tasks whose stored records cannot be read; the lease pass will fail them"
-                        );
-                    }
-                    claimed = Some(tasks);
+                    claimed = Some(rows);
                     break;
                 }
                 Err(Fail::Retry(why)) => last = why,
@@ -117,12 +106,22 @@ impl PostgresStorage {
         let claimed = claimed.ok_or_else(|| {
             Error::backend("postgres", format!("gave up after {ATTEMPTS} attempts: {last}"))
         })?;
-        Ok(self.took(claimed))
+        Ok(self.took(&claimed))
     }
 
-    /// Claimed tasks in claim order, noted for the upkeep and the short way
-    /// of their finish.
-    pub(crate) fn took(&self, mut claimed: Vec<Task>) -> Vec<Task> {
+    /// The tasks of a claim's rows in claim order, noted for the upkeep and
+    /// the short way of their finish. A row that cannot be read is claimed
+    /// all the same; no worker runs it, and the lease pass takes it out of
+    /// `running` once its lease runs out.
+    pub(crate) fn took(&self, rows: &[sqlx::postgres::PgRow]) -> Vec<Task> {
+        let (mut claimed, unreadable) = rows::split(rows);
+        if !unreadable.is_empty() {
+            tracing::error!(
+                tasks = ?unreadable,
+                schema = %self.schema,
+                "claimed tasks whose stored records cannot be read; the lease pass will fail them"
+            );
+        }
         if !claimed.is_empty() {
             self.upkeep
                 .claimed(claimed.len(), &self.pool, &self.q("{s}.tasks"));

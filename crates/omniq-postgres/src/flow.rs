@@ -20,7 +20,7 @@ use omniq_core::{ClaimRequest, Error, QueueFlow, QueueLimits, Result, Task};
 use sqlx::Row;
 use time::OffsetDateTime;
 
-use crate::rows::{self, from_ns, to_ns, Fail};
+use crate::rows::{from_ns, to_ns, Fail};
 use crate::{sql_error, PostgresStorage, ATTEMPTS};
 
 /// The queues this process last found with flow-control settings.
@@ -101,15 +101,7 @@ impl PostgresStorage {
                 })?,
                 Err(Fail::Stop(error)) => return Err(error),
             };
-            let (tasks, unreadable) = rows::split(&rows);
-            if !unreadable.is_empty() {
-                tracing::error!(
-                    tasks = ?unreadable,
-                    schema = %self.schema,
-                    "claimed tasks whose stored records cannot be read; the lease pass will fail them"
-                );
-            }
-            return Ok(Some(self.took(tasks)));
+            return Ok(Some(self.took(&rows)));
         }
         Err(Error::backend(
             "postgres",

@@ -14,11 +14,14 @@ use time::macros::datetime;
 use time::OffsetDateTime;
 
 use super::Factory;
+
+mod regressions;
 use crate::error::Error;
 use crate::queue::Enqueued;
 use crate::settings::Settings;
 use crate::storage::{ClaimRequest, Finish, FinishOutcome, Storage};
 use crate::task::{LeaseToken, NewTask, Outcome, TaskError, TaskId, TaskStatus};
+use regressions::regressions;
 
 const T0: OffsetDateTime = datetime!(2030-01-01 00:00:00 UTC);
 const LEASE: Duration = Duration::from_secs(30);
@@ -664,54 +667,6 @@ async fn compare(store: &dyn Storage, model: &Model, ctx: &str) -> Result<(), Te
         }
     }
     Ok(())
-}
-
-/// Inputs that once failed, run before the random ones on every run.
-///
-/// The first began a shrunk failure on PostgreSQL: a refused retry (of a
-/// task that had not failed) dropped its transaction without rolling it
-/// back, and the row lock it still held hid the task from the next claim's
-/// `SKIP LOCKED`. Its refused changes are repeated, since a late release
-/// loses only some races.
-fn regressions() -> Vec<Vec<Op>> {
-    let enqueue = |delay_ms, queue, priority, key| Op::Enqueue {
-        delay_ms,
-        max_retries: 1,
-        interval: false,
-        queue,
-        priority,
-        key,
-        ckey: None,
-    };
-    let mut first = vec![
-        Op::Pause {
-            queue: 1,
-            paused: true,
-        },
-        enqueue(2_295, 1, -1, None),
-        Op::Finish {
-            pick: 0,
-            how: How::HandBack,
-        },
-        Op::Finish {
-            pick: 0,
-            how: How::HandBack,
-        },
-        Op::Retry { pick: 0 },
-        Op::Advance { ms: 19_526 },
-    ];
-    for round in 1..=12 {
-        first.push(enqueue(0, 0, 0, Some((round % 3) as u8)));
-        first.push(Op::Retry { pick: round });
-        first.push(Op::Cancel { pick: 0 });
-        first.push(Op::Claim { limit: 2, queue: 0 });
-        first.push(Op::Finish {
-            pick: round,
-            how: How::Fail,
-        });
-        first.push(Op::Retry { pick: round });
-    }
-    vec![first]
 }
 
 /// Runs the model test: the [`regressions`], then 32 random sequences of up
