@@ -242,6 +242,40 @@ async fn the_last_failure_is_stored_and_fatal_errors_are_not_retried() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_snooze_runs_the_task_again_later_without_spending_an_attempt() {
+    let h = Harness::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut registry = Registry::new();
+    let seen = calls.clone();
+    registry.register("busy", move |_: ()| {
+        let seen = seen.clone();
+        async move {
+            // Busy twice, then done.
+            match seen.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(HandlerError::snooze(Duration::from_secs(10))),
+                _ => Ok(()),
+            }
+        }
+    });
+    let pool = h.pool(registry).start().expect("start the pool");
+    let id = h.enqueue(NewTask::new("busy").max_retries(0)).await;
+    let snoozed = h
+        .wait_for(id, |t| t.snoozes == 1 && t.status == TaskStatus::Pending)
+        .await;
+    assert_eq!(snoozed.attempts, 0, "a snooze gives its attempt back");
+    assert_eq!(snoozed.eta - snoozed.updated_at, time::Duration::seconds(10));
+    assert!(snoozed.errors.is_empty() && snoozed.error.is_none());
+    let task = h.wait_finished(id).await;
+    assert_eq!(
+        (task.status, task.attempts, task.snoozes),
+        (TaskStatus::Completed, 1, 2),
+        "no retries were allowed, yet two snoozes did not fail it"
+    );
+    assert_eq!(pool.stats().snoozed, 2);
+    pool.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn unknown_handlers_bad_payloads_and_panics_fail_the_task_not_the_pool() {
     let h = Harness::new();
     #[derive(serde::Deserialize)]
